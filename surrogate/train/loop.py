@@ -1,0 +1,288 @@
+"""The one training loop, shared by every model family.
+
+``fit`` drives a *step*: a callable object with ``modules`` and ``optimizers`` dictionaries whose
+``__call__(batch)`` does all the optimisation work for one batch and returns the metrics to log
+(see :mod:`surrogate.train.steps`). The loop only feeds batches, logs, validates and checkpoints,
+so a user can replace it with ten lines of their own::
+
+    for epoch in range(n_epochs):
+        for batch in loader:
+            metrics = step(batch)
+
+Resuming is exact: the checkpoint stores the position in the data stream (epoch and batch) and
+torch's random number generator state, and datasets with ``set_epoch`` reproduce their order from
+``(seed, epoch)``, so a run killed and resumed ends with the same weights as one that never
+stopped (tested in ``tests/train/test_loop.py``).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import csv
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Protocol
+
+import torch
+from tqdm.auto import tqdm
+
+from surrogate.train.checkpoint import (
+    checkpoint_path,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+    set_rng_state,
+)
+
+__all__ = ["FitResult", "Step", "fit"]
+
+
+class Step(Protocol):
+    """What :func:`fit` drives: one call per batch, returning metrics to log."""
+
+    modules: Mapping[str, torch.nn.Module]
+    optimizers: Mapping[str, torch.optim.Optimizer]
+
+    def __call__(self, batch: Any) -> Mapping[str, float]: ...
+
+
+@dataclass
+class FitResult:
+    """What :func:`fit` did.
+
+    Attributes:
+        steps: optimisation steps done in total (including those before a resume).
+        history: the logged rows (``step``, ``epoch``, averaged metrics, ``seconds``), plus
+            ``validation`` rows when a validation function was given.
+        best_validation: lowest validation value seen, or ``None``.
+        stopped_early: whether early stopping ended the run before ``max_steps``.
+        checkpoint: the last checkpoint written, or ``None``.
+    """
+
+    steps: int
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_validation: float | None = None
+    stopped_early: bool = False
+    checkpoint: Path | None = None
+
+
+class _CsvLog:
+    """Appends metric rows to ``log.csv``; on resume drops rows after the resumed step."""
+
+    def __init__(self, path: Path, resume_step: int):
+        self.path = path
+        self.fields: list[str] | None = None
+        if path.exists():
+            with open(path, newline="") as f:
+                rows = [r for r in csv.DictReader(f) if int(float(r["step"])) <= resume_step]
+            if rows and resume_step > 0:
+                self.fields = list(rows[0].keys())
+                self._rewrite(rows)
+            else:
+                path.unlink()
+
+    def _rewrite(self, rows: list[dict]) -> None:
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=self.fields)
+            writer.writeheader()
+            writer.writerows(rows)
+        os.replace(tmp, self.path)
+
+    def write(self, row: Mapping[str, float]) -> None:
+        if self.fields is None:
+            self.fields = list(row.keys())
+            with open(self.path, "w", newline="") as f:
+                csv.DictWriter(f, fieldnames=self.fields).writeheader()
+        with open(self.path, "a", newline="") as f:
+            csv.DictWriter(f, fieldnames=self.fields, extrasaction="ignore").writerow(
+                {k: row.get(k, "") for k in self.fields}
+            )
+
+
+def _prune(out_dir: Path, keep: int) -> None:
+    folder = out_dir / "checkpoints"
+    files = sorted(folder.glob("step_*.pt"))
+    for old in files[:-keep]:
+        old.unlink(missing_ok=True)
+
+
+def fit(
+    step: Step,
+    loader: Iterable[Any],
+    *,
+    max_steps: int,
+    out_dir: str | os.PathLike | None = None,
+    checkpoint_every: int | None = None,
+    keep_checkpoints: int = 3,
+    config: Mapping[str, Any] | None = None,
+    resume: bool = False,
+    seed: int | None = None,
+    progress: bool = True,
+    log_every: int = 10,
+    validation: Callable[[], float] | None = None,
+    validate_every: int = 100,
+    patience: int | None = None,
+) -> FitResult:
+    """Trains by calling ``step(batch)`` for ``max_steps`` batches, looping over epochs.
+
+    Arguments:
+        step: the step object (``modules``, ``optimizers``, ``__call__(batch) -> metrics``).
+        loader: a re-iterable of batches, e.g. a ``DataLoader``. If ``loader.dataset`` or
+            ``loader.sampler`` has a ``set_epoch(epoch)`` method it is called at the start of
+            every epoch. An exact resume needs the order of an epoch to depend only on the
+            epoch (true of :class:`surrogate.data.calo.CaloShowerDataset` and of
+            ``DistributedSampler``; not of ``DataLoader(shuffle=True)``, which draws its order
+            from the global generator).
+        max_steps: total number of optimisation steps (a resumed run counts those already done).
+        out_dir: where ``checkpoints/step_XXXXXXXX.pt`` and ``log.csv`` go; ``None`` writes
+            nothing.
+        checkpoint_every: steps between checkpoints (a final one is always written when
+            ``out_dir`` is set).
+        keep_checkpoints: how many of the most recent checkpoints to keep.
+        config: plain-data experiment configuration, stored in every checkpoint.
+        resume: continue from the latest checkpoint in ``out_dir`` if there is one (restoring
+            weights, optimizer states, data position and the torch RNG state).
+        seed: if given and the run is not resumed, ``torch.manual_seed(seed)`` is called first,
+            so the step's noise is reproducible; ``None`` leaves the global generator alone.
+        progress: show a tqdm progress bar with the latest metrics.
+        log_every: steps over which metrics are averaged into one logged row.
+        validation: optional function returning a number to minimise (e.g. a held-out loss),
+            evaluated every ``validate_every`` steps and at the end.
+        validate_every: steps between validations.
+        patience: with ``validation``, stop after this many validations without improvement
+            and restore the weights of the best one.
+
+    Returns:
+        A :class:`FitResult`.
+
+    Raises:
+        ValueError: ``max_steps`` < 0, ``resume`` without ``out_dir``, an epoch of ``loader``
+            yields no batch, or the checkpoint's modules do not match the step's.
+    """
+    if max_steps < 0:
+        raise ValueError(f"max_steps must be >= 0, got {max_steps}")
+    if resume and out_dir is None:
+        raise ValueError("resume=True needs out_dir (where the checkpoints are)")
+    out = Path(out_dir) if out_dir is not None else None
+    done, epoch, batch_in_epoch = 0, 0, 0
+    extra: dict[str, Any] = {}
+    resume_rng: Mapping[str, Any] | None = None
+    ckpt_file = latest_checkpoint(out) if (resume and out is not None) else None
+    if ckpt_file is not None:
+        ckpt = load_checkpoint(ckpt_file)
+        for name, module in step.modules.items():
+            if name not in ckpt["modules"]:
+                raise ValueError(f"checkpoint {ckpt_file} has no module {name!r}; it has {sorted(ckpt['modules'])}")
+            getattr(module, "module", module).load_state_dict(ckpt["modules"][name])
+        for name, opt in step.optimizers.items():
+            opt.load_state_dict(ckpt["optimizers"][name])
+        resume_rng = ckpt["rng"]
+        done, epoch, batch_in_epoch = ckpt["step"], ckpt["epoch"], ckpt["batch_in_epoch"]
+        extra = dict(ckpt.get("extra", {}))
+    elif seed is not None:
+        torch.manual_seed(seed)
+
+    log = _CsvLog(out / "log.csv", done) if out is not None else None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+    result = FitResult(steps=done, checkpoint=ckpt_file)
+    best = extra.get("best_validation")
+    result.best_validation = best
+    bad_validations = int(extra.get("bad_validations", 0))
+    best_states: dict[str, dict] | None = None
+    last_validated = -1
+
+    def checkpoint() -> None:
+        if out is None:
+            return
+        path = checkpoint_path(out, done)
+        save_checkpoint(
+            path, modules=step.modules, optimizers=step.optimizers, config=config, step=done,
+            epoch=epoch, batch_in_epoch=batch_in_epoch,
+            extra={"best_validation": best, "bad_validations": bad_validations},
+        )
+        _prune(out, keep_checkpoints)
+        result.checkpoint = path
+
+    def validate() -> bool:
+        """Runs validation; returns True when training should stop."""
+        nonlocal best, bad_validations, best_states, last_validated
+        last_validated = done
+        for m in step.modules.values():
+            m.eval()
+        with torch.no_grad():
+            value = float(validation())
+        for m in step.modules.values():
+            m.train()
+        result.history.append({"step": done, "validation": value})
+        if log is not None:
+            log.write({"step": done, "epoch": epoch, "validation": value})
+        if math.isfinite(value) and (best is None or value < best):
+            best, bad_validations = value, 0
+            best_states = {k: copy.deepcopy(getattr(m, "module", m).state_dict()) for k, m in step.modules.items()}
+        else:
+            bad_validations += 1
+        result.best_validation = best
+        return patience is not None and bad_validations >= patience
+
+    bar = tqdm(total=max_steps, initial=done, disable=not progress, desc="train", dynamic_ncols=True)
+    sums: dict[str, float] = {}
+    count, t0 = 0, time.perf_counter()
+    stop = done >= max_steps
+    try:
+        while not stop:
+            for holder in (getattr(loader, "dataset", None), getattr(loader, "sampler", None)):
+                if hasattr(holder, "set_epoch"):
+                    holder.set_epoch(epoch)
+            iterator = iter(loader)
+            if resume_rng is not None:
+                # A DataLoader draws a worker seed from the global generator in iter(); the
+                # checkpointed state was taken after that draw, so restore it afterwards.
+                set_rng_state(resume_rng)
+                resume_rng = None
+            for _ in range(batch_in_epoch):  # resume mid-epoch: skip what was consumed
+                next(iterator, None)
+            yielded = batch_in_epoch > 0
+            for batch in iterator:
+                yielded = True
+                metrics = step(batch)
+                done += 1
+                batch_in_epoch += 1
+                bar.update(1)
+                for k, v in metrics.items():
+                    sums[k] = sums.get(k, 0.0) + float(v)
+                count += 1
+                if done % log_every == 0 or done == max_steps:
+                    row = {"step": done, "epoch": epoch, **{k: v / count for k, v in sums.items()}}
+                    row["seconds"] = time.perf_counter() - t0
+                    result.history.append(row)
+                    if log is not None:
+                        log.write(row)
+                    bar.set_postfix({k: f"{v:.4g}" for k, v in row.items() if k not in ("step", "epoch", "seconds")})
+                    sums, count = {}, 0
+                if validation is not None and done % validate_every == 0:
+                    stop = validate()
+                if checkpoint_every and done % checkpoint_every == 0 and done < max_steps:
+                    checkpoint()
+                if stop or done >= max_steps:
+                    stop = True
+                    break
+            else:
+                if not yielded:
+                    raise ValueError("the loader yielded no batch in an epoch: is the dataset empty or batch_size > its size with drop_last?")
+                epoch, batch_in_epoch = epoch + 1, 0
+    finally:
+        bar.close()
+    if validation is not None and last_validated != done:
+        validate()
+    if patience is not None and best_states is not None:
+        for name, module in step.modules.items():
+            getattr(module, "module", module).load_state_dict(best_states[name])
+        result.stopped_early = done < max_steps
+    result.steps = done
+    checkpoint()
+    return result
