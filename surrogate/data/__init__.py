@@ -1,0 +1,57 @@
+"""Reading and writing simulator output: HDF5 event files, calorimeter layouts, streaming datasets.
+
+* :mod:`surrogate.data.hdf5`: :func:`atomic_output` (used by every writer in the project), checked
+  opening of HDF5 files, layout checks, the chunked/compressed atomic :class:`EventWriter`.
+* :mod:`surrogate.data.calo`: the CaloGAN (arXiv:1705.02355) and CaloChallenge (arXiv:2410.21611)
+  layouts, their readers, writers and validators, and :class:`CaloShowerDataset`.
+* :mod:`surrogate.data.sharding`: the seeded per-epoch plan of blocks per rank and worker.
+"""
+
+from surrogate.data.calo import (
+    CALOCHALLENGE_FIELDS,
+    CALOGAN_CELL_SIZE_MM,
+    CALOGAN_FIELDS,
+    CALOGAN_HALF_WIDTH_MM,
+    CALOGAN_KEYS,
+    CALOGAN_LAYER_SHAPES,
+    CALOGAN_LAYERS,
+    CALOGAN_UNITS,
+    CaloChallengeWriter,
+    CaloGANWriter,
+    CaloShowerDataset,
+    read_calochallenge,
+    read_calogan,
+    validate_calochallenge,
+    validate_calogan,
+    write_calochallenge,
+    write_calogan,
+)
+from surrogate.data.hdf5 import EventWriter, Field, atomic_output, open_hdf5
+from surrogate.data.sharding import Segment, epoch_segments, shard_length
+
+__all__ = [
+    "CALOCHALLENGE_FIELDS",
+    "CALOGAN_CELL_SIZE_MM",
+    "CALOGAN_FIELDS",
+    "CALOGAN_HALF_WIDTH_MM",
+    "CALOGAN_KEYS",
+    "CALOGAN_LAYERS",
+    "CALOGAN_LAYER_SHAPES",
+    "CALOGAN_UNITS",
+    "CaloChallengeWriter",
+    "CaloGANWriter",
+    "CaloShowerDataset",
+    "EventWriter",
+    "Field",
+    "Segment",
+    "atomic_output",
+    "epoch_segments",
+    "open_hdf5",
+    "read_calochallenge",
+    "read_calogan",
+    "shard_length",
+    "validate_calochallenge",
+    "validate_calogan",
+    "write_calochallenge",
+    "write_calogan",
+]

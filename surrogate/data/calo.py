@@ -1,0 +1,501 @@
+"""Calorimeter shower files: the CaloGAN and CaloChallenge HDF5 layouts, and a streaming Dataset.
+
+**CaloGAN layout** (Paganini, de Oliveira, Nachman, arXiv:1705.02355 and 1712.10321): a 480 mm
+wide lead/liquid-argon calorimeter read out as three layers; one HDF5 dataset per key, event axis
+first:
+
+==============  ============  ======  ===================================================
+key             shape         unit    meaning
+==============  ============  ======  ===================================================
+``layer_0``     (N, 3, 96)    MeV     cell energies, cells 160 x 5 mm (dy x dx)
+``layer_1``     (N, 12, 12)   MeV     cell energies, cells 40 x 40 mm
+``layer_2``     (N, 12, 6)    MeV     cell energies, cells 40 x 80 mm
+``energy``      (N, 1)        GeV     incident particle energy
+``overflow``    (N, 3)        MeV     energy per layer deposited beyond +-240 mm
+==============  ============  ======  ===================================================
+
+Axis -2 of a layer is y (rows), axis -1 is x (columns); cell ``(r, c)`` of a layer with cell size
+``(dy, dx)`` is centred at ``y = (r + 0.5) dy - 240 mm``, ``x = (c + 0.5) dx - 240 mm``, the shower
+axis at ``(0, 0)``.
+
+**CaloChallenge layout** (Krause et al., "CaloChallenge 2022", arXiv:2410.21611):
+``incident_energies`` (N, 1) in MeV and ``showers`` (N, V) voxel energies in MeV, ``V`` fixed per
+dataset (368 and 533 in dataset 1, 6480 in dataset 2, 40500 in dataset 3).
+
+Files we write store float32, chunked and compressed (see :mod:`surrogate.data.hdf5`), with a
+``"unit"`` attribute on every dataset and a ``"layout"`` attribute on the file; readers accept
+files without attributes (CaloGAN's public Geant4 files have none) and any float dtype (those
+files store float64), and return float32. Every reader checks the layout at open and raises
+:class:`ValueError` naming the file, the key and expected vs found; cell values are checked (finite,
+>= 0; incident energies > 0) for the events actually read, :func:`validate_calogan` and
+:func:`validate_calochallenge` scan a whole file chunk by chunk.
+
+Example:
+    >>> import tempfile, numpy as np
+    >>> from surrogate.data import read_calogan, write_calogan
+    >>> n = 4
+    >>> showers = {"layer_0": np.ones((n, 3, 96), np.float32), "layer_1": np.ones((n, 12, 12), np.float32),
+    ...            "layer_2": np.ones((n, 12, 6), np.float32), "energy": np.full((n, 1), 50.0, np.float32),
+    ...            "overflow": np.zeros((n, 3), np.float32)}
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     _ = write_calogan(f"{d}/showers.h5", showers)
+    ...     back = read_calogan(f"{d}/showers.h5", start=1, stop=3)
+    >>> back["layer_1"].shape, back["energy"][:, 0].tolist()
+    ((2, 12, 12), [50.0, 50.0])
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from surrogate.data.hdf5 import (
+    EventWriter,
+    Field,
+    as_float32,
+    check_layout,
+    check_values,
+    open_hdf5,
+    scan_values,
+)
+from surrogate.data.sharding import epoch_segments, shard_length
+
+__all__ = [
+    "CALOCHALLENGE_FIELDS",
+    "CALOGAN_CELL_SIZE_MM",
+    "CALOGAN_FIELDS",
+    "CALOGAN_HALF_WIDTH_MM",
+    "CALOGAN_KEYS",
+    "CALOGAN_LAYERS",
+    "CALOGAN_LAYER_SHAPES",
+    "CALOGAN_UNITS",
+    "CaloChallengeWriter",
+    "CaloGANWriter",
+    "CaloShowerDataset",
+    "read_calochallenge",
+    "read_calogan",
+    "validate_calochallenge",
+    "validate_calogan",
+    "write_calochallenge",
+    "write_calogan",
+]
+
+CALOGAN_LAYERS = ("layer_0", "layer_1", "layer_2")
+"""Names of the three CaloGAN readout layers, front to back."""
+CALOGAN_LAYER_SHAPES = {"layer_0": (3, 96), "layer_1": (12, 12), "layer_2": (12, 6)}
+"""Cells per layer as (rows along y, columns along x)."""
+CALOGAN_CELL_SIZE_MM = {"layer_0": (160.0, 5.0), "layer_1": (40.0, 40.0), "layer_2": (40.0, 80.0)}
+"""Cell size per layer as (dy, dx) in mm (arXiv:1705.02355, Sec. 2)."""
+CALOGAN_HALF_WIDTH_MM = 240.0
+"""Half width of every layer's cell grid in mm: cells cover -240 mm ... +240 mm in x and y."""
+
+CALOGAN_FIELDS = (
+    *(Field(k, CALOGAN_LAYER_SHAPES[k], "MeV", description=f"cell energies of {k}") for k in CALOGAN_LAYERS),
+    Field("energy", (1,), "GeV", positive=True, description="incident energy"),
+    Field("overflow", (3,), "MeV", description="energy per layer beyond +-240 mm"),
+)
+"""The CaloGAN layout as :class:`surrogate.data.hdf5.Field` s."""
+CALOGAN_KEYS = tuple(f.name for f in CALOGAN_FIELDS)
+"""``("layer_0", "layer_1", "layer_2", "energy", "overflow")``."""
+CALOGAN_UNITS = {f.name: f.unit for f in CALOGAN_FIELDS}
+"""Unit of every CaloGAN key: MeV, except ``"energy"`` in GeV."""
+
+CALOCHALLENGE_FIELDS = (
+    Field("incident_energies", (1,), "MeV", positive=True, description="incident energy"),
+    Field("showers", (None,), "MeV", description="voxel energies"),
+)
+"""The CaloChallenge layout; ``showers`` has a free voxel count ``V``."""
+
+_LAYOUTS = {"calogan": CALOGAN_FIELDS, "calochallenge": CALOCHALLENGE_FIELDS}
+
+
+def _read(path: str | os.PathLike, fields: tuple[Field, ...], start: int, stop: int | None) -> dict[str, np.ndarray]:
+    with open_hdf5(path) as file:
+        n_events, _ = check_layout(file, fields, path=path)
+        stop = n_events if stop is None else stop
+        for name, value in (("start", start), ("stop", stop)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+                raise ValueError(f"{path}: {name} must be an integer, got {value!r}")
+        if not 0 <= start <= stop <= n_events:
+            raise ValueError(
+                f"{path}: expected 0 <= start <= stop <= {n_events} (events in the file), got start={start}, stop={stop}"
+            )
+        out = {}
+        for field in fields:
+            values = as_float32(file[field.name][start:stop])
+            check_values(values, field, path=path, offset=start)
+            out[field.name] = values
+        return out
+
+
+def _validate(path: str | os.PathLike, fields: tuple[Field, ...]) -> int:
+    with open_hdf5(path) as file:
+        n_events, _ = check_layout(file, fields, path=path)
+        for field in fields:
+            scan_values(file[field.name], field, path=path)
+        return n_events
+
+
+def read_calogan(path: str | os.PathLike, *, start: int = 0, stop: int | None = None) -> dict[str, np.ndarray]:
+    """Reads events ``[start, stop)`` of a CaloGAN-layout file.
+
+    Arguments:
+        path: HDF5 file in the CaloGAN layout (ours or CaloGAN's Geant4 files).
+        start, stop: Event range, ``0 <= start <= stop <= N``; ``stop=None`` means ``N``.
+
+    Returns:
+        ``{"layer_0": (n, 3, 96), "layer_1": (n, 12, 12), "layer_2": (n, 12, 6)`` cell energies in
+        MeV, ``"energy": (n, 1)`` incident energy in GeV, ``"overflow": (n, 3)`` in MeV``}``, all
+        float32, ``n = stop - start``.
+
+    Raises:
+        FileNotFoundError: If ``path`` does not exist.
+        ValueError: If it is not HDF5, a key is missing, a shape, dtype or unit attribute is wrong,
+            lengths differ, the range is invalid, or a value read is non-finite or negative
+            (incident energy <= 0). The message names the file and key.
+
+    References:
+        Paganini, de Oliveira, Nachman, arXiv:1705.02355 and arXiv:1712.10321.
+    """
+    return _read(path, CALOGAN_FIELDS, start, stop)
+
+
+def validate_calogan(path: str | os.PathLike) -> int:
+    """Checks a whole CaloGAN-layout file: metadata, then every value chunk by chunk.
+
+    Arguments:
+        path: HDF5 file.
+
+    Returns:
+        The number of events ``N``.
+
+    Raises:
+        FileNotFoundError, ValueError: As :func:`read_calogan`, for any event of the file.
+
+    References:
+        Paganini, de Oliveira, Nachman, arXiv:1705.02355 and arXiv:1712.10321.
+    """
+    return _validate(path, CALOGAN_FIELDS)
+
+
+class CaloGANWriter(EventWriter):
+    """Streams showers into a new CaloGAN-layout file; atomic (see :class:`~surrogate.data.hdf5.EventWriter`).
+
+    The file appears under ``path`` only after exactly ``n_events`` events were written and the
+    ``with`` block exited normally.
+
+    Example::
+
+        with CaloGANWriter("showers.h5", n_events=10_000) as writer:
+            for batch in batches:       # dicts with the five CaloGAN keys, (n, ...) each
+                writer.write(batch)
+
+    Arguments:
+        path: Destination file; its directory must exist.
+        n_events: Number of events the file will hold (>= 1).
+        compression: ``"gzip"`` (level 4, default, readable everywhere), ``"lzf"`` (15 % faster
+            to read, h5py only) or ``None``; measurements in :mod:`surrogate.data.hdf5`.
+        chunk_events: Events per chunk; ``None`` chooses per dataset (at most 512 KiB and 1024
+            events per chunk).
+
+    Raises:
+        ValueError: Naming the file and key, for a bad batch (see :meth:`write`: the five keys
+            ``"layer_0"`` (n, 3, 96), ``"layer_1"`` (n, 12, 12), ``"layer_2"`` (n, 12, 6),
+            ``"overflow"`` (n, 3) in MeV and >= 0, ``"energy"`` (n, 1) in GeV and > 0, float), or
+            when the block exits with fewer than ``n_events`` events written.
+
+    References:
+        Paganini, de Oliveira, Nachman, arXiv:1705.02355 and arXiv:1712.10321.
+    """
+
+    def __init__(
+        self, path: str | os.PathLike, n_events: int, *, compression: str | None = "gzip", chunk_events: int | None = None
+    ) -> None:
+        super().__init__(
+            path, n_events, fields=CALOGAN_FIELDS, event_shapes={f.name: f.shape for f in CALOGAN_FIELDS},
+            compression=compression, chunk_events=chunk_events, attrs={"layout": "calogan"},
+        )
+
+    def __enter__(self) -> CaloGANWriter:
+        super().__enter__()
+        return self
+
+
+def _n_events(path: str | os.PathLike, arrays: Mapping[str, object], key: str) -> int:
+    value = arrays[key]
+    shape = getattr(value, "shape", None)
+    if not shape:
+        kind = type(value).__name__
+        raise ValueError(f"{path}: '{key}' must be an array with an event axis, got {kind} of shape {shape}")
+    return int(shape[0])
+
+
+def write_calogan(
+    path: str | os.PathLike,
+    showers: Mapping[str, np.ndarray],
+    *,
+    compression: str | None = "gzip",
+    chunk_events: int | None = None,
+) -> Path:
+    """Writes showers in the CaloGAN layout, atomically (with :class:`CaloGANWriter`).
+
+    Arguments:
+        path: Destination file; its directory must exist. An existing file is replaced.
+        showers: ``"layer_0"`` (N, 3, 96), ``"layer_1"`` (N, 12, 12), ``"layer_2"`` (N, 12, 6)
+            and ``"overflow"`` (N, 3) in MeV, ``"energy"`` (N, 1) in GeV; any float dtype, stored as
+            float32 (float32 input round-trips bit-exactly).
+        compression, chunk_events: As :class:`CaloGANWriter`.
+
+    Returns:
+        ``path`` as a :class:`pathlib.Path`.
+
+    Raises:
+        ValueError: Naming the file and key, for a missing key, a wrong shape or dtype, different
+            lengths, no events, or a non-finite or negative value.
+
+    References:
+        Paganini, de Oliveira, Nachman, arXiv:1705.02355 and arXiv:1712.10321.
+    """
+    if "energy" not in showers:
+        raise ValueError(f"{path}: missing key 'energy'; expected keys {list(CALOGAN_KEYS)}")
+    n = _n_events(path, showers, "energy")
+    with CaloGANWriter(path, n, compression=compression, chunk_events=chunk_events) as writer:
+        writer.write(showers)
+    return Path(path)
+
+
+def read_calochallenge(path: str | os.PathLike, *, start: int = 0, stop: int | None = None) -> dict[str, np.ndarray]:
+    """Reads events ``[start, stop)`` of a CaloChallenge-layout file.
+
+    Arguments:
+        path: HDF5 file with ``incident_energies`` (N, 1) and ``showers`` (N, V).
+        start, stop: Event range, ``0 <= start <= stop <= N``; ``stop=None`` means ``N``.
+
+    Returns:
+        ``{"incident_energies": (n, 1), "showers": (n, V)}``, float32, both in MeV.
+
+    Raises:
+        FileNotFoundError: If ``path`` does not exist.
+        ValueError: As :func:`read_calogan`, naming the file and key.
+
+    References:
+        Krause et al., "CaloChallenge 2022: A Community Challenge for Fast Calorimeter
+        Simulation", arXiv:2410.21611.
+    """
+    return _read(path, CALOCHALLENGE_FIELDS, start, stop)
+
+
+def validate_calochallenge(path: str | os.PathLike) -> int:
+    """Checks a whole CaloChallenge-layout file: metadata, then every value chunk by chunk.
+
+    Arguments:
+        path: HDF5 file.
+
+    Returns:
+        The number of events ``N``.
+
+    Raises:
+        FileNotFoundError, ValueError: As :func:`read_calochallenge`, for any event of the file.
+
+    References:
+        Krause et al., arXiv:2410.21611.
+    """
+    return _validate(path, CALOCHALLENGE_FIELDS)
+
+
+class CaloChallengeWriter(EventWriter):
+    """Streams showers into a new CaloChallenge-layout file; atomic like :class:`CaloGANWriter`.
+
+    Arguments:
+        path: Destination file; its directory must exist.
+        n_events: Number of events the file will hold (>= 1).
+        n_voxels: Voxels per shower ``V``.
+        compression, chunk_events: As :class:`CaloGANWriter`.
+
+    Raises:
+        ValueError: For a bad batch (keys ``"incident_energies"`` (n, 1) > 0 and ``"showers"``
+            (n, V) >= 0, both MeV) or fewer than ``n_events`` events written.
+
+    References:
+        Krause et al., arXiv:2410.21611.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        n_events: int,
+        *,
+        n_voxels: int,
+        compression: str | None = "gzip",
+        chunk_events: int | None = None,
+    ) -> None:
+        if isinstance(n_voxels, bool) or not isinstance(n_voxels, (int, np.integer)) or n_voxels < 1:
+            raise ValueError(f"{path}: n_voxels must be an integer >= 1, got {n_voxels!r}")
+        super().__init__(
+            path, n_events, fields=CALOCHALLENGE_FIELDS,
+            event_shapes={"incident_energies": (1,), "showers": (int(n_voxels),)},
+            compression=compression, chunk_events=chunk_events, attrs={"layout": "calochallenge"},
+        )
+
+    def __enter__(self) -> CaloChallengeWriter:
+        super().__enter__()
+        return self
+
+
+def write_calochallenge(
+    path: str | os.PathLike,
+    incident_energies: np.ndarray,
+    showers: np.ndarray,
+    *,
+    compression: str | None = "gzip",
+    chunk_events: int | None = None,
+) -> Path:
+    """Writes showers in the CaloChallenge layout, atomically.
+
+    Arguments:
+        path: Destination file; its directory must exist. An existing file is replaced.
+        incident_energies: (N, 1) incident energies in MeV, > 0.
+        showers: (N, V) voxel energies in MeV, >= 0.
+        compression, chunk_events: As :class:`CaloGANWriter`.
+
+    Returns:
+        ``path`` as a :class:`pathlib.Path`.
+
+    Raises:
+        ValueError: Naming the file and key, for a wrong shape or dtype, different lengths, no
+            events, or a non-finite or out-of-range value.
+
+    References:
+        Krause et al., arXiv:2410.21611.
+    """
+    arrays = {"incident_energies": incident_energies, "showers": showers}
+    n = _n_events(path, arrays, "incident_energies")
+    shape = getattr(showers, "shape", ())
+    if len(shape) != 2:
+        raise ValueError(f"{path}: 'showers' has shape {shape}, expected (N, V)")
+    with CaloChallengeWriter(path, n, n_voxels=shape[1], compression=compression, chunk_events=chunk_events) as writer:
+        writer.write(arrays)
+    return Path(path)
+
+
+class CaloShowerDataset(torch.utils.data.IterableDataset):
+    """Streams the showers of an HDF5 file in shuffled contiguous blocks; for files larger than memory.
+
+    Each epoch the events are cut into blocks of ``block_size`` consecutive events, the blocks are
+    visited in an order drawn from ``(seed, epoch)``, and the resulting sequence is split evenly
+    into one piece per rank and then per DataLoader worker (:mod:`surrogate.data.sharding`); each
+    worker reads its blocks with one contiguous read per dataset and yields their events in a
+    random order (again seeded by ``(seed, epoch, block)``). Every event is yielded exactly once
+    per epoch across all ranks and workers; the order depends only on ``seed``, ``epoch``,
+    ``world_size`` and the number of workers, so a resumed run replays it. Events are mixed only
+    within a block: a file sorted by energy should be shuffled once on disk.
+
+    The file is opened lazily in each process that iterates (``__init__`` only opens it briefly to
+    check the layout and the incident energies), because h5py handles do not survive fork or
+    pickling. Cell values are checked for each block as it is read.
+
+    Call :meth:`set_epoch` before iterating each epoch. With ``persistent_workers=True`` the
+    DataLoader's workers keep the copy of the dataset they started with, so use the default
+    ``persistent_workers=False``.
+
+    Arguments:
+        path: HDF5 file in the chosen layout.
+        layout: ``"calogan"`` or ``"calochallenge"``.
+        block_size: Events per contiguous read; powers of two >= 1024 read whole chunks of the
+            files we write (smaller blocks work, a little slower).
+        shuffle: Shuffle the block order and the events within each block; else file order.
+        seed: Non-negative seed.
+        rank, world_size: This process's rank and the number of data-parallel ranks.
+        drop_last: Give every rank exactly ``N // world_size`` events per epoch (data-parallel
+            ranks must take equal numbers of steps); the rest of the epoch's order is skipped.
+
+    Yields:
+        For ``"calogan"``: ``{"layer_0": (3, 96), "layer_1": (12, 12), "layer_2": (12, 6)`` in MeV,
+        ``"energy": (1,)`` in GeV``}``; for ``"calochallenge"``: ``{"showers": (V,),
+        "incident_energies": (1,)}`` in MeV. All float32 tensors.
+
+    Raises:
+        FileNotFoundError: If ``path`` does not exist.
+        ValueError: For an unknown layout or bad option, a file not matching the layout or with
+            bad incident energies (at construction), or bad cell values (when read); messages name
+            the file and key.
+
+    References:
+        Paganini, de Oliveira, Nachman, arXiv:1705.02355; Krause et al., arXiv:2410.21611.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        layout: str = "calogan",
+        block_size: int = 1024,
+        shuffle: bool = True,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        drop_last: bool = False,
+    ) -> None:
+        super().__init__()
+        if layout not in _LAYOUTS:
+            raise ValueError(f"layout must be one of {sorted(_LAYOUTS)}, got {layout!r}")
+        epoch_segments(0, block_size, seed=seed, rank=rank, world_size=world_size)  # checks the options
+        self.path = Path(path)
+        self.layout = layout
+        fields = _LAYOUTS[layout]
+        self._fields = tuple(f for f in fields if f.name != "overflow")
+        with open_hdf5(self.path) as file:
+            self.n_events, self.event_shapes = check_layout(file, fields, path=self.path)
+            for field in self._fields:
+                if field.positive:  # incident energies: small, checked in full now
+                    scan_values(file[field.name], field, path=self.path)
+        self.block_size, self.shuffle, self.seed = block_size, bool(shuffle), seed
+        self.rank, self.world_size, self.drop_last = rank, world_size, bool(drop_last)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Sets the epoch whose order the next iteration yields (a non-negative integer)."""
+        if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0:
+            raise ValueError(f"epoch must be an integer >= 0, got {epoch!r}")
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        """Events this rank yields per epoch (over all its DataLoader workers)."""
+        return shard_length(self.n_events, self.rank, self.world_size, drop_last=self.drop_last)
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        info = torch.utils.data.get_worker_info()
+        worker, num_workers = (0, 1) if info is None else (info.id, info.num_workers)
+        segments = epoch_segments(
+            self.n_events, self.block_size, shuffle=self.shuffle, seed=self.seed, epoch=self.epoch,
+            rank=self.rank, world_size=self.world_size, worker=worker, num_workers=num_workers,
+            drop_last=self.drop_last,
+        )
+        return self._events(segments, self.epoch)
+
+    def _events(self, segments: list, epoch: int) -> Iterator[dict[str, torch.Tensor]]:
+        with open_hdf5(self.path) as file:
+            for segment in segments:
+                block = {}
+                for field in self._fields:
+                    values = as_float32(file[field.name][segment.start:segment.stop])
+                    check_values(values, field, path=self.path, offset=segment.start)
+                    block[field.name] = values
+                n = segment.stop - segment.start
+                if self.shuffle:
+                    rng = np.random.default_rng([self.seed, epoch, 1, segment.block, segment.start])
+                    order = rng.permutation(n)
+                    block = {k: v[order] for k, v in block.items()}
+                for i in range(n):
+                    yield {k: torch.from_numpy(v[i]) for k, v in block.items()}
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}({str(self.path)!r}, layout={self.layout!r}, n_events={self.n_events}, "
+            f"block_size={self.block_size}, shuffle={self.shuffle}, seed={self.seed}, rank={self.rank}, "
+            f"world_size={self.world_size}, drop_last={self.drop_last}, epoch={self.epoch})"
+        )

@@ -1,0 +1,356 @@
+"""Validation of fast calorimeter simulation: generated vs reference showers in the CaloGAN layout.
+
+:func:`validate_calo` compares two CaloGAN-layout HDF5 files (reference, e.g. Geant4 or the GFlash
+stand-in, and generated, e.g. by the CaloGAN surrogate) with the CaloGAN observables in bins of
+incident energy, the CaloChallenge separation power of each observable, the mean energy
+response, and classifier two-sample tests; it writes PNG plots and a JSON report.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from surrogate.data.calo import CALOGAN_LAYERS, read_calogan
+from surrogate.data.hdf5 import atomic_output
+from surrogate.metrics.classifier import calo_cell_features, calo_high_level_features, classifier_auc
+from surrogate.metrics.showers import OBSERVABLE_UNITS, separation_power, shower_observables
+
+__all__ = ["DEFAULT_ENERGY_BINS_GEV", "validate_calo"]
+
+#: Default incident-energy bins (low, high) in GeV for :func:`validate_calo`.
+DEFAULT_ENERGY_BINS_GEV: tuple[tuple[float, float], ...] = ((1, 10), (10, 30), (30, 60), (60, 100))
+
+_N_BINS = 40  # equal-width bins over the reference's range, for separation powers and histograms
+
+
+def _bin_label(low: float, high: float) -> str:
+    return f"{low:g}-{high:g} GeV"
+
+
+def _check_energy_bins(energy_bins_gev: Sequence[Sequence[float]]) -> list[tuple[float, float]]:
+    bins = []
+    for item in energy_bins_gev:
+        if len(item) != 2:
+            raise ValueError(f"energy_bins_gev entries must be (low, high) in GeV, got {item!r}")
+        low, high = float(item[0]), float(item[1])
+        if not (np.isfinite(low) and np.isfinite(high) and 0 <= low < high):
+            raise ValueError(f"energy bin {item!r} must satisfy 0 <= low < high (GeV)")
+        bins.append((low, high))
+    labels = [_bin_label(*b) for b in bins]
+    if len(set(labels)) != len(labels) or "all" in labels:
+        raise ValueError(f"energy_bins_gev must not repeat a bin, got {energy_bins_gev!r}")
+    return bins
+
+
+def _select(energy_gev: np.ndarray, low: float, high: float, top: float) -> np.ndarray:
+    """Events with ``low <= E < high``; the bin ending at the largest edge ``top`` includes it."""
+    mask = (energy_gev >= low) & (energy_gev < high)
+    if high == top:
+        mask |= energy_gev == high
+    return mask
+
+
+def _mean_and_error(values: np.ndarray) -> tuple[float, float]:
+    mean = float(values.mean())
+    error = float(values.std(ddof=1) / np.sqrt(values.size)) if values.size > 1 else 0.0
+    return mean, error
+
+
+def _response(ref: np.ndarray, gen: np.ndarray) -> dict:
+    """Mean response with standard errors and the generated/reference ratio (None if undefined)."""
+    ref_mean, ref_err = _mean_and_error(ref)
+    gen_mean, gen_err = _mean_and_error(gen)
+    if ref_mean > 0:
+        ratio = gen_mean / ref_mean
+        ratio_err = abs(ratio) * float(np.hypot(gen_err / gen_mean if gen_mean > 0 else 0.0, ref_err / ref_mean))
+    else:
+        ratio, ratio_err = None, None
+    return {
+        "reference": ref_mean,
+        "reference_error": ref_err,
+        "generated": gen_mean,
+        "generated_error": gen_err,
+        "ratio": ratio,
+        "ratio_error": ratio_err,
+    }
+
+
+def _subset(observables: Mapping[str, np.ndarray], mask: np.ndarray) -> dict[str, np.ndarray]:
+    return {name: values[mask] for name, values in observables.items()}
+
+
+def _sample_indices(n: int, max_events: int, seed: int) -> np.ndarray:
+    """Sorted random subset of ``min(n, max_events)`` of ``range(n)`` (all of them if n is smaller)."""
+    if n <= max_events:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, max_events, replace=False))
+
+
+def _take(arrays: Mapping[str, np.ndarray], index: np.ndarray) -> dict[str, np.ndarray]:
+    return {key: values[index] for key, values in arrays.items()}
+
+
+def validate_calo(
+    reference_path: str | os.PathLike,
+    generated_path: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    energy_bins_gev: Sequence[Sequence[float]] = DEFAULT_ENERGY_BINS_GEV,
+    seed: int = 0,
+    progress: bool = True,
+    min_events_per_bin: int = 50,
+    classifier_max_events: int = 20000,
+    plots: bool = True,
+) -> dict:
+    """Compares generated with reference calorimeter showers; writes PNGs and ``report.json``.
+
+    For the selection "all" and for each incident-energy bin ``[low, high)`` (the bin ending at
+    the largest upper edge also includes that edge) the report gives the event counts, the mean
+    response ``<E_tot / E_inc>`` of both samples with standard errors and their ratio
+    (generated / reference), and the separation power of every CaloGAN observable of
+    :func:`~surrogate.metrics.showers.shower_observables` (40 equal-width bins over the reference's
+    range plus under- and overflow, :func:`~surrogate.metrics.showers.separation_power`). A
+    selection with fewer than ``min_events_per_bin`` events in either sample is reported as
+    ``"skipped"`` with the reason instead. Two classifier tests
+    (:func:`~surrogate.metrics.classifier.classifier_auc`) are run on all energies together (at
+    most ``classifier_max_events`` random events per sample): on the high-level features and on
+    the cell energies; their held-out ROC AUC is reported (0.5 = indistinguishable). Both files
+    are read into memory whole (about 2 kB per event).
+
+    Files written to ``out_dir`` (created if needed), each atomically:
+    ``hist_<observable>.png`` (one per observable; panels "all" and each evaluated energy bin),
+    ``average_images.png`` (mean cell energies per layer, reference vs generated),
+    ``mean_response.png`` (mean response per energy bin and the ratio; only if a bin was
+    evaluated) and ``report.json``, whose structure is::
+
+        {"reference": {"path", "n_events"}, "generated": {"path", "n_events"},
+         "settings": {"energy_bins_gev", "seed", "min_events_per_bin", "n_bins_separation_power",
+                      "classifier_max_events", "sparsity_threshold_mev"},
+         "observables": {name: unit},
+         "energy_bins": {"all" | "<low>-<high> GeV": {
+             "range_gev": [low, high] | null, "n_reference", "n_generated",
+             "status": "ok" | "skipped", "reason": str (if skipped),
+             "mean_response": {"reference", "reference_error", "generated", "generated_error",
+                               "ratio", "ratio_error"},
+             "separation_power": {name: S}, "mean_separation_power": float,
+             "separation_power_floor": float}},
+         "classifier": {"high_level" | "cells": {"status": "ok", "auc", "n_per_class", "n_train",
+                        "n_test", "n_features", "n_epochs", "seed"} | {"status": "skipped", "reason"}},
+         "summary": {"auc_high_level", "auc_cells", "max_abs_response_deviation",
+                     "mean_separation_power", "worst_observable"},
+         "plots": {"observables": {name: file}, "average_images": file | null,
+                   "mean_response": file | null}}
+
+    The separation power of finite samples is biased upwards: two samples of one distribution
+    with ``N_r`` and ``N_g`` events give on average about ``separation_power_floor =
+    n_bins / 4 * (1 / N_r + 1 / N_g)`` (each occupied bin adds ``(1/N_r + 1/N_g) / 4``; an upper
+    estimate, as not all 40 bins are occupied), so values near it are consistent with noise.
+    ``max_abs_response_deviation`` is ``max |ratio - 1|`` over the evaluated energy bins (null if
+    none); ``mean_separation_power`` and ``worst_observable`` refer to the selection "all".
+    File names in ``"plots"`` are relative to ``out_dir``.
+
+    Arguments:
+        reference_path: CaloGAN-layout HDF5 file of reference showers.
+        generated_path: CaloGAN-layout HDF5 file of generated showers.
+        out_dir: Output folder for the report and the plots.
+        energy_bins_gev: Incident-energy bins ``(low, high)`` in GeV.
+        seed: Seed of the classifier tests (subsampling, split, initialization).
+        progress: Show a progress bar over the steps.
+        min_events_per_bin: Selections with fewer events in either sample are skipped.
+        classifier_max_events: At most this many events per sample enter each classifier test.
+        plots: Write the PNG figures (a fraction of a second each); with ``False`` only
+            ``report.json`` is written and ``"plots"`` lists nothing.
+
+    Returns:
+        The report (the dict written to ``report.json``).
+
+    Raises:
+        ValueError: If a file is not a valid CaloGAN-layout file (raised by
+            :func:`surrogate.data.calo.read_calogan`) or an energy bin is malformed.
+
+    References:
+        Paganini, de Oliveira, Nachman, arXiv:1705.02355, arXiv:1712.10321 (observables);
+        Krause et al., arXiv:2410.21611 (separation power, classifier metric).
+    """
+    bins = _check_energy_bins(energy_bins_gev)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    names = list(OBSERVABLE_UNITS)
+    steps = ["read", "observables", "separation powers", "classifier (high_level)", "classifier (cells)",
+             *(f"plot {name}" for name in names), "plot average images", "plot mean response", "report"]
+    with tqdm(total=len(steps), desc="validate", unit="step", disable=not progress) as bar:
+
+        def step(description: str) -> None:
+            """Marks the previous step done and shows the one starting now."""
+            bar.update(steps.index(description) - bar.n)
+            bar.set_postfix_str(description)
+
+        step("read")
+        reference = read_calogan(reference_path)
+        generated = read_calogan(generated_path)
+        step("observables")
+        ref_obs = shower_observables(reference)
+        gen_obs = shower_observables(generated)
+        ref_energy = np.asarray(reference["energy"], dtype=np.float64)[:, 0]
+        gen_energy = np.asarray(generated["energy"], dtype=np.float64)[:, 0]
+
+        step("separation powers")
+        energy_bins, evaluated = _compare_selections(ref_obs, gen_obs, ref_energy, gen_energy, bins, min_events_per_bin)
+
+        classifier = {}
+        too_few = min(ref_energy.size, gen_energy.size) < min_events_per_bin
+        for kind in ("high_level", "cells"):
+            step(f"classifier ({kind})")
+            if too_few:
+                classifier[kind] = {
+                    "status": "skipped",
+                    "reason": f"fewer than {min_events_per_bin} events: {ref_energy.size} reference, "
+                    f"{gen_energy.size} generated",
+                }
+                continue
+            # features of at most classifier_max_events events per sample (bounded memory)
+            ref_take, gen_take = (
+                _sample_indices(n, classifier_max_events, seed + offset)
+                for offset, n in enumerate((ref_energy.size, gen_energy.size))
+            )
+            if kind == "high_level":
+                ref_x = calo_high_level_features(_take(reference, ref_take), _take(ref_obs, ref_take))[0]
+                gen_x = calo_high_level_features(_take(generated, gen_take), _take(gen_obs, gen_take))[0]
+            else:
+                ref_x = calo_cell_features(_take(reference, ref_take))
+                gen_x = calo_cell_features(_take(generated, gen_take))
+            result = classifier_auc(ref_x, gen_x, seed=seed, max_events=classifier_max_events)
+            classifier[kind] = {"status": "ok", **result}
+
+        figures = _write_plots(out, reference, generated, energy_bins, evaluated, step if plots else None)
+
+        step("report")
+        binned = [label for label in evaluated if label != "all"]
+        deviations = [
+            abs(energy_bins[label]["mean_response"]["ratio"] - 1.0)
+            for label in binned
+            if energy_bins[label]["mean_response"]["ratio"] is not None
+        ]
+        overall = energy_bins["all"]
+        report = {
+            "reference": {"path": str(reference_path), "n_events": int(ref_energy.size)},
+            "generated": {"path": str(generated_path), "n_events": int(gen_energy.size)},
+            "settings": {
+                "energy_bins_gev": [list(b) for b in bins],
+                "seed": int(seed),
+                "min_events_per_bin": int(min_events_per_bin),
+                "n_bins_separation_power": _N_BINS,
+                "classifier_max_events": int(classifier_max_events),
+                "sparsity_threshold_mev": 0.0,
+            },
+            "observables": dict(OBSERVABLE_UNITS),
+            "energy_bins": energy_bins,
+            "classifier": classifier,
+            "summary": {
+                "auc_high_level": classifier["high_level"].get("auc"),
+                "auc_cells": classifier["cells"].get("auc"),
+                "max_abs_response_deviation": max(deviations) if deviations else None,
+                "mean_separation_power": overall.get("mean_separation_power"),
+                "worst_observable": (
+                    max(overall["separation_power"], key=overall["separation_power"].get)
+                    if overall["status"] == "ok" else None
+                ),
+            },
+            "plots": figures,
+        }
+        with atomic_output(out / "report.json") as tmp:
+            with open(tmp, "w", encoding="utf-8") as handle:
+                json.dump(report, handle, indent=2, allow_nan=False)
+                handle.write("\n")
+        bar.update(len(steps) - bar.n)
+    return report
+
+
+def _compare_selections(
+    ref_obs: Mapping[str, np.ndarray],
+    gen_obs: Mapping[str, np.ndarray],
+    ref_energy: np.ndarray,
+    gen_energy: np.ndarray,
+    bins: Sequence[tuple[float, float]],
+    min_events: int,
+) -> tuple[dict[str, dict], dict[str, tuple[dict, dict]]]:
+    """Report entries per selection ("all", then each bin) and the observables of the evaluated ones."""
+    top = max((b[1] for b in bins), default=np.inf)
+    selections = {"all": (None, np.ones(ref_energy.shape, bool), np.ones(gen_energy.shape, bool))}
+    for low, high in bins:
+        selections[_bin_label(low, high)] = (
+            [low, high], _select(ref_energy, low, high, top), _select(gen_energy, low, high, top)
+        )
+    energy_bins: dict[str, dict] = {}
+    evaluated: dict[str, tuple[dict, dict]] = {}
+    for label, (range_gev, ref_mask, gen_mask) in selections.items():
+        n_ref, n_gen = int(ref_mask.sum()), int(gen_mask.sum())
+        entry: dict = {"range_gev": range_gev, "n_reference": n_ref, "n_generated": n_gen}
+        if min(n_ref, n_gen) < min_events:
+            entry["status"] = "skipped"
+            entry["reason"] = f"fewer than {min_events} events: {n_ref} reference, {n_gen} generated"
+        else:
+            ref_sel, gen_sel = _subset(ref_obs, ref_mask), _subset(gen_obs, gen_mask)
+            powers = {name: separation_power(ref_sel[name], gen_sel[name], _N_BINS) for name in OBSERVABLE_UNITS}
+            entry["status"] = "ok"
+            entry["mean_response"] = _response(ref_sel["E_tot_over_E_inc"], gen_sel["E_tot_over_E_inc"])
+            entry["separation_power"] = powers
+            entry["mean_separation_power"] = float(np.mean(list(powers.values())))
+            entry["separation_power_floor"] = _N_BINS / 4 * (1 / n_ref + 1 / n_gen)
+            evaluated[label] = (ref_sel, gen_sel)
+        energy_bins[label] = entry
+    return energy_bins, evaluated
+
+
+def _write_plots(
+    out: Path,
+    reference: Mapping[str, np.ndarray],
+    generated: Mapping[str, np.ndarray],
+    energy_bins: Mapping[str, dict],
+    evaluated: Mapping[str, tuple[dict, dict]],
+    step: Callable[[str], None] | None,
+) -> dict:
+    """Writes the PNGs (none if ``step`` is None) and returns the report's ``"plots"`` entry."""
+    figures: dict = {"observables": {}, "average_images": None, "mean_response": None}
+    if step is None:
+        return figures
+    from surrogate.metrics.plots import plot_average_images, plot_mean_response, plot_observable
+
+    for name, unit in OBSERVABLE_UNITS.items():
+        step(f"plot {name}")
+        if not evaluated:
+            continue
+        filename = f"hist_{name}.png"
+        plot_observable(
+            out / filename, name,
+            {label: pair[0][name] for label, pair in evaluated.items()},
+            {label: pair[1][name] for label, pair in evaluated.items()},
+            unit=unit, n_bins=_N_BINS,
+            separation_powers={label: energy_bins[label]["separation_power"][name] for label in evaluated},
+        )
+        figures["observables"][name] = filename
+    step("plot average images")
+    plot_average_images(
+        out / "average_images.png",
+        {layer: np.asarray(reference[layer], np.float64).mean(axis=0) for layer in CALOGAN_LAYERS},
+        {layer: np.asarray(generated[layer], np.float64).mean(axis=0) for layer in CALOGAN_LAYERS},
+    )
+    figures["average_images"] = "average_images.png"
+    step("plot mean response")
+    binned = [label for label in evaluated if label != "all"]
+    if binned:
+        responses = [energy_bins[label]["mean_response"] for label in binned]
+        plot_mean_response(
+            out / "mean_response.png",
+            [tuple(energy_bins[label]["range_gev"]) for label in binned],
+            [r["reference"] for r in responses], [r["reference_error"] for r in responses],
+            [r["generated"] for r in responses], [r["generated_error"] for r in responses],
+        )
+        figures["mean_response"] = "mean_response.png"
+    return figures
