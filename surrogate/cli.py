@@ -7,10 +7,18 @@ threads, seeds). Bad input ends with a one-line error naming what is wrong and e
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from pathlib import Path
 
 __all__ = ["main"]
+
+# Pipelines whose ``run_*_pipeline(table, out_dir, *, progress, base_dir)`` reads its own TOML
+# schema (documented in those modules); relative output_dir values are relative to the file.
+_OTHER_PIPELINES = {
+    "galaxy_vae": ("surrogate.pipelines.galaxy", "run_galaxy_pipeline"),
+    "npe": ("surrogate.pipelines.posterior", "run_npe_pipeline"),
+}
 
 
 def _energy_range(text: str) -> tuple[float, float]:
@@ -80,7 +88,16 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "simulate":
         import dataclasses
 
-        from surrogate.config import load_simulate_recipe
+        from surrogate.config import load_simulate_recipe, read_toml
+
+        table = read_toml(args.recipe).get("simulate", {})
+        if table.get("simulator") == "galsim_cosmos":
+            from surrogate.simulators.galaxies import simulate_galaxies_from_recipe
+
+            table = {**table, **{k: v for k, v in (("n", args.n), ("seed", args.seed)) if v is not None}}
+            path = simulate_galaxies_from_recipe(table, output=args.out, progress=progress, base_dir=args.recipe.parent)
+            print(f"wrote galaxy stamps to {path}")
+            return 0
         from surrogate.pipelines.calo_gan import simulate
 
         recipe = load_simulate_recipe(args.recipe)
@@ -107,6 +124,23 @@ def _run(args: argparse.Namespace) -> int:
         return 0
 
     kind = _pipeline_kind(args.config)
+    if kind in _OTHER_PIPELINES:
+        if args.command == "train":
+            raise ValueError(f"{args.config}: `surrogate train` runs calo_gan pipelines; use `surrogate run` for {kind!r}")
+        from surrogate.config import read_toml
+
+        table = read_toml(args.config)
+        run = table.get("run", {})
+        if args.threads is None and int(run.get("threads", 0)) > 0:
+            torch.set_num_threads(int(run["threads"]))
+        out_dir = Path(run.get("output_dir", f"runs/{kind}"))
+        if not out_dir.is_absolute():
+            out_dir = args.config.resolve().parent / out_dir
+        module, function = _OTHER_PIPELINES[kind]
+        run_pipeline = getattr(importlib.import_module(module), function)
+        report = run_pipeline(table, out_dir, progress=progress, base_dir=args.config.resolve().parent)
+        print(f"report: {report if isinstance(report, Path) else out_dir / 'report.json'}")
+        return 0
     if kind == "calo_gan":
         from surrogate.config import load_calo_pipeline
         from surrogate.pipelines import calo_gan
@@ -122,7 +156,7 @@ def _run(args: argparse.Namespace) -> int:
         report = calo_gan.run_calo_pipeline(cfg, progress=progress)
         print(f"report: {report}")
         return 0
-    raise ValueError(f"{args.config}: unknown [run] pipeline {kind!r}; known: 'calo_gan'")
+    raise ValueError(f"{args.config}: unknown [run] pipeline {kind!r}; known: {['calo_gan', *_OTHER_PIPELINES]}")
 
 
 def main(argv: list[str] | None = None) -> int:

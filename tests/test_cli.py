@@ -134,3 +134,34 @@ def test_clear_errors(tmp_path, showers):
     bad.write_bytes(b"not hdf5")
     proc = _cli("validate", bad, showers[1], "--out", tmp_path / "r", check=False)
     assert proc.returncode == 2 and "bad.h5" in proc.stderr
+
+
+def test_run_dispatches_the_npe_pipeline_with_paths_relative_to_the_file(tmp_path):
+    """`surrogate run` on an NPE file: output_dir and reference_root resolve against the file's
+    folder, the report lands there and its path is printed."""
+    sbibm = Path(__file__).resolve().parent / "data" / "sbibm"
+    config = tmp_path / "npe.toml"
+    config.write_text(f"""
+[run]
+pipeline = "npe"
+output_dir = "out"
+[task]
+name = "two_moons"
+num_simulations = 300
+observations = [1]
+reference_root = "{os.path.relpath(sbibm, tmp_path)}"
+[flow]
+hidden_features = 8
+num_transforms = 1
+[training]
+max_epochs = 1
+[sampling]
+num_samples = 200
+[evaluation]
+pair_plots = false
+coverage_observations = 0
+""")
+    proc = _cli("run", config, cwd=Path(__file__).resolve().parent)
+    report = tmp_path / "out" / "report.json"
+    assert str(report) in proc.stdout
+    assert 0.5 <= json.loads(report.read_text())["c2st_mean"] <= 1.0

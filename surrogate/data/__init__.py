@@ -4,6 +4,8 @@
   opening of HDF5 files, layout checks, the chunked/compressed atomic :class:`EventWriter`.
 * :mod:`surrogate.data.calo`: the CaloGAN (arXiv:1705.02355) and CaloChallenge (arXiv:2410.21611)
   layouts, their readers, writers and validators, and :class:`CaloShowerDataset`.
+* :mod:`surrogate.data.galaxy`: galaxy stamps (observed, PSF, noise variance, PSF-free profile,
+  magnitude, half-light radius) and :class:`GalaxyStampDataset`.
 * :mod:`surrogate.data.sharding`: the seeded per-epoch plan of blocks per rank and worker.
 """
 
@@ -26,6 +28,16 @@ from surrogate.data.calo import (
     write_calochallenge,
     write_calogan,
 )
+from surrogate.data.galaxy import (
+    GALAXY_KEYS,
+    GALAXY_UNITS,
+    GalaxyStampDataset,
+    GalaxyWriter,
+    galaxy_file_info,
+    read_galaxies,
+    validate_galaxies,
+    write_galaxies,
+)
 from surrogate.data.hdf5 import EventWriter, Field, atomic_output, open_hdf5
 from surrogate.data.sharding import Segment, epoch_segments, shard_length
 
@@ -42,16 +54,24 @@ __all__ = [
     "CaloGANWriter",
     "CaloShowerDataset",
     "EventWriter",
+    "GALAXY_KEYS",
+    "GALAXY_UNITS",
+    "GalaxyStampDataset",
+    "GalaxyWriter",
     "Field",
     "Segment",
     "atomic_output",
     "epoch_segments",
+    "galaxy_file_info",
     "open_hdf5",
     "read_calochallenge",
     "read_calogan",
+    "read_galaxies",
     "shard_length",
     "validate_calochallenge",
     "validate_calogan",
+    "validate_galaxies",
     "write_calochallenge",
     "write_calogan",
+    "write_galaxies",
 ]

@@ -1,0 +1,39 @@
+"""Generative models (``import surrogate.models``).
+
+* :mod:`surrogate.models.calo_gan`: the CaloGAN-style conditional generator and critic
+  (arXiv:1705.02355, 1712.10321), trained with WGAN-GP.
+* :mod:`surrogate.models.galaxy_vae`: the PSF-aware galaxy VAE with a conditional latent flow
+  prior (after arXiv:2008.03833).
+* :mod:`surrogate.models.flows`: builders of conditional MAF and neural spline flows on nflows
+  0.14 (the transforms that work on torch 2, tested for invertibility and log-determinants).
+
+Names are imported on first access (PEP 562), so the calorimeter model does not pull in nflows.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "CaloGANCritic": "calo_gan",
+    "CaloGANGenerator": "calo_gan",
+    "FlowPrior": "galaxy_vae",
+    "GalaxyVAE": "galaxy_vae",
+    "flow_prior_loss": "galaxy_vae",
+    "galaxy_vae_loss": "galaxy_vae",
+    "build_flow": "flows",
+    "build_maf": "flows",
+    "build_nsf": "flows",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

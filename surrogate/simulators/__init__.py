@@ -1,0 +1,35 @@
+"""Reference simulators that make training data.
+
+- :mod:`surrogate.simulators.gflash`: GFlash-style parametrized electromagnetic showers in the
+  CaloGAN geometry (``simulate_calogan_showers``, ``simulate_to_file``); its materials, geometry
+  and parameter formulas are in :mod:`surrogate.simulators.gflash_params`, its exact mean
+  profiles (the references the tests check against) in :mod:`surrogate.simulators.gflash_profiles`.
+
+- :mod:`surrogate.simulators.galaxies`: GalSim stamps from the COSMOS example catalogue's
+  parametric fits, with HST and ground-based PSFs and pixel noise.
+
+Submodules are imported on first use, so importing one simulator does not import the others'
+dependencies.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_LAZY = {
+    "simulate_calogan_showers": "gflash",
+    "simulate_to_file": "gflash",
+    "load_cosmos_catalog": "galaxies",
+    "simulate_galaxies": "galaxies",
+    "simulate_galaxies_from_recipe": "galaxies",
+    "simulate_galaxies_to_file": "galaxies",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        module = importlib.import_module(f"{__name__}.{_LAZY[name]}")
+        return getattr(module, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

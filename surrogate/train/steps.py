@@ -1,0 +1,246 @@
+r"""Step functions: one optimisation step per batch, driven by :func:`surrogate.train.fit`.
+
+A step is a callable object with ``modules`` and ``optimizers`` dictionaries (saved in
+checkpoints) whose ``__call__(batch)`` moves the batch to the modules' device, does all the
+optimizer work and returns the metrics to log as floats. Noise is drawn from torch's global CPU
+generator (then moved to the device), so a run is reproducible from ``torch.manual_seed`` and a
+checkpointed RNG state on any device.
+
+- :class:`LikelihoodStep`: one model, one optimizer, a scalar loss ``loss_fn(model, batch)``
+  (maximum likelihood, ELBO, NPE ...).
+- :class:`GANStep`: a conditional WGAN-GP (Gulrajani et al. arXiv:1704.00028) for
+  calorimeter showers, the two optimizers inside.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Mapping
+
+import torch
+from torch import Tensor, nn
+
+from surrogate.losses import gradient_penalty, wgan_critic_loss, wgan_generator_loss
+
+__all__ = ["GANStep", "LikelihoodStep"]
+
+
+def _device(module: nn.Module) -> torch.device:
+    for p in module.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+def _to_device(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: v.to(device, non_blocking=True) if isinstance(v, Tensor) else v for k, v in batch.items()}
+
+
+class LikelihoodStep:
+    r"""Minimises a scalar loss of one model: ``loss = loss_fn(model, batch)``.
+
+    Arguments:
+        model: the network.
+        optimizer: its optimizer.
+        loss_fn: ``loss_fn(model, batch) -> Tensor`` (a scalar), e.g. a negative
+            log-likelihood; ``batch`` is a dict of tensors already on the model's device.
+        max_grad_norm: if given, gradients are clipped to this total 2-norm.
+
+    Attributes:
+        modules: ``{"model": model}``.
+        optimizers: ``{"model": optimizer}``.
+
+    Example:
+        >>> model = torch.nn.Linear(2, 1)
+        >>> step = LikelihoodStep(model, torch.optim.SGD(model.parameters(), lr=0.1),
+        ...                       lambda m, b: (m(b["x"]) - b["y"]).pow(2).mean())
+        >>> sorted(step({"x": torch.ones(4, 2), "y": torch.zeros(4, 1)}))
+        ['loss']
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        loss_fn: Callable[[nn.Module, dict[str, Tensor]], Tensor],
+        *,
+        max_grad_norm: float | None = None,
+    ):
+        self.model = model
+        self.optimizer = optimizer
+        self.loss_fn = loss_fn
+        self.max_grad_norm = max_grad_norm
+        self.modules = {"model": model}
+        self.optimizers = {"model": optimizer}
+
+    def __call__(self, batch: Mapping[str, Tensor]) -> dict[str, float]:
+        """One optimizer step on ``batch``; returns ``{"loss": ...}`` (and ``"grad_norm"`` when clipping).
+
+        Raises:
+            ValueError: the loss is not a scalar.
+        """
+        batch = _to_device(batch, _device(self.model))
+        loss = self.loss_fn(self.model, batch)
+        if loss.dim() != 0:
+            raise ValueError(f"LikelihoodStep: loss_fn must return a scalar, got shape {tuple(loss.shape)}")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        metrics = {"loss": float(loss.detach())}
+        if self.max_grad_norm is not None:
+            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.max_grad_norm)
+            metrics["grad_norm"] = float(norm)
+        self.optimizer.step()
+        return metrics
+
+
+class GANStep:
+    r"""One WGAN-GP critic update per call and a generator update every ``n_critic`` calls.
+
+    Each call takes one data batch ``{"layer_0": (B, 3, 96), "layer_1": (B, 12, 12),
+    "layer_2": (B, 12, 6)`` (MeV) ``, "energy": (B, 1)`` (GeV) ``}`` and
+
+    1. draws :math:`z \sim N(0, I)` (fresh noise), generates :math:`\tilde x = G(z, E)` at the
+       batch's real energies, and updates the critic on
+       :math:`L_D = \mathbb{E}[D(\tilde x)] - \mathbb{E}[D(x)] + \lambda\,GP`
+       (:func:`~surrogate.losses.wgan_critic_loss`, :func:`~surrogate.losses.gradient_penalty`
+       on interpolates of real and generated showers at the real energy);
+    2. on every ``n_critic``-th call, draws new noise and updates the generator on
+       :math:`L_G = -\mathbb{E}[D(G(z, E))]` at the same energies.
+
+    So one call consumes one data batch and ``n_critic`` calls make one WGAN-GP iteration
+    (Gulrajani et al. arXiv:1704.00028, Algorithm 1, with each critic iteration on a new batch).
+    Adam with ``lr=1e-4, betas=(0.5, 0.9)`` is the paper's choice for both optimizers; for the
+    small default CaloGAN networks trained for minutes on a CPU we use ``lr=1e-3`` with the same
+    betas: in our runs ``1e-4`` had hardly moved the generator after 1,000 calls, while ``1e-3``
+    reached the data's mean response within 1 % in every energy bin after 4,000 calls and
+    stayed stable.
+
+    Under ``DistributedDataParallel`` the critic's ``preprocess``/``score`` are called on the
+    unwrapped module, which bypasses DDP's gradient synchronisation: a distributed run must
+    all-reduce the critic's gradients itself (or wrap a critic without these methods).
+
+    If the critic has ``preprocess(showers, energy)`` and ``score(x, energy)`` methods (as
+    :class:`~surrogate.models.calo_gan.CaloGANCritic` does), the penalty is taken with respect
+    to the preprocessed input ``x`` (log cells and scaled physics features) instead of the MeV
+    cells: a 1-Lipschitz constraint in MeV would leave the critic unconstrained on the
+    high-energy cells and the energy sums. Otherwise the critic is called as
+    ``critic(showers, energy)`` and the penalty is taken on the showers as given.
+
+    The number of calls so far (which fixes where the generator updates fall) and the last
+    generator loss are kept in the critic optimizer's first parameter group
+    (``"gan_calls"``, ``"gan_last_generator_loss"``), so they are saved and restored with the
+    optimizer's ``state_dict`` and a resumed run keeps the schedule exactly.
+
+    Arguments:
+        generator: ``generator(z, energy) -> showers`` with a ``latent_dim`` attribute.
+        critic: ``critic(showers, energy) -> (B,)`` scores (see above).
+        generator_optimizer: optimizer of the generator's parameters.
+        critic_optimizer: optimizer of the critic's parameters.
+        n_critic: critic updates per generator update.
+        gp_weight: :math:`\lambda` of the gradient penalty.
+
+    Attributes:
+        modules: ``{"generator": generator, "critic": critic}``.
+        optimizers: ``{"generator": generator_optimizer, "critic": critic_optimizer}``.
+
+    Raises:
+        ValueError: ``n_critic`` < 1 or ``gp_weight`` < 0.
+
+    References:
+        Gulrajani et al., "Improved Training of Wasserstein GANs", arXiv:1704.00028.
+    """
+
+    def __init__(
+        self,
+        generator: nn.Module,
+        critic: nn.Module,
+        generator_optimizer: torch.optim.Optimizer,
+        critic_optimizer: torch.optim.Optimizer,
+        *,
+        n_critic: int = 5,
+        gp_weight: float = 10.0,
+    ):
+        if int(n_critic) < 1:
+            raise ValueError(f"GANStep: n_critic must be >= 1, got {n_critic}")
+        if not gp_weight >= 0:
+            raise ValueError(f"GANStep: gp_weight must be >= 0, got {gp_weight}")
+        self.generator = generator
+        self.critic = critic
+        self.generator_optimizer = generator_optimizer
+        self.critic_optimizer = critic_optimizer
+        self.n_critic = int(n_critic)
+        self.gp_weight = float(gp_weight)
+        self.modules = {"generator": generator, "critic": critic}
+        self.optimizers = {"generator": generator_optimizer, "critic": critic_optimizer}
+        group = critic_optimizer.param_groups[0]
+        group.setdefault("gan_calls", 0)
+        group.setdefault("gan_last_generator_loss", math.nan)
+
+    @property
+    def calls(self) -> int:
+        """Number of calls (critic updates) so far, restored with the critic optimizer's state."""
+        return int(self.critic_optimizer.param_groups[0].get("gan_calls", 0))
+
+    def _critic_fns(self):
+        unwrapped = getattr(self.critic, "module", self.critic)  # DistributedDataParallel
+        if hasattr(unwrapped, "preprocess") and hasattr(unwrapped, "score"):
+            return unwrapped.preprocess, unwrapped.score
+        return (lambda showers, energy: showers), self.critic
+
+    def _noise(self, batch: int, device: torch.device) -> Tensor:
+        latent_dim = getattr(self.generator, "module", self.generator).latent_dim
+        return torch.randn(batch, latent_dim).to(device)
+
+    def __call__(self, batch: Mapping[str, Tensor]) -> dict[str, float]:
+        """One critic update (and a generator update every ``n_critic`` calls).
+
+        Arguments:
+            batch: ``"layer_0"`` (B, 3, 96), ``"layer_1"`` (B, 12, 12), ``"layer_2"``
+                (B, 12, 6) in MeV and ``"energy"`` (B, 1) in GeV, float32 tensors.
+
+        Returns:
+            ``{"loss_critic": L_D with the penalty, "loss_generator": the last L_G (NaN before
+            the first generator update), "gradient_penalty": GP without lambda,
+            "wasserstein": E[D(x)] - E[D(G(z))]}``.
+
+        Raises:
+            ValueError: ``batch`` lacks ``"energy"`` (the networks check the shapes).
+        """
+        if "energy" not in batch:
+            raise ValueError(f"GANStep: batch has keys {sorted(batch)}, expected the shower layers and 'energy'")
+        device = _device(self.generator)
+        batch = _to_device(batch, device)
+        energy = batch["energy"]
+        real = {k: v for k, v in batch.items() if k != "energy"}
+        preprocess, score = self._critic_fns()
+
+        # Critic update.
+        with torch.no_grad():
+            fake = self.generator(self._noise(energy.shape[0], device), energy)
+        real_u = preprocess(real, energy)
+        fake_u = preprocess(fake, energy)
+        real_scores = score(real_u, energy)
+        fake_scores = score(fake_u, energy)
+        loss_w = wgan_critic_loss(real_scores, fake_scores)
+        gp = gradient_penalty(score, real_u, fake_u, energy)
+        loss_critic = loss_w + self.gp_weight * gp
+        self.critic_optimizer.zero_grad(set_to_none=True)
+        loss_critic.backward()
+        self.critic_optimizer.step()
+
+        group = self.critic_optimizer.param_groups[0]
+        group["gan_calls"] = calls = self.calls + 1
+        if calls % self.n_critic == 0:
+            # Generator update; only the generator's parameters receive gradients.
+            fake_g = self.generator(self._noise(energy.shape[0], device), energy)
+            fake_scores_g = score(preprocess(fake_g, energy), energy)
+            loss_generator = wgan_generator_loss(fake_scores_g)
+            self.generator_optimizer.zero_grad(set_to_none=True)
+            loss_generator.backward(inputs=list(self.generator.parameters()))
+            self.generator_optimizer.step()
+            group["gan_last_generator_loss"] = float(loss_generator.detach())
+        return {
+            "loss_critic": float(loss_critic.detach()),
+            "loss_generator": float(group["gan_last_generator_loss"]),
+            "gradient_penalty": float(gp.detach()),
+            "wasserstein": float(-loss_w.detach()),
+        }
