@@ -41,6 +41,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run from a checkout without installing
     sys.path.insert(0, str(REPO))
 
+from surrogate.data.hdf5 import atomic_output  # noqa: E402
 from surrogate.metrics.c2st import c2st  # noqa: E402
 from surrogate.pipelines.posterior import train_npe  # noqa: E402
 from surrogate.simulators.sbi_tasks import get_task, load_reference, simulate_dataset  # noqa: E402
@@ -143,9 +144,8 @@ DEFAULT_ORDER = {"two_moons": 0, "slcp": 1, "gaussian_linear": 2}
 
 
 def _write(path: Path, payload: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n")
-    tmp.replace(path)
+    with atomic_output(path) as tmp:
+        tmp.write_text(json.dumps(payload, indent=2) + "\n")
 
 
 def main(argv=None) -> int:

@@ -2,12 +2,19 @@
 
 The only place that reads configuration files and changes torch's global settings (number of
 threads, seeds). Bad input ends with a one-line error naming what is wrong and exit status 2.
+
+``train``, ``generate`` and ``run`` start :func:`surrogate.train.distributed.init_distributed`,
+so the same command runs on one process or on many (``mpiexec -n 4 python -m mpi4py -m
+surrogate run ...``, ``srun python -m mpi4py -m surrogate ...``, ``torchrun --nproc-per-node 4
+-m surrogate run ...``). On SIGTERM or SIGUSR1 training writes a checkpoint and the command
+exits with status 75; run it again to resume.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
 from pathlib import Path
 
@@ -81,7 +88,17 @@ def _pipeline_kind(path: Path) -> str:
 def _run(args: argparse.Namespace) -> int:
     import torch
 
+    from surrogate.train import distributed
+
     progress = not args.no_progress
+    if args.command in ("train", "generate", "run"):
+        # Slurm's SIGUSR1 ahead of the time limit stops training with a checkpoint (fit installs
+        # its handler there); outside training it must not kill a job that generates or validates.
+        signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+        distributed.init_distributed()
+    main_rank = distributed.context().is_main
+    if not main_rank:
+        progress = False
     if args.threads is not None:
         torch.set_num_threads(args.threads)
 
@@ -108,12 +125,15 @@ def _run(args: argparse.Namespace) -> int:
         return 0
 
     if args.command == "generate":
-        from surrogate.pipelines.calo_gan import generate_showers, load_generator, resolve_device
+        from surrogate.pipelines.calo_gan import generate_showers_distributed, load_generator, resolve_device
 
-        generator = load_generator(args.checkpoint, device=resolve_device(args.device))
-        path = generate_showers(generator, args.out, args.n, energy_range_gev=args.energy,
-                                batch_size=args.batch_size, seed=args.seed, progress=progress)
-        print(f"wrote {args.n} showers to {path}")
+        ctx = distributed.context()
+        device = ctx.device if ctx.distributed else resolve_device(args.device)
+        generator = load_generator(args.checkpoint, device=device)
+        path = generate_showers_distributed(generator, args.out, args.n, energy_range_gev=args.energy,
+                                            batch_size=args.batch_size, seed=args.seed, progress=progress)
+        if main_rank:
+            print(f"wrote {args.n} showers to {path}")
         return 0
 
     if args.command == "validate":
@@ -139,7 +159,8 @@ def _run(args: argparse.Namespace) -> int:
         module, function = _OTHER_PIPELINES[kind]
         run_pipeline = getattr(importlib.import_module(module), function)
         report = run_pipeline(table, out_dir, progress=progress, base_dir=args.config.resolve().parent)
-        print(f"report: {report if isinstance(report, Path) else out_dir / 'report.json'}")
+        if main_rank:
+            print(f"report: {report if isinstance(report, Path) else out_dir / 'report.json'}")
         return 0
     if kind == "calo_gan":
         from surrogate.config import load_calo_pipeline
@@ -151,22 +172,32 @@ def _run(args: argparse.Namespace) -> int:
         if args.command == "train":
             train_file, _ = calo_gan._data_files(cfg, progress)
             result = calo_gan.train_calo_gan(cfg, train_file, resume=not args.no_resume, progress=progress)
-            print(f"trained {result.steps} steps; checkpoint: {result.checkpoint}")
+            if main_rank:
+                print(f"trained {result.steps} steps; checkpoint: {result.checkpoint}")
             return 0
         report = calo_gan.run_calo_pipeline(cfg, progress=progress)
-        print(f"report: {report}")
+        if main_rank:
+            print(f"report: {report}")
         return 0
     raise ValueError(f"{args.config}: unknown [run] pipeline {kind!r}; known: {['calo_gan', *_OTHER_PIPELINES]}")
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``surrogate`` console script; returns the exit status."""
+    from surrogate.train.distributed import DistributedSetupError, shutdown
+    from surrogate.train.loop import TrainingInterrupted
+
     args = _parser().parse_args(argv)
     try:
         return _run(args)
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, FileNotFoundError, DistributedSetupError) as exc:
         print(f"surrogate: error: {exc}", file=sys.stderr)
         return 2
+    except TrainingInterrupted as exc:
+        print(f"surrogate: {exc}", file=sys.stderr)
+        return TrainingInterrupted.exit_status
+    finally:
+        shutdown()
 
 
 if __name__ == "__main__":

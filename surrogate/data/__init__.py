@@ -6,6 +6,10 @@
   layouts, their readers, writers and validators, and :class:`CaloShowerDataset`.
 * :mod:`surrogate.data.galaxy`: galaxy stamps (observed, PSF, noise variance, PSF-free profile,
   magnitude, half-light radius) and :class:`GalaxyStampDataset`.
+* :mod:`surrogate.data.root`: ROOT TTrees read with uproot (an optional extra, imported only when a
+  ROOT file is read): :func:`read_root_flat` (flat branches to arrays), :func:`read_root_hits`
+  (per-event hit lists to dense ``(N, n_layers, n_strips)`` cell arrays, branches and cell-id decoding
+  in a :class:`RootHitMapping`), :class:`RootHitDataset` and :func:`root_hits_to_hdf5`.
 * :mod:`surrogate.data.sharding`: the seeded per-epoch plan of blocks per rank and worker.
 """
 
@@ -39,6 +43,7 @@ from surrogate.data.galaxy import (
     write_galaxies,
 )
 from surrogate.data.hdf5 import EventWriter, Field, atomic_output, open_hdf5
+from surrogate.data.root import RootHitDataset, RootHitMapping, read_root_flat, read_root_hits, root_hits_to_hdf5
 from surrogate.data.sharding import Segment, epoch_segments, shard_length
 
 __all__ = [
@@ -59,6 +64,8 @@ __all__ = [
     "GalaxyStampDataset",
     "GalaxyWriter",
     "Field",
+    "RootHitDataset",
+    "RootHitMapping",
     "Segment",
     "atomic_output",
     "epoch_segments",
@@ -67,6 +74,9 @@ __all__ = [
     "read_calochallenge",
     "read_calogan",
     "read_galaxies",
+    "read_root_flat",
+    "read_root_hits",
+    "root_hits_to_hdf5",
     "shard_length",
     "validate_calochallenge",
     "validate_calogan",

@@ -60,6 +60,7 @@ __all__ = [
     "chunk_events_for",
     "open_hdf5",
     "scan_values",
+    "stitch_shards",
 ]
 
 COMPRESSIONS = ("gzip", "lzf", None)
@@ -469,3 +470,65 @@ class EventWriter:
             stack.__exit__(ValueError, error, None)  # closes and removes the temporary file
             raise error
         return bool(stack.__exit__(exc_type, exc, tb))
+
+
+def stitch_shards(
+    output: str | os.PathLike, shards: Sequence[str | os.PathLike], expected_events: Sequence[int]
+) -> Path:
+    """Joins per-rank event files into one file of HDF5 virtual datasets (no data copied).
+
+    Every top-level dataset of the shards becomes a virtual dataset of the concatenated events
+    (axis 0), with the attributes of the first shard's dataset and file. Before anything is
+    written, every shard is checked to exist, to hold the same datasets with the same event
+    shapes and dtypes, and to hold exactly its expected number of events in every dataset:
+    HDF5 reads a missing or short source as fill values, silently, so an unchecked virtual file
+    could hide a lost shard. The virtual file stores the shards' paths relative to its own
+    folder (keep them side by side; HDF5 resolves relative sources against the virtual file's
+    folder) and is written atomically.
+
+    Arguments:
+        output: the virtual HDF5 file to write.
+        shards: per-rank files, in rank order.
+        expected_events: events each shard must hold, same order.
+
+    Returns:
+        ``output``.
+
+    Raises:
+        FileNotFoundError: a shard does not exist (named).
+        ValueError: a shard that cannot be read, has other datasets, event shapes or dtypes than
+            the first, or a wrong number of events (named with the expected count), or
+            ``len(shards) != len(expected_events)``.
+    """
+    output = Path(output)
+    shards = [Path(p) for p in shards]
+    if len(shards) != len(expected_events) or not shards:
+        raise ValueError(f"need one expected event count per shard, got {len(shards)} shards and {len(expected_events)} counts")
+    layout: dict[str, tuple[tuple[int, ...], np.dtype]] | None = None
+    for shard, n in zip(shards, expected_events):
+        if not shard.is_file():
+            raise FileNotFoundError(errno.ENOENT, f"shard {shard} is missing: its rank did not finish", str(shard))
+        with open_hdf5(shard) as f:
+            found = {k: (f[k].shape[1:], f[k].dtype) for k in f if isinstance(f[k], h5py.Dataset)}
+            for key in found:
+                if f[key].shape[0] != n:
+                    raise ValueError(f"shard {shard}: dataset {key!r} holds {f[key].shape[0]} events, expected {n}")
+        if layout is None:
+            layout = found
+        elif found != layout:
+            raise ValueError(f"shard {shard}: datasets {found} differ from those of {shards[0]}: {layout}")
+    assert layout is not None
+    total = int(sum(expected_events))
+    with atomic_output(output) as tmp, h5py.File(tmp, "w", libver="latest") as out, h5py.File(shards[0], "r") as first:
+        out.attrs.update(dict(first.attrs))
+        for key, (event_shape, dtype) in layout.items():
+            virtual = h5py.VirtualLayout(shape=(total, *event_shape), dtype=dtype)
+            start = 0
+            for shard, n in zip(shards, expected_events):
+                if n:
+                    source = os.path.relpath(shard.resolve(), output.resolve().parent)
+                    virtual[start:start + n] = h5py.VirtualSource(source, key, shape=(n, *event_shape))
+                start += n
+            dataset = out.create_virtual_dataset(key, virtual, fillvalue=np.nan if np.dtype(dtype).kind == "f" else 0)
+            dataset.attrs.update(dict(first[key].attrs))
+    return output

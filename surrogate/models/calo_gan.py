@@ -452,13 +452,16 @@ class CaloGANCritic(nn.Module):
         features = torch.cat(flat + [physics, log_energy_feature(energy)], dim=1)
         return self.head(features).squeeze(1)
 
-    def forward(self, showers, energy: Tensor) -> Tensor:
+    def forward(self, showers, energy: Tensor, *, preprocessed: bool = False) -> Tensor:
         r"""Critic scores of showers in MeV.
 
         Arguments:
             showers: dict with ``"layer_0"`` (B, 3, 96), ``"layer_1"`` (B, 12, 12),
-                ``"layer_2"`` (B, 12, 6), MeV.
+                ``"layer_2"`` (B, 12, 6), MeV; or, with ``preprocessed=True``, the output of
+                :meth:`preprocess` (so that a ``DistributedDataParallel`` wrapper can score the
+                gradient penalty's interpolates through its own ``forward``).
             energy: incident energies, :math:`(B, 1)`, GeV, > 0.
+            preprocessed: ``showers`` is already in the critic's input space.
 
         Returns:
             Scores, :math:`(B,)`.
@@ -466,4 +469,6 @@ class CaloGANCritic(nn.Module):
         Raises:
             ValueError: wrong shapes or non-positive energies.
         """
+        if preprocessed:
+            return self.score(showers, energy)
         return self.score(self.preprocess(showers, energy), energy)

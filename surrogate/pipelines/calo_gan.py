@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 from surrogate.config import CaloPipelineConfig, SimulateConfig, check_kwargs, load_simulate_recipe
 from surrogate.data.calo import CALOGAN_LAYERS, CaloGANWriter, CaloShowerDataset, validate_calogan
 from surrogate.models.calo_gan import CaloGANCritic, CaloGANGenerator
+from surrogate.train import distributed
 from surrogate.train.checkpoint import latest_checkpoint, load_checkpoint
 from surrogate.train.loop import FitResult, fit
 from surrogate.train.steps import GANStep
@@ -24,6 +25,7 @@ from surrogate.train.steps import GANStep
 __all__ = [
     "build_calo_gan",
     "generate_showers",
+    "generate_showers_distributed",
     "load_generator",
     "resolve_device",
     "run_calo_pipeline",
@@ -79,6 +81,18 @@ def build_calo_gan(generator: Mapping[str, Any], critic: Mapping[str, Any]) -> t
 
 
 def _data_files(cfg: CaloPipelineConfig, progress: bool) -> tuple[Path, Path]:
+    """The training and reference files: given, reused, or simulated (by rank 0 alone)."""
+    if distributed.context().distributed:
+        if distributed.context().is_main:
+            files = _data_files_here(cfg, progress)
+        distributed.barrier()
+        if not distributed.context().is_main:
+            files = _data_files_here(cfg, False, quiet=True)
+        return files
+    return _data_files_here(cfg, progress)
+
+
+def _data_files_here(cfg: CaloPipelineConfig, progress: bool, *, quiet: bool = False) -> tuple[Path, Path]:
     out = []
     for kind in ("train", "reference"):
         given = getattr(cfg.data, f"{kind}_file")
@@ -90,7 +104,8 @@ def _data_files(cfg: CaloPipelineConfig, progress: bool) -> tuple[Path, Path]:
         path = cfg.run.output_dir / "data" / Path(recipe.output).name
         if path.exists():
             validate_calogan(path)
-            print(f"[simulate] reusing {path}")
+            if not quiet:
+                print(f"[simulate] reusing {path}")
         else:
             print(f"[simulate] {recipe.n_events} {recipe.particle} showers -> {path}")
             simulate(recipe, output=path, progress=progress)
@@ -104,6 +119,11 @@ def train_calo_gan(cfg: CaloPipelineConfig, train_file: str | os.PathLike, *, re
     Checkpoints go to ``cfg.run.output_dir/train``; with ``resume`` a killed run continues
     from its last checkpoint and ends with the same weights as an uninterrupted run.
 
+    Across ranks (:func:`surrogate.train.distributed.init_distributed`): both networks are
+    wrapped in ``DistributedDataParallel`` (see :class:`~surrogate.train.steps.GANStep`), each
+    rank streams its own shard of every epoch's block order, ``[train] batch_size`` is the
+    batch of each rank, and rank 0 writes the checkpoints.
+
     Arguments:
         cfg: the pipeline configuration.
         train_file: CaloGAN-layout HDF5 file of training showers.
@@ -113,11 +133,12 @@ def train_calo_gan(cfg: CaloPipelineConfig, train_file: str | os.PathLike, *, re
     Returns:
         The :class:`~surrogate.train.loop.FitResult` (its ``checkpoint`` is the final one).
     """
-    device = resolve_device(cfg.run.device)
-    torch.manual_seed(cfg.run.seed)  # identical initial weights for the same seed
+    ctx = distributed.context()
+    device = ctx.device if ctx.distributed else resolve_device(cfg.run.device)
+    torch.manual_seed(cfg.run.seed)  # identical initial weights for the same seed, on every rank
     generator, critic = build_calo_gan(cfg.generator, cfg.critic)
-    generator.to(device)
-    critic.to(device)
+    generator = distributed.wrap_ddp(generator.to(device))
+    critic = distributed.wrap_ddp(critic.to(device))
     t = cfg.train
     step = GANStep(
         generator, critic,
@@ -125,7 +146,8 @@ def train_calo_gan(cfg: CaloPipelineConfig, train_file: str | os.PathLike, *, re
         torch.optim.Adam(critic.parameters(), lr=t.critic_lr, betas=(t.beta1, t.beta2)),
         n_critic=t.n_critic, gp_weight=t.gradient_penalty,
     )
-    dataset = CaloShowerDataset(train_file, layout="calogan", block_size=t.block_size, shuffle=True, seed=cfg.run.seed)
+    dataset = CaloShowerDataset(train_file, layout="calogan", block_size=t.block_size, shuffle=True, seed=cfg.run.seed,
+                                rank=ctx.rank, world_size=ctx.world_size, drop_last=ctx.distributed)
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=t.batch_size, num_workers=t.num_workers, drop_last=True,
         persistent_workers=False, pin_memory=device.type == "cuda",
@@ -217,22 +239,82 @@ def generate_showers(
     return output
 
 
+def generate_showers_distributed(
+    generator: CaloGANGenerator,
+    output: str | os.PathLike,
+    n_events: int,
+    *,
+    seed: int = 0,
+    progress: bool = True,
+    **kwargs: Any,
+) -> Path:
+    """:func:`generate_showers` across ranks: rank ``r`` writes events
+    ``[r N / W, (r + 1) N / W)`` (seed ``seed + r``) to ``<output>.shards/rank_<r>.h5``; rank 0
+    checks that every shard is complete and joins them into ``output``, a file of HDF5 virtual
+    datasets (:func:`surrogate.data.hdf5.stitch_shards`; keep the ``.shards`` folder beside it).
+    In a single process this is :func:`generate_showers`.
+
+    Arguments:
+        generator, output, n_events, seed, progress: as for :func:`generate_showers`.
+        kwargs: the other arguments of :func:`generate_showers`.
+
+    Returns:
+        ``output`` (on every rank, after it is complete).
+
+    Raises:
+        FileNotFoundError, ValueError: a shard is missing or incomplete (rank 0).
+    """
+    from surrogate.data.hdf5 import stitch_shards
+
+    ctx = distributed.context()
+    if not ctx.distributed:
+        return generate_showers(generator, output, n_events, seed=seed, progress=progress, **kwargs)
+    output = Path(output)
+    folder = output.with_name(output.name + ".shards")
+    folder.mkdir(parents=True, exist_ok=True)
+    counts = [(r + 1) * n_events // ctx.world_size - r * n_events // ctx.world_size for r in range(ctx.world_size)]
+    shards = [folder / f"rank_{r:05d}.h5" for r in range(ctx.world_size)]
+    if counts[ctx.rank] > 0:
+        generate_showers(generator, shards[ctx.rank], counts[ctx.rank], seed=seed + ctx.rank,
+                         progress=progress and ctx.is_main, **kwargs)
+    distributed.barrier()
+    error = None
+    if ctx.is_main:
+        try:
+            nonempty = [(p, n) for p, n in zip(shards, counts) if n > 0]
+            stitch_shards(output, [p for p, _ in nonempty], [n for _, n in nonempty])
+        except (OSError, ValueError) as exc:
+            error = exc
+    error = distributed.broadcast_object(None if error is None else str(error))
+    if error is not None:
+        raise ValueError(f"distributed generation into {output} failed: {error}")
+    return output
+
+
 def run_calo_pipeline(cfg: CaloPipelineConfig, *, progress: bool = True) -> Path:
-    """simulate (or read) -> train (resuming) -> generate -> validate. Returns the report path."""
+    """simulate (or read) -> train (resuming) -> generate -> validate. Returns the report path.
+
+    Across ranks: rank 0 simulates while the others wait, all ranks train, all generate their
+    shard of the showers, and rank 0 validates (the others wait for it).
+    """
     from surrogate.pipelines.fastsim import validate_calo
 
+    ctx = distributed.context()
+    say = print if ctx.is_main else (lambda *a, **k: None)
     out = cfg.run.output_dir
     out.mkdir(parents=True, exist_ok=True)
     train_file, reference_file = _data_files(cfg, progress)
-    print(f"[train] {cfg.train.max_steps} steps on {train_file} -> {out / 'train'}")
+    say(f"[train] {cfg.train.max_steps} steps on {train_file} -> {out / 'train'} ({ctx.world_size} rank(s))")
     result = train_calo_gan(cfg, train_file, resume=True, progress=progress)
-    generator = load_generator(result.checkpoint, device=resolve_device(cfg.run.device))
+    generator = load_generator(result.checkpoint, device=ctx.device if ctx.distributed else resolve_device(cfg.run.device))
     generated = out / "generated.h5"
     g = cfg.generate
-    print(f"[generate] {g.n_events} showers -> {generated}")
-    generate_showers(generator, generated, g.n_events, energy_range_gev=(g.energy_min_gev, g.energy_max_gev),
-                     batch_size=g.batch_size, seed=cfg.run.seed + 1, progress=progress)
-    print(f"[validate] {reference_file} vs {generated}")
-    validate_calo(reference_file, generated, out / "report", energy_bins_gev=cfg.validate.energy_bins_gev,
-                  seed=cfg.run.seed, progress=progress)
+    say(f"[generate] {g.n_events} showers -> {generated}")
+    generate_showers_distributed(generator, generated, g.n_events, energy_range_gev=(g.energy_min_gev, g.energy_max_gev),
+                                 batch_size=g.batch_size, seed=cfg.run.seed + 1, progress=progress)
+    if ctx.is_main:
+        say(f"[validate] {reference_file} vs {generated}")
+        validate_calo(reference_file, generated, out / "report", energy_bins_gev=cfg.validate.energy_bins_gev,
+                      seed=cfg.run.seed, progress=progress)
+    distributed.barrier()
     return out / "report" / "report.json"

@@ -328,10 +328,16 @@ def run_galaxy_pipeline(config: Mapping[str, Any], out_dir: str | os.PathLike, *
     from surrogate.train import fit, save_checkpoint
     from surrogate.train.steps import LikelihoodStep
 
+    from torch.utils.data import DistributedSampler
+
+    from surrogate.train import distributed
+
     cfg = _sections(config)
     out = Path(out_dir)
     (out / "data").mkdir(parents=True, exist_ok=True)
-    device = _device(cfg["run"]["device"])
+    ctx = distributed.context()
+    device = ctx.device if ctx.distributed else _device(cfg["run"]["device"])
+    progress = progress and ctx.is_main
     seed = int(cfg["run"]["seed"])
     timing: dict[str, float] = {}
     t_start = time.perf_counter()
@@ -346,10 +352,16 @@ def run_galaxy_pipeline(config: Mapping[str, Any], out_dir: str | os.PathLike, *
     unseen_options = {**options, **{k: v for k, v in cfg["unseen_psf"].items() if k != "n"}}
     box: list = []
     sim_seed = int(sim["seed"])
-    train_file = _simulate(out / "data" / "train.h5", sim["n_train"], sim_seed, options, catalog_dir, progress, box)
-    heldout_file = _simulate(out / "data" / "heldout.h5", sim["n_heldout"], sim_seed + 1, options, catalog_dir, progress, box)
-    unseen_file = _simulate(out / "data" / "unseen_psf.h5", cfg["unseen_psf"]["n"], sim_seed + 2, unseen_options,
-                            catalog_dir, progress, box)
+    for turn in ("main", "others") if ctx.distributed else ("main",):
+        # with several ranks, rank 0 simulates and the others then find the files in place
+        if (turn == "main") == ctx.is_main:
+            train_file = _simulate(out / "data" / "train.h5", sim["n_train"], sim_seed, options, catalog_dir, progress, box)
+            heldout_file = _simulate(out / "data" / "heldout.h5", sim["n_heldout"], sim_seed + 1, options, catalog_dir,
+                                     progress, box)
+            unseen_file = _simulate(out / "data" / "unseen_psf.h5", cfg["unseen_psf"]["n"], sim_seed + 2,
+                                    unseen_options, catalog_dir, progress, box)
+        if turn == "main":
+            distributed.barrier()
     timing["simulate_s"] = time.perf_counter() - t0
     info = galaxy_file_info(train_file)
 
@@ -369,8 +381,10 @@ def run_galaxy_pipeline(config: Mapping[str, Any], out_dir: str | os.PathLike, *
         LikelihoodStep(model, optimizer, lambda m, b: galaxy_vae_loss(m, b, beta=beta), max_grad_norm=clip),
         lr=tr["lr"], final=tr["final_lr_fraction"], total=tr["max_steps"])
     dataset = GalaxyStampDataset(train_file, keys=("observed", "psf", "noise_variance"), in_memory=True)
-    generator = torch.Generator().manual_seed(seed)
-    loader = DataLoader(dataset, batch_size=tr["batch_size"], shuffle=True, drop_last=True, generator=generator)
+    # each rank its own share of every epoch's permutation; batch_size is per rank
+    sampler = DistributedSampler(dataset, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=seed,
+                                 drop_last=True)
+    loader = DataLoader(dataset, batch_size=tr["batch_size"], sampler=sampler, drop_last=True)
     vae_fit = fit(step, loader, max_steps=tr["max_steps"], out_dir=out / "vae", checkpoint_every=tr["checkpoint_every"],
                   config=run_config, resume=True, seed=seed, progress=progress, log_every=tr["log_every"])
     timing["train_vae_s"] = time.perf_counter() - t0
@@ -381,14 +395,19 @@ def run_galaxy_pipeline(config: Mapping[str, Any], out_dir: str | os.PathLike, *
     latents = encode_dataset(model, DataLoader(full, batch_size=512), sample=cfg["prior"]["latents"] == "sample")
     pr = cfg["prior"]
     latent_set = _DictDataset(latents)
-    prior_loader = DataLoader(latent_set, batch_size=min(pr["batch_size"], len(latent_set)), shuffle=True,
-                              drop_last=True, generator=torch.Generator().manual_seed(seed + 1))
+    prior_sampler = DistributedSampler(latent_set, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True,
+                                       seed=seed + 1, drop_last=True)
+    prior_loader = DataLoader(latent_set, batch_size=min(pr["batch_size"], len(latent_set) // ctx.world_size),
+                              sampler=prior_sampler, drop_last=True)
     prior_step = LikelihoodStep(model, torch.optim.Adam(model.prior_parameters(), lr=pr["lr"]), flow_prior_loss)
     prior_fit = fit(prior_step, prior_loader, max_steps=pr["max_steps"], out_dir=out / "prior",
                     checkpoint_every=max(pr["max_steps"], 1), config=run_config, resume=True, seed=seed + 1,
                     progress=progress, log_every=max(1, pr["max_steps"] // 20))
     timing["train_prior_s"] = time.perf_counter() - t0
     model.eval()
+    if not ctx.is_main:  # with several ranks, rank 0 samples, validates and writes the report
+        distributed.barrier()
+        return out / "report.json"
     save_checkpoint(out / "model.pt", modules={"model": model}, optimizers={}, config=run_config,
                     step=vae_fit.steps + prior_fit.steps)
 
@@ -487,6 +506,7 @@ def run_galaxy_pipeline(config: Mapping[str, Any], out_dir: str | os.PathLike, *
     }
     path = out / "report.json"
     _write_json(path, report)
+    distributed.barrier()
     return path
 
 

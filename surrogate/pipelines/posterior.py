@@ -58,7 +58,7 @@ from torch.distributions import Distribution
 
 from surrogate.models.flows import build_flow
 from surrogate.nn.embeddings import MarginalGaussianize, Standardize, quantile_knots, zscore_statistics
-from surrogate.train import fit
+from surrogate.train import distributed, fit
 from surrogate.train.steps import LikelihoodStep
 
 __all__ = [
@@ -441,16 +441,31 @@ class EpochBatchSampler(torch.utils.data.Sampler):
     """Yields index tensors of shuffled mini-batches; the order of an epoch depends only on
     ``(seed, epoch)`` (``set_epoch`` is called by :func:`surrogate.train.fit`), so resuming is exact.
 
+    With ``world_size`` ranks, the epoch's permutation is cut into global batches of
+    ``batch_size * world_size`` indices and rank ``r`` yields slice ``r`` of each: the ranks
+    together see exactly the batches of one rank with ``batch_size * world_size``. An incomplete
+    last global batch is dropped when ``world_size > 1`` (every rank must take the same number of
+    steps, with equal shares); a single rank keeps it.
+
     Arguments:
         num_items: dataset size ``N``.
-        batch_size: indices per batch (the last batch of an epoch may be smaller).
-        seed: shuffling seed.
+        batch_size: indices per batch and rank.
+        seed: shuffling seed (the same on every rank).
+        rank, world_size: this rank and the number of ranks.
+
+    Raises:
+        ValueError: non-positive sizes, a bad rank, or fewer items than one global batch.
     """
 
-    def __init__(self, num_items: int, batch_size: int, *, seed: int = 0):
+    def __init__(self, num_items: int, batch_size: int, *, seed: int = 0, rank: int = 0, world_size: int = 1):
         if num_items < 1 or batch_size < 1:
             raise ValueError(f"num_items and batch_size must be >= 1, got {num_items} and {batch_size}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"need 0 <= rank < world_size, got rank {rank} and world_size {world_size}")
+        if world_size > 1 and num_items < batch_size * world_size:
+            raise ValueError(f"{num_items} items are fewer than one global batch of {batch_size} x {world_size} ranks")
         self.num_items, self.batch_size, self.seed, self.epoch = num_items, batch_size, seed, 0
+        self.rank, self.world_size = rank, world_size
 
     def set_epoch(self, epoch: int) -> None:
         """Selects the permutation of epoch ``epoch``."""
@@ -459,10 +474,16 @@ class EpochBatchSampler(torch.utils.data.Sampler):
     def __iter__(self) -> Iterator[Tensor]:
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         order = torch.randperm(self.num_items, generator=generator)
-        return iter(order.split(self.batch_size))
+        if self.world_size == 1:
+            return iter(order.split(self.batch_size))
+        step = self.batch_size * self.world_size
+        lo, hi = self.rank * self.batch_size, (self.rank + 1) * self.batch_size
+        return iter([order[start + lo : start + hi] for start in range(0, len(self) * step, step)])
 
     def __len__(self) -> int:
-        return math.ceil(self.num_items / self.batch_size)
+        if self.world_size == 1:
+            return math.ceil(self.num_items / self.batch_size)
+        return self.num_items // (self.batch_size * self.world_size)
 
 
 class _PairDataset(torch.utils.data.Dataset):
@@ -548,7 +569,9 @@ def train_npe(
             (``hidden_features``, ``num_transforms``, ``num_bins`` ...).
         embedding_net: optional summary network for ``x`` (see :func:`build_npe_flow`).
         z_score_theta, z_score_x: z-scoring, see :func:`build_npe_flow`.
-        batch_size: simulations per optimizer step.
+        batch_size: simulations per optimizer step and rank (see :class:`EpochBatchSampler`
+            for several ranks: every rank holds all simulations and trains on its slice of each
+            global batch; gradients are averaged by :class:`LikelihoodStep`).
         learning_rate: Adam(W) learning rate.
         weight_decay: AdamW weight decay.
         max_grad_norm: gradient clipping (total 2-norm), ``None`` for none.
@@ -563,7 +586,8 @@ def train_npe(
             is restored afterwards).
         out_dir: if given, checkpoints and ``log.csv`` of :func:`surrogate.train.fit` go here.
         progress: progress bar.
-        device: where to train.
+        device: where to train (under :func:`surrogate.train.distributed.init_distributed` with
+            several ranks, each rank's own device).
 
     Returns:
         An :class:`NPEResult`.
@@ -586,6 +610,9 @@ def train_npe(
     if lr_schedule not in ("constant", "cosine"):
         raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {lr_schedule!r}")
 
+    ctx = distributed.context()
+    if ctx.distributed:
+        device = ctx.device
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         perm = torch.randperm(n)
@@ -596,7 +623,8 @@ def train_npe(
             theta_tr, x_tr, kind=kind, embedding_net=embedding_net, z_score_theta=z_score_theta,
             z_score_x=z_score_x, seed=seed, **dict(flow_kwargs or {}),
         ).to(device)
-        sampler = EpochBatchSampler(theta_tr.shape[0], batch_size, seed=seed)
+        sampler = EpochBatchSampler(theta_tr.shape[0], batch_size, seed=seed, rank=ctx.rank,
+                                    world_size=ctx.world_size)
         loader = torch.utils.data.DataLoader(_PairDataset(theta_tr, x_tr), sampler=sampler, batch_size=None)
         steps_per_epoch = len(sampler)
         optimizer = torch.optim.AdamW(flow.parameters(), lr=learning_rate, weight_decay=weight_decay)
@@ -712,6 +740,10 @@ def run_npe_pipeline(
         base_dir: folder against which a relative ``[task] reference_root`` is resolved (the
             TOML file's folder); ``None``: the current working directory.
 
+    Under several ranks (:func:`surrogate.train.distributed.init_distributed`) every rank
+    simulates the same data and trains its share of each batch; rank 0 alone evaluates and
+    writes the report, the others return ``{}``.
+
     Returns:
         The report (also written to ``out_dir/report.json``).
 
@@ -752,6 +784,8 @@ def run_npe_pipeline(
         min_acceptance=float(cfg["sampling"]["min_acceptance"]), seed=seed, out_dir=out / "train",
         progress=progress, device=run["device"],
     )
+    if not distributed.context().is_main:
+        return {}  # with several ranks, rank 0 evaluates and writes the report
     posterior = result.posterior
     labels = [f"theta_{i + 1}" for i in range(task.theta_dim)]
     per_observation = []

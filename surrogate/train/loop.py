@@ -18,9 +18,11 @@ stopped (tested in ``tests/train/test_loop.py``).
 from __future__ import annotations
 
 import copy
-import math
 import csv
+import math
 import os
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,15 +31,61 @@ from typing import Any, Callable, Iterable, Mapping, Protocol
 import torch
 from tqdm.auto import tqdm
 
+from surrogate.train import distributed
 from surrogate.train.checkpoint import (
     checkpoint_path,
     latest_checkpoint,
     load_checkpoint,
+    rng_state,
     save_checkpoint,
     set_rng_state,
 )
 
-__all__ = ["FitResult", "Step", "fit"]
+__all__ = ["FitResult", "Step", "TrainingInterrupted", "fit"]
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+"""Signals after which :func:`fit` writes a checkpoint and raises :class:`TrainingInterrupted`
+(Slurm sends SIGTERM before a kill, and ``--signal=USR1@<seconds>`` ahead of the time limit)."""
+
+
+class TrainingInterrupted(Exception):
+    """A stop signal arrived: a checkpoint was written after ``step`` steps; run the same command
+    again (with resume) to continue.
+
+    Attributes:
+        step: optimisation steps done.
+        checkpoint: the checkpoint written (``None`` without ``out_dir``).
+        signal_name: e.g. ``"SIGTERM"``.
+    """
+
+    exit_status = 75  # EX_TEMPFAIL: "try again"; the batch templates requeue on it
+
+    def __init__(self, step: int, checkpoint: Path | None, signal_name: str):
+        super().__init__(f"stopped by {signal_name} after step {step}; checkpoint {checkpoint}; "
+                         "run the same command again to resume")
+        self.step, self.checkpoint, self.signal_name = step, checkpoint, signal_name
+
+
+class _StopSignals:
+    """Records STOP_SIGNALS while training (main thread only); restores the old handlers."""
+
+    def __init__(self, enabled: bool):
+        self.received: str | None = None
+        self._old: dict[int, Any] = {}
+        self.enabled = enabled and threading.current_thread() is threading.main_thread()
+
+    def __enter__(self) -> "_StopSignals":
+        if self.enabled:
+            for sig in STOP_SIGNALS:
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        self.received = signal.Signals(signum).name
+
+    def __exit__(self, *exc) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
 
 
 class Step(Protocol):
@@ -126,6 +174,7 @@ def fit(
     validation: Callable[[], float] | None = None,
     validate_every: int = 100,
     patience: int | None = None,
+    handle_signals: bool = True,
 ) -> FitResult:
     """Trains by calling ``step(batch)`` for ``max_steps`` batches, looping over epochs.
 
@@ -155,6 +204,18 @@ def fit(
         validate_every: steps between validations.
         patience: with ``validation``, stop after this many validations without improvement
             and restore the weights of the best one.
+        handle_signals: on SIGTERM or SIGUSR1 (:data:`STOP_SIGNALS`) finish the current step,
+            write a checkpoint and raise :class:`TrainingInterrupted` (a requeued batch job then
+            resumes from it).
+
+    **Across ranks** (after :func:`surrogate.train.distributed.init_distributed`; the step's
+    modules wrapped in ``DistributedDataParallel``, each rank's loader reading its own shard):
+    the logged metrics and the validation value are averaged over ranks; only rank 0 shows the
+    progress bar and writes ``log.csv`` and checkpoints (then all ranks pass a barrier); a stop
+    signal on any rank stops all of them at the same step. ``seed`` seeds rank ``r`` with
+    ``seed + r``. Checkpoints hold every rank's RNG state: a resume with the same world size is
+    exact; with another world size the run continues at the start of the next epoch (the rest of
+    the interrupted epoch is skipped), each rank reseeded from ``(seed + rank, step)``.
 
     Returns:
         A :class:`FitResult`.
@@ -162,11 +223,14 @@ def fit(
     Raises:
         ValueError: ``max_steps`` < 0, ``resume`` without ``out_dir``, an epoch of ``loader``
             yields no batch, or the checkpoint's modules do not match the step's.
+        TrainingInterrupted: a stop signal arrived (see ``handle_signals``).
     """
     if max_steps < 0:
         raise ValueError(f"max_steps must be >= 0, got {max_steps}")
     if resume and out_dir is None:
         raise ValueError("resume=True needs out_dir (where the checkpoints are)")
+    ctx = distributed.context()
+    main = ctx.is_main
     out = Path(out_dir) if out_dir is not None else None
     done, epoch, batch_in_epoch = 0, 0, 0
     extra: dict[str, Any] = {}
@@ -180,14 +244,23 @@ def fit(
             getattr(module, "module", module).load_state_dict(ckpt["modules"][name])
         for name, opt in step.optimizers.items():
             opt.load_state_dict(ckpt["optimizers"][name])
-        resume_rng = ckpt["rng"]
         done, epoch, batch_in_epoch = ckpt["step"], ckpt["epoch"], ckpt["batch_in_epoch"]
         extra = dict(ckpt.get("extra", {}))
+        saved_world = int(extra.get("world_size", 1))
+        if saved_world == ctx.world_size:
+            resume_rng = extra["rng_ranks"][ctx.rank] if "rng_ranks" in extra else ckpt["rng"]
+        else:
+            if main:
+                print(f"resuming {ckpt_file} (written by {saved_world} ranks) with {ctx.world_size}: "
+                      f"continuing at the start of epoch {epoch + int(batch_in_epoch > 0)}")
+            if batch_in_epoch > 0:
+                epoch, batch_in_epoch = epoch + 1, 0
+            torch.manual_seed(distributed.rank_seed(seed or 0) * 1_000_003 + done)
     elif seed is not None:
-        torch.manual_seed(seed)
+        torch.manual_seed(distributed.rank_seed(seed))
 
-    log = _CsvLog(out / "log.csv", done) if out is not None else None
-    if out is not None:
+    log = _CsvLog(out / "log.csv", done) if (out is not None and main) else None
+    if out is not None and main:
         out.mkdir(parents=True, exist_ok=True)
     result = FitResult(steps=done, checkpoint=ckpt_file)
     best = extra.get("best_validation")
@@ -200,12 +273,16 @@ def fit(
         if out is None:
             return
         path = checkpoint_path(out, done)
-        save_checkpoint(
-            path, modules=step.modules, optimizers=step.optimizers, config=config, step=done,
-            epoch=epoch, batch_in_epoch=batch_in_epoch,
-            extra={"best_validation": best, "bad_validations": bad_validations},
-        )
-        _prune(out, keep_checkpoints)
+        states = distributed.all_gather_object(rng_state())  # collective: every rank takes part
+        if main:
+            save_checkpoint(
+                path, modules=step.modules, optimizers=step.optimizers, config=config, step=done,
+                epoch=epoch, batch_in_epoch=batch_in_epoch,
+                extra={"best_validation": best, "bad_validations": bad_validations,
+                       "world_size": ctx.world_size, "rng_ranks": states},
+            )
+            _prune(out, keep_checkpoints)
+        distributed.barrier()  # no rank goes on (or exits) before the file is in place
         result.checkpoint = path
 
     def validate() -> bool:
@@ -215,7 +292,7 @@ def fit(
         for m in step.modules.values():
             m.eval()
         with torch.no_grad():
-            value = float(validation())
+            value = distributed.all_reduce_mean({"validation": float(validation())})["validation"]
         for m in step.modules.values():
             m.train()
         result.history.append({"step": done, "validation": value})
@@ -229,11 +306,13 @@ def fit(
         result.best_validation = best
         return patience is not None and bad_validations >= patience
 
-    bar = tqdm(total=max_steps, initial=done, disable=not progress, desc="train", dynamic_ncols=True)
+    bar = tqdm(total=max_steps, initial=done, disable=not (progress and main), desc="train", dynamic_ncols=True)
     sums: dict[str, float] = {}
     count, t0 = 0, time.perf_counter()
     stop = done >= max_steps
-    try:
+    signals = _StopSignals(handle_signals)
+    interrupted: str | None = None
+    with signals, bar:
         while not stop:
             for holder in (getattr(loader, "dataset", None), getattr(loader, "sampler", None)):
                 if hasattr(holder, "set_epoch"):
@@ -257,7 +336,8 @@ def fit(
                     sums[k] = sums.get(k, 0.0) + float(v)
                 count += 1
                 if done % log_every == 0 or done == max_steps:
-                    row = {"step": done, "epoch": epoch, **{k: v / count for k, v in sums.items()}}
+                    row = {"step": done, "epoch": epoch,
+                           **distributed.all_reduce_mean({k: v / count for k, v in sums.items()})}
                     row["seconds"] = time.perf_counter() - t0
                     result.history.append(row)
                     if log is not None:
@@ -268,6 +348,11 @@ def fit(
                     stop = validate()
                 if checkpoint_every and done % checkpoint_every == 0 and done < max_steps:
                     checkpoint()
+                if signals.enabled or ctx.distributed:
+                    received = distributed.any_rank(signals.received is not None)
+                    if received:
+                        interrupted = signals.received or "a stop signal on another rank"
+                        stop = True
                 if stop or done >= max_steps:
                     stop = True
                     break
@@ -275,8 +360,9 @@ def fit(
                 if not yielded:
                     raise ValueError("the loader yielded no batch in an epoch: is the dataset empty or batch_size > its size with drop_last?")
                 epoch, batch_in_epoch = epoch + 1, 0
-    finally:
-        bar.close()
+    if interrupted is not None:
+        checkpoint()
+        raise TrainingInterrupted(done, result.checkpoint, interrupted)
     if validation is not None and last_validated != done:
         validate()
     if patience is not None and best_states is not None:

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from surrogate.losses import gradient_penalty, wgan_critic_loss, wgan_generator_loss
+from surrogate.train import distributed
 
 __all__ = ["GANStep", "LikelihoodStep"]
 
@@ -35,8 +36,34 @@ def _to_device(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]
     return {k: v.to(device, non_blocking=True) if isinstance(v, Tensor) else v for k, v in batch.items()}
 
 
+class _ParallelLoss(nn.Module):
+    """``forward(batch) = loss_fn(model, batch)``, registering only the trained parameters.
+
+    Wrapped in ``DistributedDataParallel``, it averages the gradients of exactly the optimizer's
+    parameters over ranks, whichever methods of ``model`` the loss calls (DDP only sees calls
+    of its own ``forward``). The model is kept out of the module tree so that frozen parts
+    (e.g. the VAE while its flow prior trains) are not expected to receive gradients.
+    """
+
+    def __init__(self, model: nn.Module, loss_fn: Callable, params: list[nn.Parameter]):
+        super().__init__()
+        self.trained = nn.ParameterList(params)
+        self._model = (model,)
+        self.loss_fn = loss_fn
+
+    def forward(self, batch: Mapping[str, Tensor]) -> Tensor:
+        return self.loss_fn(self._model[0], batch)
+
+
 class LikelihoodStep:
     r"""Minimises a scalar loss of one model: ``loss = loss_fn(model, batch)``.
+
+    Data parallel: when :func:`surrogate.train.distributed.init_distributed` started several
+    ranks, the loss is computed through ``DistributedDataParallel`` over the optimizer's
+    parameters, so their gradients are averaged over ranks before clipping and the update: with
+    equal per-rank batches, ``W`` ranks with batch ``B`` take the same steps as one rank with
+    batch ``W B`` (tested). Buffers (e.g. z-scoring statistics) are not synchronised: compute
+    them from the same data on every rank.
 
     Arguments:
         model: the network.
@@ -71,6 +98,10 @@ class LikelihoodStep:
         self.max_grad_norm = max_grad_norm
         self.modules = {"model": model}
         self.optimizers = {"model": optimizer}
+        self._parallel = None
+        if distributed.context().distributed:
+            params = [p for group in optimizer.param_groups for p in group["params"] if p.requires_grad]
+            self._parallel = distributed.wrap_ddp(_ParallelLoss(model, loss_fn, params))
 
     def __call__(self, batch: Mapping[str, Tensor]) -> dict[str, float]:
         """One optimizer step on ``batch``; returns ``{"loss": ...}`` (and ``"grad_norm"`` when clipping).
@@ -79,7 +110,7 @@ class LikelihoodStep:
             ValueError: the loss is not a scalar.
         """
         batch = _to_device(batch, _device(self.model))
-        loss = self.loss_fn(self.model, batch)
+        loss = self._parallel(batch) if self._parallel is not None else self.loss_fn(self.model, batch)
         if loss.dim() != 0:
             raise ValueError(f"LikelihoodStep: loss_fn must return a scalar, got shape {tuple(loss.shape)}")
         self.optimizer.zero_grad(set_to_none=True)
@@ -114,16 +145,21 @@ class GANStep:
     reached the data's mean response within 1 % in every energy bin after 4,000 calls and
     stayed stable.
 
-    Under ``DistributedDataParallel`` the critic's ``preprocess``/``score`` are called on the
-    unwrapped module, which bypasses DDP's gradient synchronisation: a distributed run must
-    all-reduce the critic's gradients itself (or wrap a critic without these methods).
-
-    If the critic has ``preprocess(showers, energy)`` and ``score(x, energy)`` methods (as
+    If the critic has ``preprocess(showers, energy)`` and ``score(x, energy)`` methods and its
+    ``forward`` accepts ``preprocessed=True`` (as
     :class:`~surrogate.models.calo_gan.CaloGANCritic` does), the penalty is taken with respect
     to the preprocessed input ``x`` (log cells and scaled physics features) instead of the MeV
     cells: a 1-Lipschitz constraint in MeV would leave the critic unconstrained on the
     high-energy cells and the energy sums. Otherwise the critic is called as
     ``critic(showers, energy)`` and the penalty is taken on the showers as given.
+
+    **Data parallel.** Both networks may be wrapped in ``DistributedDataParallel``. The critic
+    update scores real, generated and interpolated showers through the wrapper's ``forward``
+    (``preprocess`` has no parameters), so the critic's gradients, the penalty's included, are
+    averaged over ranks in its ``backward``; the generator update goes through the generator's
+    wrapper and scores with the unwrapped critic (whose parameters get no gradient there), and
+    the critic update's generated showers come from the unwrapped generator without gradients.
+    Every rank then applies the same averaged gradients and the weights stay identical.
 
     The number of calls so far (which fixes where the generator updates fall) and the last
     generator loss are kept in the critic optimizer's first parameter group
@@ -181,10 +217,12 @@ class GANStep:
         return int(self.critic_optimizer.param_groups[0].get("gan_calls", 0))
 
     def _critic_fns(self):
+        """(preprocess, score through the wrapper, score of the unwrapped critic)."""
         unwrapped = getattr(self.critic, "module", self.critic)  # DistributedDataParallel
         if hasattr(unwrapped, "preprocess") and hasattr(unwrapped, "score"):
-            return unwrapped.preprocess, unwrapped.score
-        return (lambda showers, energy: showers), self.critic
+            return (unwrapped.preprocess, lambda x, energy: self.critic(x, energy, preprocessed=True),
+                    unwrapped.score)
+        return (lambda showers, energy: showers), self.critic, unwrapped
 
     def _noise(self, batch: int, device: torch.device) -> Tensor:
         latent_dim = getattr(self.generator, "module", self.generator).latent_dim
@@ -211,11 +249,11 @@ class GANStep:
         batch = _to_device(batch, device)
         energy = batch["energy"]
         real = {k: v for k, v in batch.items() if k != "energy"}
-        preprocess, score = self._critic_fns()
+        preprocess, score, score_unwrapped = self._critic_fns()
 
         # Critic update.
         with torch.no_grad():
-            fake = self.generator(self._noise(energy.shape[0], device), energy)
+            fake = getattr(self.generator, "module", self.generator)(self._noise(energy.shape[0], device), energy)
         real_u = preprocess(real, energy)
         fake_u = preprocess(fake, energy)
         real_scores = score(real_u, energy)
@@ -232,7 +270,7 @@ class GANStep:
         if calls % self.n_critic == 0:
             # Generator update; only the generator's parameters receive gradients.
             fake_g = self.generator(self._noise(energy.shape[0], device), energy)
-            fake_scores_g = score(preprocess(fake_g, energy), energy)
+            fake_scores_g = score_unwrapped(preprocess(fake_g, energy), energy)
             loss_generator = wgan_generator_loss(fake_scores_g)
             self.generator_optimizer.zero_grad(set_to_none=True)
             loss_generator.backward(inputs=list(self.generator.parameters()))

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import csv
+import os
+import signal
 
 import numpy as np
 import pytest
 import torch
 
 from surrogate.train import fit, latest_checkpoint, load_checkpoint
+from surrogate.train.loop import TrainingInterrupted
 
 
 class EpochDataset(torch.utils.data.IterableDataset):
@@ -121,3 +124,31 @@ def test_bad_arguments():
     empty = torch.utils.data.DataLoader(EpochDataset(n=3), batch_size=4, drop_last=True)
     with pytest.raises(ValueError, match="no batch"):
         fit(NoisyStep(), empty, max_steps=1, progress=False)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1])
+def test_stop_signal_writes_a_checkpoint_and_resume_matches_uninterrupted_run(tmp_path, signum):
+    """What a Slurm job sees before its time limit or a preemption: the step in progress
+    finishes, a checkpoint is written, TrainingInterrupted (exit status 75 in the CLI) is raised,
+    and running again ends with the weights of an uninterrupted run."""
+    reference = NoisyStep()
+    fit(reference, _loader(), max_steps=23, seed=5, progress=False)
+
+    class SignalledStep(NoisyStep):
+        def __call__(self, batch):
+            if self.calls == 12:  # the signal arrives during step 13
+                os.kill(os.getpid(), signum)
+            return super().__call__(batch)
+
+    previous = signal.getsignal(signum)
+    with pytest.raises(TrainingInterrupted, match=signal.Signals(signum).name) as info:
+        fit(SignalledStep(), _loader(), max_steps=23, out_dir=tmp_path, checkpoint_every=100, seed=5, progress=False)
+    assert signal.getsignal(signum) is previous  # the handler is restored
+    assert info.value.step == 13 and info.value.checkpoint == latest_checkpoint(tmp_path)
+    assert load_checkpoint(info.value.checkpoint)["step"] == 13
+
+    resumed = NoisyStep(init_seed=7)
+    result = fit(resumed, _loader(), max_steps=23, out_dir=tmp_path, seed=5, resume=True, progress=False)
+    assert result.steps == 23 and resumed.calls == 10
+    for a, b in zip(_weights(reference), _weights(resumed)):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

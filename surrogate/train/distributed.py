@@ -1,0 +1,349 @@
+"""One distributed set-up for every launcher: torchrun, ``srun`` and ``mpiexec``.
+
+:func:`init_distributed` finds this process's rank, the world size and the local rank (its index
+among the ranks of its node), starts ``torch.distributed`` and picks the device:
+
+1. **torchrun** (``torch.distributed.run``): ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``,
+   ``MASTER_ADDR``, ``MASTER_PORT`` are in the environment; the process group starts from them.
+2. **Slurm** (``srun``, environment ``SLURM_STEP_NUM_TASKS``, ``SLURM_PROCID``,
+   ``SLURM_LOCALID``) or **an MPI launcher** (``mpiexec``/``mpirun`` of MPICH, Open MPI or
+   PMIx: ``PMI_RANK``/``PMI_SIZE``, ``OMPI_COMM_WORLD_RANK``/``_SIZE``, ``PMIX_RANK``), and
+   finally any process in which ``mpi4py`` has initialised MPI (``python -m mpi4py``): ranks come
+   from ``mpi4py``'s ``COMM_WORLD``. Rank 0 picks a free TCP port and broadcasts its address and
+   the port over MPI; every rank then joins a TCP rendezvous.
+
+   A launcher's task count must equal MPI's world size: an ``srun`` whose ``--mpi=`` plugin does
+   not match the MPI library starts N independent processes that each see an MPI world of size 1
+   and would otherwise train N unrelated models without any error. :func:`init_distributed`
+   stops with a :class:`DistributedSetupError` naming both numbers instead.
+3. Otherwise a single process (world size 1, no process group).
+
+The communication backend is NCCL on GPUs and gloo on CPUs; never ``mpi`` (the torch wheels are
+built without it). Each rank uses one device: ``cuda:<local rank>`` when GPUs are present.
+
+**A failing rank ends the job.** Launch through ``python -m mpi4py`` (``mpiexec -n 4 python -m
+mpi4py -m surrogate run ...``, ``srun python -m mpi4py -m surrogate ...``): an exception that
+escapes on any rank then calls ``MPI_Abort``, and the launcher kills the other ranks, instead of
+leaving them blocked in a collective until the timeout (``timeout_s``, the backstop).
+
+**Seeds** (see :func:`rank_seed`): models are initialised from ``seed`` on every rank (and
+``DistributedDataParallel`` broadcasts rank 0's weights anyway); the noise and the data order
+use ``seed + rank``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import socket
+import sys
+import warnings
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import torch
+import torch.distributed as dist
+
+__all__ = [
+    "DistributedContext",
+    "DistributedSetupError",
+    "all_gather_object",
+    "all_reduce_mean",
+    "any_rank",
+    "barrier",
+    "broadcast_object",
+    "context",
+    "discover_ranks",
+    "init_distributed",
+    "rank_seed",
+    "shutdown",
+    "wrap_ddp",
+]
+
+# world sizes set by MPI launchers: MPICH/Hydra, Open MPI, PMIx
+_MPI_SIZE_VARIABLES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE")
+
+
+class DistributedSetupError(RuntimeError):
+    """The launcher, MPI and the environment disagree about the job (see the message)."""
+
+
+@dataclass(frozen=True)
+class DistributedContext:
+    """Where this process stands in the job.
+
+    Attributes:
+        rank: global rank, ``0 <= rank < world_size``.
+        world_size: number of processes.
+        local_rank: index among the processes of this node (picks the GPU).
+        device: this rank's device.
+        backend: ``"nccl"``, ``"gloo"`` or ``None`` (a single process).
+        launcher: ``"torchrun"``, ``"slurm"``, ``"mpi"`` or ``"single"``.
+    """
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+    backend: str | None = None
+    launcher: str = "single"
+
+    @property
+    def is_main(self) -> bool:
+        """True on rank 0, the rank that logs, shows progress and writes checkpoints."""
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        """True when a process group with more than one rank is running."""
+        return self.world_size > 1
+
+
+def _int_env(env: Mapping[str, str], *names: str) -> int | None:
+    for name in names:
+        if env.get(name, "") != "":
+            try:
+                return int(env[name])
+            except ValueError:
+                raise DistributedSetupError(f"environment variable {name}={env[name]!r} is not an integer") from None
+    return None
+
+
+def _mpi_comm():
+    """``mpi4py``'s ``COMM_WORLD`` (initialising MPI), or ``None`` when mpi4py is missing."""
+    try:
+        from mpi4py import MPI
+    except ImportError:
+        return None
+    return MPI.COMM_WORLD
+
+
+def discover_ranks(env: Mapping[str, str] | None = None) -> tuple[int, int, int, str]:
+    """Rank, world size, local rank and launcher name from the environment (see the module
+    documentation for the order). Does not start anything; imports mpi4py (initialising MPI) only
+    when an MPI or Slurm launch is detected or MPI is already initialised.
+
+    Raises:
+        DistributedSetupError: the launcher's task count differs from MPI's world size, mpi4py is
+            missing for a multi-task Slurm/MPI launch, or a variable is not an integer.
+    """
+    env = os.environ if env is None else env
+    if all(env.get(k, "") != "" for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")):
+        rank, world = _int_env(env, "RANK"), _int_env(env, "WORLD_SIZE")
+        local = _int_env(env, "LOCAL_RANK")
+        return int(rank), int(world), int(local if local is not None else 0), "torchrun"
+
+    mpi_size = _int_env(env, *_MPI_SIZE_VARIABLES)
+    slurm_size = _int_env(env, "SLURM_STEP_NUM_TASKS")
+    mpi_started = "mpi4py.MPI" in sys.modules
+    if mpi_size is not None:
+        launcher, expected = "mpi", mpi_size
+    elif slurm_size is not None:
+        launcher, expected = "slurm", slurm_size
+    elif mpi_started:
+        launcher, expected = "mpi", None
+    else:
+        return 0, 1, 0, "single"
+    if expected == 1 and not mpi_started:
+        return 0, 1, 0, "single"
+
+    comm = _mpi_comm()
+    if comm is None:
+        raise DistributedSetupError(
+            f"{launcher} started {expected} tasks but mpi4py is not installed: install the 'mpi' extra "
+            "(pip install 'physics-surrogate[mpi]') or launch with torchrun"
+        )
+    rank, world = comm.Get_rank(), comm.Get_size()
+    if expected is not None and world != expected:
+        variable = "SLURM_STEP_NUM_TASKS" if launcher == "slurm" else "the MPI launcher's size variable"
+        raise DistributedSetupError(
+            f"{launcher} started {expected} tasks ({variable}) but MPI's COMM_WORLD has size {world}: "
+            "each process would train alone. Under srun, pass the --mpi= plugin your MPI library "
+            "was built for (srun --mpi=list; e.g. --mpi=pmix or --mpi=pmi2); with mpiexec, use the "
+            "mpiexec of the MPI library mpi4py is linked against (python -m mpi4py --mpi-library)."
+        )
+    local = _int_env(env, "SLURM_LOCALID", "MPI_LOCALRANKID", "OMPI_COMM_WORLD_LOCAL_RANK", "PMIX_LOCAL_RANK")
+    if local is None:
+        from mpi4py import MPI
+
+        node = comm.Split_type(MPI.COMM_TYPE_SHARED)
+        local = node.Get_rank()
+        node.Free()
+    return rank, world, local, launcher
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("", 0))
+        return int(s.getsockname()[1])
+
+
+def init_distributed(device: str = "auto", *, backend: str = "auto", timeout_s: float = 600.0) -> DistributedContext:
+    """Starts ``torch.distributed`` for this job if it has more than one rank (see the module
+    documentation); a single process gets a context without a process group. Calling it again
+    returns the running context.
+
+    Arguments:
+        device: ``"auto"`` (``cuda:<local rank>`` when CUDA is available, else CPU), ``"cpu"``
+            or ``"cuda"``.
+        backend: ``"auto"`` (NCCL for CUDA, gloo for CPU), ``"nccl"`` or ``"gloo"``.
+        timeout_s: how long a collective may wait for the other ranks before failing, seconds.
+
+    Returns:
+        The :class:`DistributedContext`.
+
+    Raises:
+        DistributedSetupError: inconsistent launch (see :func:`discover_ranks`), ``"cuda"``
+            without a GPU, or more local ranks than GPUs on a node.
+        ValueError: an unknown device or backend name (``"mpi"`` is refused: torch wheels lack it).
+    """
+    if dist.is_available() and dist.is_initialized():
+        return context()
+    if backend not in ("auto", "nccl", "gloo"):
+        raise ValueError(f"backend must be 'auto', 'nccl' or 'gloo', got {backend!r} (the torch wheels have no 'mpi' backend)")
+    if device not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
+    rank, world, local, launcher = discover_ranks()
+    use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
+    if use_cuda:
+        if not torch.cuda.is_available():
+            raise DistributedSetupError("device 'cuda' requested but torch sees no CUDA device")
+        if local >= torch.cuda.device_count():
+            raise DistributedSetupError(
+                f"local rank {local} on {socket.gethostname()} has no GPU: {torch.cuda.device_count()} visible; "
+                "start one task per GPU"
+            )
+        torch.cuda.set_device(local)
+        dev = torch.device("cuda", local)
+    else:
+        dev = torch.device("cpu")
+    if world == 1:
+        return _set(DistributedContext(device=dev, launcher=launcher))
+    chosen = backend if backend != "auto" else ("nccl" if dev.type == "cuda" else "gloo")
+    timeout = datetime.timedelta(seconds=timeout_s)
+    if launcher == "torchrun":
+        dist.init_process_group(chosen, init_method="env://", rank=rank, world_size=world, timeout=timeout)
+    else:
+        comm = _mpi_comm()
+        hosts = comm.allgather(socket.gethostname())
+        address = None
+        if rank == 0:
+            # one node: loopback; several: rank 0's host name (or MASTER_ADDR if the site sets it)
+            address = os.environ.get("MASTER_ADDR") or ("127.0.0.1" if len(set(hosts)) == 1 else hosts[0])
+            address = (address, int(os.environ.get("MASTER_PORT", 0)) or _free_port())
+        address, port = comm.bcast(address, root=0)
+        dist.init_process_group(chosen, init_method=f"tcp://{address}:{port}", rank=rank, world_size=world,
+                                timeout=timeout)
+    return _set(DistributedContext(rank, world, local, dev, chosen, launcher))
+
+
+_CONTEXT: DistributedContext | None = None
+
+
+def _set(ctx: DistributedContext) -> DistributedContext:
+    global _CONTEXT
+    _CONTEXT = ctx
+    return ctx
+
+
+def context() -> DistributedContext:
+    """The context of :func:`init_distributed`; a single-process CPU context if it was not called.
+
+    A process group started elsewhere (e.g. by the user's own code) is reported with its rank and
+    world size.
+    """
+    if _CONTEXT is not None and (_CONTEXT.world_size == 1 or dist.is_initialized()):
+        return _CONTEXT
+    if dist.is_available() and dist.is_initialized():
+        backend = dist.get_backend()
+        local = int(os.environ.get("LOCAL_RANK", 0))
+        dev = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
+        return DistributedContext(dist.get_rank(), dist.get_world_size(), local, dev, backend, "external")
+    return DistributedContext()
+
+
+def shutdown() -> None:
+    """Destroys the process group started by :func:`init_distributed` (no-op otherwise)."""
+    global _CONTEXT
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+    _CONTEXT = None
+
+
+def rank_seed(seed: int, rank: int | None = None) -> int:
+    """The seed of a rank's noise and data order: ``seed + rank`` (``seed`` on rank 0)."""
+    return int(seed) + (context().rank if rank is None else int(rank))
+
+
+def barrier() -> None:
+    """Waits for every rank (no-op in a single process)."""
+    if context().distributed:
+        dist.barrier()
+
+
+def all_reduce_mean(values: Mapping[str, float]) -> dict[str, float]:
+    """The mean over ranks of each value (float64; the same keys on every rank).
+
+    Arguments:
+        values: name -> number on this rank.
+
+    Returns:
+        name -> mean over ranks (the input itself in a single process).
+    """
+    ctx = context()
+    if not ctx.distributed or not values:
+        return {k: float(v) for k, v in values.items()}
+    keys = sorted(values)
+    device = ctx.device if ctx.backend == "nccl" else torch.device("cpu")
+    t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    t /= ctx.world_size
+    return dict(zip(keys, t.tolist()))
+
+
+def any_rank(flag: bool) -> bool:
+    """True on every rank when ``flag`` is true on at least one (e.g. a stop signal)."""
+    ctx = context()
+    if not ctx.distributed:
+        return bool(flag)
+    device = ctx.device if ctx.backend == "nccl" else torch.device("cpu")
+    t = torch.tensor([1 if flag else 0], dtype=torch.int32, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    """``obj`` of rank ``src`` on every rank (picklable objects created by this program only)."""
+    if not context().distributed:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def all_gather_object(obj: Any) -> list[Any]:
+    """The list of every rank's ``obj``, in rank order (``[obj]`` in a single process)."""
+    ctx = context()
+    if not ctx.distributed:
+        return [obj]
+    out: list[Any] = [None] * ctx.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def wrap_ddp(module: torch.nn.Module, **kwargs: Any) -> torch.nn.Module:
+    """``DistributedDataParallel(module)`` on this rank's device when the job is distributed;
+    ``module`` itself otherwise. The module must already be on ``context().device``.
+
+    DDP broadcasts rank 0's parameters and buffers at construction, so every rank starts from
+    the same weights, and averages gradients over ranks in ``backward``.
+    """
+    ctx = context()
+    if not ctx.distributed:
+        return module
+    ids = [ctx.device.index] if ctx.device.type == "cuda" else None
+    # LocallyConnected2d's bias with one output channel gets a gradient whose stride differs from
+    # the parameter's only along that size-1 dimension: the same memory layout, so DDP's
+    # performance warning about it is a false alarm.
+    warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides", category=UserWarning)
+    return torch.nn.parallel.DistributedDataParallel(module, device_ids=ids, **kwargs)

@@ -1,0 +1,176 @@
+"""Training across MPI-launched ranks: ``mpiexec -n 2 python -m mpi4py`` with the MPICH wheel.
+
+Every model family trains on 2 ranks and ends with bit-identical parameters on both; NPE (a
+deterministic model) on 2 ranks with per-rank batch B matches 1 rank with batch 2B; a 2-rank
+job killed mid-run resumes on 1 rank; a rank that raises ends the job within seconds; a launch
+whose task count disagrees with MPI's world size is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from surrogate.train import distributed
+from surrogate.train.checkpoint import latest_checkpoint, load_checkpoint
+
+JOB = Path(__file__).resolve().parent / "mpi_job.py"
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+for _name in ("PMI_SIZE", "PMI_RANK", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "SLURM_STEP_NUM_TASKS", "RANK", "WORLD_SIZE"):
+    ENV.pop(_name, None)
+
+
+def _mpiexec() -> str:
+    found = shutil.which("mpiexec") or str(Path(sys.executable).with_name("mpiexec"))
+    if not Path(found).exists():
+        pytest.fail("mpiexec not found: install the test extra (mpi4py and the mpich wheel)")
+    return found
+
+
+def _launch(n: int, *args, timeout: float = 240, **kwargs) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "mpi4py", *map(str, args)]
+    if n > 1:
+        command = [_mpiexec(), "-n", str(n), *command]
+    return subprocess.run(command, capture_output=True, text=True, env=ENV, timeout=timeout, **kwargs)
+
+
+def _params(folder: Path, rank: int) -> dict[str, torch.Tensor]:
+    return torch.load(folder / f"params_rank{rank}.pt", weights_only=True)
+
+
+@pytest.mark.parametrize("family", ["calo", "galaxy", "npe"])
+def test_two_ranks_end_with_bit_identical_parameters(tmp_path, family):
+    proc = _launch(2, JOB, family, tmp_path, "--batch", "16", "--steps", "10" if family != "npe" else "2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((tmp_path / "done.json").read_text())["world_size"] == 2
+    rank0, rank1 = _params(tmp_path, 0), _params(tmp_path, 1)
+    assert rank0.keys() == rank1.keys() and len(rank0) > 0
+    for key in rank0:
+        assert torch.equal(rank0[key], rank1[key]), f"{family}: {key} differs between ranks"
+    # training moved the weights away from the initialisation (the ranks agree on a real update)
+    checkpoints = sorted((tmp_path).glob("**/checkpoints/step_*.pt"))
+    assert checkpoints and all(load_checkpoint(p)["step"] > 0 for p in checkpoints)
+
+
+def test_two_ranks_with_batch_b_match_one_rank_with_batch_2b(tmp_path):
+    """NPE has no noise in training: the same global batches give the same weights to within
+    float32 round-off (the gradient of a mean over 50 vs the average of two means over 25)."""
+    two, one = tmp_path / "two", tmp_path / "one"
+    proc = _launch(2, JOB, "npe", two, "--batch", "25", "--steps", "3")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = _launch(1, JOB, "npe", one, "--batch", "50", "--steps", "3")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a, b = _params(two, 0), _params(one, 0)
+    assert json.loads((two / "done.json").read_text())["step"] == json.loads((one / "done.json").read_text())["step"] == 54
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5, msg=lambda m: f"{key}: {m}")
+
+
+def test_a_failing_rank_ends_the_job_within_seconds(tmp_path):
+    t0 = time.perf_counter()
+    proc = _launch(2, JOB, "galaxy", tmp_path, "--steps", "1000", "--fail-at", "3", timeout=120)
+    elapsed = time.perf_counter() - t0
+    assert proc.returncode != 0
+    assert "rank 1 fails on purpose" in proc.stderr
+    assert elapsed < 60, f"the job took {elapsed:.0f} s to end after one rank failed"
+    assert not (tmp_path / "done.json").exists()
+
+
+def _calo_config(folder: Path, showers: Path, max_steps: int) -> Path:
+    config = folder / "calo.toml"
+    config.write_text(f"""
+[run]
+output_dir = "{folder / 'run'}"
+seed = 5
+device = "cpu"
+[data]
+train_file = "{showers}"
+reference_file = "{showers}"
+[model.generator]
+latent_dim = 8
+channels = 2
+attention_hidden = 8
+[model.critic]
+channels = [2]
+hidden = 16
+[train]
+batch_size = 16
+max_steps = {max_steps}
+n_critic = 2
+checkpoint_every = 10
+log_every = 10
+block_size = 64
+""")
+    return config
+
+
+def test_kill_a_two_rank_job_and_resume_it_on_one_rank(tmp_path):
+    from surrogate.simulators.gflash import simulate_to_file
+
+    showers = simulate_to_file(tmp_path / "showers.h5", 512, energy_range_gev=(5.0, 50.0), seed=1, progress=False)
+    config = _calo_config(tmp_path, showers, max_steps=600)
+    command = [_mpiexec(), "-n", "2", sys.executable, "-m", "mpi4py", "-m", "surrogate", "--threads", "1",
+               "--no-progress", "train", str(config)]
+    job = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV, start_new_session=True)
+    run = tmp_path / "run" / "train"
+    deadline = time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline and job.poll() is None:
+            found = latest_checkpoint(run)
+            if found is not None and load_checkpoint(found)["step"] >= 20:
+                break
+            time.sleep(0.05)
+        assert job.poll() is None, "the 2-rank job ended before it could be killed:\n" + job.stderr.read().decode()[-2000:]
+        os.killpg(job.pid, signal.SIGKILL)
+    finally:
+        job.wait(timeout=30)
+    killed_at = load_checkpoint(latest_checkpoint(run))
+    assert killed_at["extra"]["world_size"] == 2 and 20 <= killed_at["step"] < 600
+
+    proc = subprocess.run([sys.executable, "-m", "surrogate", "--threads", "1", "--no-progress", "train", str(config)],
+                          capture_output=True, text=True, env=ENV, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "written by 2 ranks" in proc.stdout
+    final = load_checkpoint(latest_checkpoint(run))
+    assert final["step"] == 600 and final["extra"]["world_size"] == 1
+    for path in sorted((run / "checkpoints").glob("step_*.pt")):  # every complete file loads
+        assert load_checkpoint(path)["step"] > 0
+
+
+def test_a_launch_whose_task_count_disagrees_with_mpi_is_refused(tmp_path):
+    """What a mis-set ``srun --mpi=`` gives: two tasks that each see an MPI world of size 1."""
+    env = {**ENV, "SLURM_STEP_NUM_TASKS": "2", "SLURM_PROCID": "0", "SLURM_LOCALID": "0"}
+    proc = subprocess.run([sys.executable, "-m", "mpi4py", "-m", "surrogate", "run", str(tmp_path / "any.toml")],
+                          capture_output=True, text=True, env=env, timeout=60)
+    assert proc.returncode != 0
+    assert "slurm started 2 tasks" in proc.stderr and "COMM_WORLD has size 1" in proc.stderr and "--mpi=" in proc.stderr
+
+
+def test_discovery_from_torchrun_and_single_process_environments():
+    env = {"RANK": "3", "WORLD_SIZE": "8", "LOCAL_RANK": "1", "MASTER_ADDR": "node1", "MASTER_PORT": "29500"}
+    assert distributed.discover_ranks(env) == (3, 8, 1, "torchrun")
+    assert distributed.discover_ranks({}) == (0, 1, 0, "single")
+    # a batch script on the first node of an allocation, outside srun: one process
+    assert distributed.discover_ranks({"SLURM_NTASKS": "4", "SLURM_PROCID": "0"}) == (0, 1, 0, "single")
+    with pytest.raises(distributed.DistributedSetupError, match="RANK='x' is not an integer"):
+        distributed.discover_ranks({**env, "RANK": "x"})
+
+
+def test_single_process_context_and_collectives_are_identities():
+    ctx = distributed.context()
+    assert (ctx.rank, ctx.world_size, ctx.is_main, ctx.distributed) == (0, 1, True, False)
+    assert distributed.all_reduce_mean({"a": 2.0}) == {"a": 2.0}
+    assert distributed.any_rank(True) and not distributed.any_rank(False)
+    assert distributed.all_gather_object(5) == [5] and distributed.broadcast_object("x") == "x"
+    module = torch.nn.Linear(2, 2)
+    assert distributed.wrap_ddp(module) is module
+    assert distributed.rank_seed(7) == 7
