@@ -34,7 +34,10 @@ without a process group and without DDP (what a one-process job does), so the ef
 includes DDP's gradient all-reduce. Rank 0 writes the measurement (steps/s, global events/s,
 every rank's wall and CPU seconds) to a JSON file that the parent reads. Reported per family:
 events/s at every ``W``, speed-up over the smallest ``W`` and scaling efficiency
-``rate_W / (W / W_0 * rate_W0)`` (for 1 -> 2 ranks: ``rate_2 / (2 rate_1)``).
+``rate_W / (W / W_0 * rate_W0)`` (for 1 -> 2 ranks: ``rate_2 / (2 rate_1)``); also each rank's
+CPU time / wall time (``CPU/wall``, below 1 when a rank waits for a core or for the others) and
+the CPU efficiency, CPU seconds per step and rank at ``W_0`` over those at ``W``: what the
+efficiency would be if every rank had a core to itself, i.e. the cost of DDP alone.
 
 On a CPU machine with as many cores as the largest ``W`` (the 2-core machine this was written
 on), the largest job uses every core, so an efficiency below 1 includes contention for cores,
@@ -47,8 +50,8 @@ Usage::
 
     python benchmarks/distributed_scaling.py                       # calo, galaxy, npe at 1 and 2 ranks
     python benchmarks/distributed_scaling.py --steps 10 --warmup 2  # quick check
-    python benchmarks/distributed_scaling.py [--families calo galaxy npe] [--ranks 1 2] [--steps 40]
-        [--warmup 5] [--device cpu|cuda|auto] [--threads 1] [--calo-events 8192]
+    python benchmarks/distributed_scaling.py [--families calo galaxy npe] [--ranks 1 2] [--steps 100]
+        [--warmup 10] [--device cpu|cuda|auto] [--threads 1] [--calo-events 8192]
         [--mpiexec PATH] [--timeout 900] [--out PATH]
 """
 
@@ -243,8 +246,13 @@ def _launch(family: str, world: int, folder: Path, data: Path | None, args) -> d
     return row
 
 
-HEADER = ("| family | ranks | batch/rank | steps/s | events/s | speed-up | efficiency |\n"
-          "|---|---:|---:|---:|---:|---:|---:|")
+HEADER = ("| family | ranks | batch/rank | steps/s | events/s | speed-up | efficiency | CPU/wall | CPU efficiency |\n"
+          "|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+
+
+def _cpu_per_step(row: dict) -> float:
+    """Mean over ranks of a rank's CPU seconds per timed step."""
+    return sum(r["cpu_s"] for r in row["ranks"]) / len(row["ranks"]) / row["steps"]
 
 
 def main(argv: list[str] | None = None) -> dict | None:
@@ -252,8 +260,8 @@ def main(argv: list[str] | None = None) -> dict | None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--families", nargs="+", default=list(FAMILIES), choices=FAMILIES)
     parser.add_argument("--ranks", type=int, nargs="+", default=[1, 2], help="world sizes to launch")
-    parser.add_argument("--steps", type=int, default=40, help="timed steps per launch")
-    parser.add_argument("--warmup", type=int, default=5, help="steps before timing")
+    parser.add_argument("--steps", type=int, default=100, help="timed steps per launch")
+    parser.add_argument("--warmup", type=int, default=10, help="steps before timing")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"],
                         help="passed to init_distributed: cpu (gloo), cuda (NCCL, one GPU per rank) or auto")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per rank")
@@ -301,12 +309,15 @@ def main(argv: list[str] | None = None) -> dict | None:
         base = min(done, key=lambda r: r["world_size"]) if done else None
         for r in (r for r in rows if r["family"] == family):
             if "error" in r:
-                print(f"| {family} | {r['world_size']} | | | failed | | |")
+                print(f"| {family} | {r['world_size']} | | | failed | | | | |")
                 continue
             r["speedup"] = r["events_per_s"] / base["events_per_s"]
             r["efficiency"] = r["speedup"] / (r["world_size"] / base["world_size"])
+            r["cpu_fraction"] = sum(x["cpu_s"] / x["seconds"] for x in r["ranks"]) / len(r["ranks"])
+            r["cpu_efficiency"] = _cpu_per_step(base) / _cpu_per_step(r)
             print(f"| {family} | {r['world_size']} | {r['batch_per_rank']} | {r['steps_per_s']:.2f} "
-                  f"| {r['events_per_s']:,.0f} | {r['speedup']:.2f}x | {r['efficiency']:.2f} |")
+                  f"| {r['events_per_s']:,.0f} | {r['speedup']:.2f}x | {r['efficiency']:.2f} "
+                  f"| {r['cpu_fraction']:.2f} | {r['cpu_efficiency']:.2f} |")
         summary[family] = {str(r["world_size"]): r.get("events_per_s") for r in rows if r["family"] == family}
         if base is not None:
             summary[family].update({f"efficiency_{r['world_size']}": r["efficiency"] for r in done})
@@ -321,6 +332,10 @@ def main(argv: list[str] | None = None) -> dict | None:
         "timing": ("wall time of --steps steps (data loading included) between barriers on rank 0; "
                    "events/s = steps * batch_per_rank * W / seconds"),
         "efficiency": "speed-up over the smallest W divided by the ratio of rank counts: rate_2 / (2 rate_1)",
+        "cpu_fraction": "per rank CPU seconds / wall seconds of the timed region, mean over ranks (< 1: waiting "
+                        "for a core, for I/O or for the other ranks)",
+        "cpu_efficiency": ("CPU seconds per step and rank at the smallest W / at W: the efficiency if every rank "
+                           "had a core to itself and waiting cost nothing (an estimate of the DDP overhead alone)"),
         "note": NOTE,
         "cpu_count": os.cpu_count(),
         "summary": summary,

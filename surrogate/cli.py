@@ -125,11 +125,9 @@ def _run(args: argparse.Namespace) -> int:
         return 0
 
     if args.command == "generate":
-        from surrogate.pipelines.calo_gan import generate_showers_distributed, load_generator, resolve_device
+        from surrogate.pipelines.calo_gan import generate_showers_distributed, load_generator
 
-        ctx = distributed.context()
-        device = ctx.device if ctx.distributed else resolve_device(args.device)
-        generator = load_generator(args.checkpoint, device=device)
+        generator = load_generator(args.checkpoint, device=distributed.resolve_device(args.device))
         path = generate_showers_distributed(generator, args.out, args.n, energy_range_gev=args.energy,
                                             batch_size=args.batch_size, seed=args.seed, progress=progress)
         if main_rank:

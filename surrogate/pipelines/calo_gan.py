@@ -18,6 +18,7 @@ from surrogate.config import CaloPipelineConfig, SimulateConfig, check_kwargs, l
 from surrogate.data.calo import CALOGAN_LAYERS, CaloGANWriter, CaloShowerDataset, validate_calogan
 from surrogate.models.calo_gan import CaloGANCritic, CaloGANGenerator
 from surrogate.train import distributed
+from surrogate.train.distributed import resolve_device
 from surrogate.train.checkpoint import latest_checkpoint, load_checkpoint
 from surrogate.train.loop import FitResult, fit
 from surrogate.train.steps import GANStep
@@ -27,24 +28,10 @@ __all__ = [
     "generate_showers",
     "generate_showers_distributed",
     "load_generator",
-    "resolve_device",
     "run_calo_pipeline",
     "simulate",
     "train_calo_gan",
 ]
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    """``"auto"`` gives CUDA when a GPU is present, else the CPU.
-
-    Raises:
-        ValueError: ``"cuda"`` asked for on a machine without a CUDA device.
-    """
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} requested but torch sees no CUDA device")
-    return torch.device(name)
 
 
 def simulate(recipe: SimulateConfig, *, output: str | os.PathLike | None = None, progress: bool = True) -> Path:
@@ -134,7 +121,7 @@ def train_calo_gan(cfg: CaloPipelineConfig, train_file: str | os.PathLike, *, re
         The :class:`~surrogate.train.loop.FitResult` (its ``checkpoint`` is the final one).
     """
     ctx = distributed.context()
-    device = ctx.device if ctx.distributed else resolve_device(cfg.run.device)
+    device = resolve_device(cfg.run.device)
     torch.manual_seed(cfg.run.seed)  # identical initial weights for the same seed, on every rank
     generator, critic = build_calo_gan(cfg.generator, cfg.critic)
     generator = distributed.wrap_ddp(generator.to(device))
@@ -306,7 +293,7 @@ def run_calo_pipeline(cfg: CaloPipelineConfig, *, progress: bool = True) -> Path
     train_file, reference_file = _data_files(cfg, progress)
     say(f"[train] {cfg.train.max_steps} steps on {train_file} -> {out / 'train'} ({ctx.world_size} rank(s))")
     result = train_calo_gan(cfg, train_file, resume=True, progress=progress)
-    generator = load_generator(result.checkpoint, device=ctx.device if ctx.distributed else resolve_device(cfg.run.device))
+    generator = load_generator(result.checkpoint, device=resolve_device(cfg.run.device))
     generated = out / "generated.h5"
     g = cfg.generate
     say(f"[generate] {g.n_events} showers -> {generated}")

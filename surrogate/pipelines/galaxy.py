@@ -164,14 +164,6 @@ def _sections(config: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name not in ("cpu", "cuda"):
-        raise ValueError(f"galaxy pipeline: [run].device must be 'cpu', 'cuda' or 'auto', got {name!r}")
-    return torch.device(name)
-
-
 def _simulate(path: Path, n: int, seed: int, options: dict, catalog_dir, progress: bool, catalog_box: list) -> Path:
     """Simulates ``path`` unless a file with the same settings exists."""
     from surrogate.simulators.galaxies import load_cosmos_catalog, simulate_galaxies_to_file
@@ -188,30 +180,6 @@ def _simulate(path: Path, n: int, seed: int, options: dict, catalog_dir, progres
     if not catalog_box:
         catalog_box.append(load_cosmos_catalog(catalog_dir))
     return simulate_galaxies_to_file(path, n, catalog=catalog_box[0], seed=seed, progress=progress, **options)
-
-
-class _CosineStep:
-    """A LikelihoodStep whose learning rate follows a cosine from ``lr`` to ``lr * final``.
-
-    The rate is a function of the optimizer's own step count (saved in its state), so a
-    resumed run continues the schedule.
-    """
-
-    def __init__(self, step, *, lr: float, final: float, total: int):
-        self.step, self.lr, self.final, self.total = step, lr, final, max(1, total)
-        self.modules, self.optimizers = step.modules, step.optimizers
-        self.calls = 0
-
-    def __call__(self, batch):
-        optimizer = self.step.optimizer
-        states = [s for s in optimizer.state.values() if "step" in s]
-        done = int(states[0]["step"]) if states else 0
-        t = min(1.0, done / self.total)
-        for group in optimizer.param_groups:
-            group["lr"] = self.lr * (self.final + (1 - self.final) * 0.5 * (1 + math.cos(math.pi * t)))
-        metrics = self.step(batch)
-        metrics["lr"] = optimizer.param_groups[0]["lr"]
-        return metrics
 
 
 def load_galaxy_vae(path: str | os.PathLike, *, map_location: Any = "cpu") -> GalaxyVAE:
@@ -326,7 +294,7 @@ def run_galaxy_pipeline(config: Mapping[str, Any], out_dir: str | os.PathLike, *
     )
     from surrogate.pipelines.forward import fit_map
     from surrogate.train import fit, save_checkpoint
-    from surrogate.train.steps import LikelihoodStep
+    from surrogate.train.steps import CosineLikelihoodStep, LikelihoodStep
 
     from torch.utils.data import DistributedSampler
 
@@ -336,7 +304,7 @@ def run_galaxy_pipeline(config: Mapping[str, Any], out_dir: str | os.PathLike, *
     out = Path(out_dir)
     (out / "data").mkdir(parents=True, exist_ok=True)
     ctx = distributed.context()
-    device = ctx.device if ctx.distributed else _device(cfg["run"]["device"])
+    device = distributed.resolve_device(cfg["run"]["device"])
     progress = progress and ctx.is_main
     seed = int(cfg["run"]["seed"])
     timing: dict[str, float] = {}
@@ -377,9 +345,8 @@ def run_galaxy_pipeline(config: Mapping[str, Any], out_dir: str | os.PathLike, *
     optimizer = torch.optim.Adam(model.vae_parameters(), lr=tr["lr"])
     beta = float(tr["beta"])
     clip = float(tr["max_grad_norm"]) or None
-    step = _CosineStep(
-        LikelihoodStep(model, optimizer, lambda m, b: galaxy_vae_loss(m, b, beta=beta), max_grad_norm=clip),
-        lr=tr["lr"], final=tr["final_lr_fraction"], total=tr["max_steps"])
+    step = CosineLikelihoodStep(model, optimizer, lambda m, b: galaxy_vae_loss(m, b, beta=beta), max_grad_norm=clip,
+                                total_steps=tr["max_steps"], min_factor=tr["final_lr_fraction"])
     dataset = GalaxyStampDataset(train_file, keys=("observed", "psf", "noise_variance"), in_memory=True)
     # each rank its own share of every epoch's permutation; batch_size is per rank
     sampler = DistributedSampler(dataset, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=seed,

@@ -59,11 +59,10 @@ from torch.distributions import Distribution
 from surrogate.models.flows import build_flow
 from surrogate.nn.embeddings import MarginalGaussianize, Standardize, quantile_knots, zscore_statistics
 from surrogate.train import distributed, fit
-from surrogate.train.steps import LikelihoodStep
+from surrogate.train.steps import CosineLikelihoodStep, LikelihoodStep
 
 __all__ = [
     "Z_SCORE_X",
-    "CosineLikelihoodStep",
     "EpochBatchSampler",
     "LowAcceptanceError",
     "NPEResult",
@@ -396,47 +395,6 @@ class NeuralPosterior(nn.Module):
 # Training
 
 
-class CosineLikelihoodStep(LikelihoodStep):
-    """:class:`~surrogate.train.steps.LikelihoodStep` with a per-step cosine learning-rate decay
-    from the optimizer's learning rate to ``min_factor`` times it over ``total_steps`` calls.
-
-    The number of calls so far and the base learning rate live in the optimizer's parameter
-    groups (``"cosine_calls"``, ``"cosine_base_lr"``), so a checkpoint of the optimizer resumes the
-    schedule exactly.
-
-    Arguments:
-        model, optimizer, loss_fn, max_grad_norm: as for ``LikelihoodStep``.
-        total_steps: length of the decay; later calls keep the final learning rate.
-        min_factor: final learning rate as a fraction of the initial one.
-
-    References:
-        Loshchilov & Hutter (2017), "SGDR: Stochastic Gradient Descent with Warm Restarts",
-        arXiv:1608.03983.
-    """
-
-    def __init__(self, model, optimizer, loss_fn, *, total_steps: int, min_factor: float = 0.0,
-                 max_grad_norm: float | None = None):
-        super().__init__(model, optimizer, loss_fn, max_grad_norm=max_grad_norm)
-        if total_steps < 1 or not 0 <= min_factor <= 1:
-            raise ValueError(f"total_steps must be >= 1 and min_factor in [0, 1], got {total_steps}, {min_factor}")
-        self.total_steps, self.min_factor = int(total_steps), float(min_factor)
-        for group in optimizer.param_groups:
-            group.setdefault("cosine_base_lr", group["lr"])
-            group.setdefault("cosine_calls", 0)
-
-    def __call__(self, batch: Mapping[str, Tensor]) -> dict[str, float]:
-        """Sets the learning rate of this call, then one ``LikelihoodStep``; adds ``"lr"`` to the metrics."""
-        calls = int(self.optimizer.param_groups[0]["cosine_calls"])
-        progress = min(calls / self.total_steps, 1.0)
-        factor = self.min_factor + (1 - self.min_factor) * 0.5 * (1 + math.cos(math.pi * progress))
-        for group in self.optimizer.param_groups:
-            group["lr"] = group["cosine_base_lr"] * factor
-            group["cosine_calls"] = calls + 1
-        metrics = super().__call__(batch)
-        metrics["lr"] = self.optimizer.param_groups[0]["lr"]
-        return metrics
-
-
 class EpochBatchSampler(torch.utils.data.Sampler):
     """Yields index tensors of shuffled mini-batches; the order of an epoch depends only on
     ``(seed, epoch)`` (``set_epoch`` is called by :func:`surrogate.train.fit`), so resuming is exact.
@@ -611,8 +569,7 @@ def train_npe(
         raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {lr_schedule!r}")
 
     ctx = distributed.context()
-    if ctx.distributed:
-        device = ctx.device
+    device = distributed.resolve_device(str(device))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         perm = torch.randperm(n)

@@ -56,6 +56,7 @@ __all__ = [
     "discover_ranks",
     "init_distributed",
     "rank_seed",
+    "resolve_device",
     "shutdown",
     "wrap_ddp",
 ]
@@ -260,6 +261,26 @@ def context() -> DistributedContext:
         dev = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
         return DistributedContext(dist.get_rank(), dist.get_world_size(), local, dev, backend, "external")
     return DistributedContext()
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """The device to train or generate on: this rank's device when several ranks run (the
+    name is then ignored); otherwise ``"auto"`` (CUDA when a GPU is present, else the CPU),
+    ``"cpu"``, ``"cuda"`` or ``"cuda:<index>"``.
+
+    Raises:
+        ValueError: an unknown name, or ``"cuda"`` on a machine without a CUDA device.
+    """
+    ctx = context()
+    if ctx.distributed:
+        return ctx.device
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name != "cpu" and not name.startswith("cuda"):
+        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {name!r}")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} requested but torch sees no CUDA device")
+    return torch.device(name)
 
 
 def shutdown() -> None:

@@ -12,7 +12,6 @@ import torch
 from torch import nn
 
 from surrogate.pipelines.posterior import (
-    CosineLikelihoodStep,
     LowAcceptanceError,
     NeuralPosterior,
     build_npe_flow,
@@ -259,22 +258,6 @@ def test_pipeline_config_errors(tmp_path):
         run_npe_pipeline({"model": {}}, tmp_path)
     with pytest.raises(ValueError, match="pipeline must be 'npe'"):
         run_npe_pipeline({"run": {"pipeline": "calo_gan"}}, tmp_path)
-
-
-def test_cosine_step_schedule_survives_optimizer_state_round_trip():
-    model = nn.Linear(2, 1)
-    loss_fn = lambda m, b: m(b["x"]).square().mean()
-    optimizer = torch.optim.Adam(model.parameters(), lr=1.0)
-    step = CosineLikelihoodStep(model, optimizer, loss_fn, total_steps=4)
-    batch = {"x": torch.ones(3, 2)}
-    lrs = [step(batch)["lr"] for _ in range(2)]
-    assert lrs == pytest.approx([1.0, 0.5 * (1 + math.cos(math.pi / 4))])
-    # a new step built on an optimizer restored from a checkpoint continues the schedule
-    fresh = torch.optim.Adam(model.parameters(), lr=1.0)
-    fresh.load_state_dict(optimizer.state_dict())
-    resumed = CosineLikelihoodStep(model, fresh, loss_fn, total_steps=4)
-    lrs = [resumed(batch)["lr"] for _ in range(3)]
-    assert lrs == pytest.approx([0.5, 0.5 * (1 + math.cos(3 * math.pi / 4)), 0.0], abs=1e-12)
 
 
 def test_pipeline_config_file_is_valid():

@@ -11,7 +11,7 @@ import torch
 from surrogate.data.calo import CALOGAN_LAYER_SHAPES, CALOGAN_LAYERS
 from surrogate.losses import gradient_penalty, wgan_critic_loss, wgan_generator_loss
 from surrogate.models.calo_gan import CaloGANCritic, CaloGANGenerator
-from surrogate.train.steps import GANStep, LikelihoodStep
+from surrogate.train.steps import CosineLikelihoodStep, GANStep, LikelihoodStep
 
 SMALL_G = {"latent_dim": 4, "channels": 2, "attention_hidden": 4}
 SMALL_D = {"channels": (2,), "hidden": 8}
@@ -207,3 +207,19 @@ def test_likelihood_step_rejects_non_scalar_loss():
     step = LikelihoodStep(model, torch.optim.SGD(model.parameters(), lr=0.1), lambda m, b: m(b["x"]))
     with pytest.raises(ValueError, match="scalar"):
         step({"x": torch.zeros(3, 2)})
+
+
+def test_cosine_step_schedule_survives_optimizer_state_round_trip():
+    model = torch.nn.Linear(2, 1)
+    loss_fn = lambda m, b: m(b["x"]).square().mean()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1.0)
+    step = CosineLikelihoodStep(model, optimizer, loss_fn, total_steps=4)
+    batch = {"x": torch.ones(3, 2)}
+    lrs = [step(batch)["lr"] for _ in range(2)]
+    assert lrs == pytest.approx([1.0, 0.5 * (1 + math.cos(math.pi / 4))])
+    # a new step built on an optimizer restored from a checkpoint continues the schedule
+    fresh = torch.optim.Adam(model.parameters(), lr=1.0)
+    fresh.load_state_dict(optimizer.state_dict())
+    resumed = CosineLikelihoodStep(model, fresh, loss_fn, total_steps=4)
+    lrs = [resumed(batch)["lr"] for _ in range(3)]
+    assert lrs == pytest.approx([0.5, 0.5 * (1 + math.cos(3 * math.pi / 4)), 0.0], abs=1e-12)
