@@ -194,6 +194,8 @@ class TrainConfig:
     beta2: float = 0.9
     n_critic: int = 5
     gradient_penalty: float = 10.0
+    lr_schedule: str = "constant"  # or "cosine": both rates decay to final_lr_fraction over max_steps
+    final_lr_fraction: float = 0.1
     checkpoint_every: int = 500
     log_every: int = 25
     block_size: int = 1024
@@ -203,6 +205,10 @@ class TrainConfig:
         _positive("[train]", batch_size=self.batch_size, max_steps=self.max_steps,
                   generator_lr=self.generator_lr, critic_lr=self.critic_lr, n_critic=self.n_critic,
                   checkpoint_every=self.checkpoint_every, log_every=self.log_every, block_size=self.block_size)
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise ValueError(f"[train] lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
+        if not 0 <= self.final_lr_fraction <= 1:
+            raise ValueError(f"[train] final_lr_fraction must be in [0, 1], got {self.final_lr_fraction}")
 
 
 @dataclass(frozen=True)

@@ -132,6 +132,7 @@ def train_calo_gan(cfg: CaloPipelineConfig, train_file: str | os.PathLike, *, re
         torch.optim.Adam(generator.parameters(), lr=t.generator_lr, betas=(t.beta1, t.beta2)),
         torch.optim.Adam(critic.parameters(), lr=t.critic_lr, betas=(t.beta1, t.beta2)),
         n_critic=t.n_critic, gp_weight=t.gradient_penalty,
+        cosine_calls=t.max_steps if t.lr_schedule == "cosine" else None, cosine_min_factor=t.final_lr_fraction,
     )
     dataset = CaloShowerDataset(train_file, layout="calogan", block_size=t.block_size, shuffle=True, seed=cfg.run.seed,
                                 rank=ctx.rank, world_size=ctx.world_size, drop_last=ctx.distributed)

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from surrogate.losses import gradient_penalty, wgan_critic_loss, wgan_generator_loss
 from surrogate.train import distributed
 
-__all__ = ["CosineLikelihoodStep", "GANStep", "LikelihoodStep"]
+__all__ = ["CosineLikelihoodStep", "GANStep", "LikelihoodStep", "cosine_factor"]
 
 
 def _device(module: nn.Module) -> torch.device:
@@ -35,6 +35,14 @@ def _device(module: nn.Module) -> torch.device:
 
 def _to_device(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
     return {k: v.to(device, non_blocking=True) if isinstance(v, Tensor) else v for k, v in batch.items()}
+
+
+def cosine_factor(calls: int, total: int, min_factor: float) -> float:
+    """Cosine decay factor after ``calls`` of ``total`` steps, from 1 to ``min_factor`` (then
+    constant): ``m + (1 - m) (1 + cos(pi t)) / 2`` with ``t = min(calls / total, 1)``
+    (Loshchilov & Hutter, arXiv:1608.03983, without restarts)."""
+    t = min(calls / total, 1.0)
+    return min_factor + (1 - min_factor) * 0.5 * (1 + math.cos(math.pi * t))
 
 
 class _ParallelLoss(nn.Module):
@@ -155,8 +163,7 @@ class CosineLikelihoodStep(LikelihoodStep):
     def __call__(self, batch: Mapping[str, Tensor]) -> dict[str, float]:
         """Sets the learning rate of this call, then one ``LikelihoodStep``; adds ``"lr"`` to the metrics."""
         calls = int(self.optimizer.param_groups[0]["cosine_calls"])
-        progress = min(calls / self.total_steps, 1.0)
-        factor = self.min_factor + (1 - self.min_factor) * 0.5 * (1 + math.cos(math.pi * progress))
+        factor = cosine_factor(calls, self.total_steps, self.min_factor)
         for group in self.optimizer.param_groups:
             group["lr"] = group["cosine_base_lr"] * factor
             group["cosine_calls"] = calls + 1
@@ -215,6 +222,10 @@ class GANStep:
         critic_optimizer: optimizer of the critic's parameters.
         n_critic: critic updates per generator update.
         gp_weight: :math:`\lambda` of the gradient penalty.
+        cosine_calls: if given, both learning rates follow :func:`cosine_factor` over this many
+            calls (from the optimizers' initial rates to ``cosine_min_factor`` times them; the
+            schedule position is the restored call count, so a resumed run keeps it).
+        cosine_min_factor: final fraction of the learning rates.
 
     Attributes:
         modules: ``{"generator": generator, "critic": critic}``.
@@ -236,7 +247,13 @@ class GANStep:
         *,
         n_critic: int = 5,
         gp_weight: float = 10.0,
+        cosine_calls: int | None = None,
+        cosine_min_factor: float = 0.0,
     ):
+        if cosine_calls is not None and (cosine_calls < 1 or not 0 <= cosine_min_factor <= 1):
+            raise ValueError(f"GANStep: need cosine_calls >= 1 and cosine_min_factor in [0, 1], got "
+                             f"{cosine_calls}, {cosine_min_factor}")
+        self.cosine_calls, self.cosine_min_factor = cosine_calls, float(cosine_min_factor)
         if int(n_critic) < 1:
             raise ValueError(f"GANStep: n_critic must be >= 1, got {n_critic}")
         if not gp_weight >= 0:
@@ -252,6 +269,9 @@ class GANStep:
         group = critic_optimizer.param_groups[0]
         group.setdefault("gan_calls", 0)
         group.setdefault("gan_last_generator_loss", math.nan)
+        for optimizer in (generator_optimizer, critic_optimizer):
+            for g in optimizer.param_groups:
+                g.setdefault("gan_base_lr", g["lr"])
 
     @property
     def calls(self) -> int:
@@ -292,6 +312,11 @@ class GANStep:
         energy = batch["energy"]
         real = {k: v for k, v in batch.items() if k != "energy"}
         preprocess, score, score_unwrapped = self._critic_fns()
+        if self.cosine_calls is not None:
+            factor = cosine_factor(self.calls, self.cosine_calls, self.cosine_min_factor)
+            for optimizer in (self.generator_optimizer, self.critic_optimizer):
+                for g in optimizer.param_groups:
+                    g["lr"] = g["gan_base_lr"] * factor
 
         # Critic update.
         with torch.no_grad():

@@ -11,7 +11,7 @@ import torch
 from surrogate.data.calo import CALOGAN_LAYER_SHAPES, CALOGAN_LAYERS
 from surrogate.losses import gradient_penalty, wgan_critic_loss, wgan_generator_loss
 from surrogate.models.calo_gan import CaloGANCritic, CaloGANGenerator
-from surrogate.train.steps import CosineLikelihoodStep, GANStep, LikelihoodStep
+from surrogate.train.steps import CosineLikelihoodStep, GANStep, LikelihoodStep, cosine_factor
 
 SMALL_G = {"latent_dim": 4, "channels": 2, "attention_hidden": 4}
 SMALL_D = {"channels": (2,), "hidden": 8}
@@ -147,6 +147,27 @@ def test_gan_step_schedule_survives_optimizer_state_dict(seed):
     assert all(torch.equal(a, p) for a, p in zip(g_before, resumed.generator.parameters()))
     resumed(toy_batch(4))  # call 8: generator too
     assert any(not torch.equal(a, p) for a, p in zip(g_before, resumed.generator.parameters()))
+
+
+def test_gan_step_cosine_schedule_follows_the_call_count_and_resumes(seed):
+    """Call k uses lr0 * cosine_factor(k - 1, total, m) for both networks; restored optimizer
+    states (the base rates and the call count) continue the schedule."""
+    step = make_step(n_critic=2, lr=1e-3, cosine_calls=4, cosine_min_factor=0.1)
+    for _ in range(3):
+        step(toy_batch(4))
+    expected = 1e-3 * cosine_factor(2, 4, 0.1)
+    assert step.generator_optimizer.param_groups[0]["lr"] == pytest.approx(expected)
+    assert step.critic_optimizer.param_groups[0]["lr"] == pytest.approx(expected)
+    resumed = make_step(n_critic=2, lr=1.0, cosine_calls=4, cosine_min_factor=0.1)  # other initial rates
+    resumed.generator_optimizer.load_state_dict(step.generator_optimizer.state_dict())
+    resumed.critic_optimizer.load_state_dict(step.critic_optimizer.state_dict())
+    for _ in range(3):  # calls 4, 5, 6: the last two are past the end of the decay
+        resumed(toy_batch(4))
+    for opt in (resumed.generator_optimizer, resumed.critic_optimizer):
+        assert opt.param_groups[0]["lr"] == pytest.approx(1e-4)
+    assert cosine_factor(0, 4, 0.1) == 1.0 and cosine_factor(2, 4, 0.1) == pytest.approx(0.55)
+    with pytest.raises(ValueError, match="cosine_calls"):
+        make_step(cosine_calls=0)
 
 
 def test_gan_step_is_deterministic():
