@@ -72,7 +72,7 @@ def _data_files(cfg: CaloPipelineConfig, progress: bool) -> tuple[Path, Path]:
     if distributed.context().distributed:
         if distributed.context().is_main:
             files = _data_files_here(cfg, progress)
-        distributed.barrier()
+        distributed.wait_for_main()
         if not distributed.context().is_main:
             files = _data_files_here(cfg, False, quiet=True)
         return files
@@ -250,7 +250,8 @@ def generate_showers_distributed(
         ``output`` (on every rank, after it is complete).
 
     Raises:
-        FileNotFoundError, ValueError: a shard is missing or incomplete (rank 0).
+        ValueError: on every rank, when rank 0 finds a shard missing or incomplete (the message
+            names it).
     """
     from surrogate.data.hdf5 import stitch_shards
 
@@ -283,7 +284,8 @@ def run_calo_pipeline(cfg: CaloPipelineConfig, *, progress: bool = True) -> Path
     """simulate (or read) -> train (resuming) -> generate -> validate. Returns the report path.
 
     Across ranks: rank 0 simulates while the others wait, all ranks train, all generate their
-    shard of the showers, and rank 0 validates (the others wait for it).
+    shard of the showers, and rank 0 validates while the others wait
+    (:func:`~surrogate.train.distributed.wait_for_main`: no timeout, no CPU).
     """
     from surrogate.pipelines.fastsim import validate_calo
 
@@ -304,5 +306,5 @@ def run_calo_pipeline(cfg: CaloPipelineConfig, *, progress: bool = True) -> Path
         say(f"[validate] {reference_file} vs {generated}")
         validate_calo(reference_file, generated, out / "report", energy_bins_gev=cfg.validate.energy_bins_gev,
                       seed=cfg.run.seed, progress=progress)
-    distributed.barrier()
+    distributed.wait_for_main()
     return out / "report" / "report.json"

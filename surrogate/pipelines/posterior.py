@@ -699,7 +699,7 @@ def run_npe_pipeline(
 
     Under several ranks (:func:`surrogate.train.distributed.init_distributed`) every rank
     simulates the same data and trains its share of each batch; rank 0 alone evaluates and
-    writes the report, the others return ``{}``.
+    writes the report while the others wait, then return ``{}``.
 
     Returns:
         The report (also written to ``out_dir/report.json``).
@@ -742,7 +742,8 @@ def run_npe_pipeline(
         progress=progress, device=run["device"],
     )
     if not distributed.context().is_main:
-        return {}  # with several ranks, rank 0 evaluates and writes the report
+        distributed.wait_for_main()  # with several ranks, rank 0 evaluates and writes the report
+        return {}
     posterior = result.posterior
     labels = [f"theta_{i + 1}" for i in range(task.theta_dim)]
     per_observation = []
@@ -794,4 +795,5 @@ def run_npe_pipeline(
         "config": cfg,
     }
     _write_json(out / "report.json", report)
+    distributed.wait_for_main()
     return report

@@ -5,12 +5,14 @@ among the ranks of its node), starts ``torch.distributed`` and picks the device:
 
 1. **torchrun** (``torch.distributed.run``): ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``,
    ``MASTER_ADDR``, ``MASTER_PORT`` are in the environment; the process group starts from them.
-2. **Slurm** (``srun``, environment ``SLURM_STEP_NUM_TASKS``, ``SLURM_PROCID``,
-   ``SLURM_LOCALID``) or **an MPI launcher** (``mpiexec``/``mpirun`` of MPICH, Open MPI or
-   PMIx: ``PMI_RANK``/``PMI_SIZE``, ``OMPI_COMM_WORLD_RANK``/``_SIZE``, ``PMIX_RANK``), and
-   finally any process in which ``mpi4py`` has initialised MPI (``python -m mpi4py``): ranks come
-   from ``mpi4py``'s ``COMM_WORLD``. Rank 0 picks a free TCP port and broadcasts its address and
-   the port over MPI; every rank then joins a TCP rendezvous.
+2. **An MPI launcher** (``mpiexec``/``mpirun`` of MPICH, Open MPI or PMIx, also under
+   ``srun --mpi=pmi2``: size variable ``PMI_SIZE``, ``OMPI_COMM_WORLD_SIZE`` or ``PMIX_SIZE``),
+   else **Slurm** (``srun``: ``SLURM_STEP_NUM_TASKS``), else any process in which ``mpi4py`` has
+   initialised MPI (``python -m mpi4py``). The environment only says how many tasks to expect;
+   ranks come from ``mpi4py``'s ``COMM_WORLD`` and the local rank from its node-local
+   communicator (``COMM_TYPE_SHARED``), never from ``SLURM_LOCALID``, which ``mpiexec`` inside
+   an ``sbatch`` script passes unchanged (0) to every rank. Rank 0 picks a free TCP port and
+   broadcasts its address and the port over MPI; every rank then joins a TCP rendezvous.
 
    A launcher's task count must equal MPI's world size: an ``srun`` whose ``--mpi=`` plugin does
    not match the MPI library starts N independent processes that each see an MPI world of size 1
@@ -37,6 +39,7 @@ import datetime
 import os
 import socket
 import sys
+import time
 import warnings
 from dataclasses import dataclass
 from typing import Any, Mapping
@@ -58,6 +61,7 @@ __all__ = [
     "rank_seed",
     "resolve_device",
     "shutdown",
+    "wait_for_main",
     "wrap_ddp",
 ]
 
@@ -163,13 +167,13 @@ def discover_ranks(env: Mapping[str, str] | None = None) -> tuple[int, int, int,
             "was built for (srun --mpi=list; e.g. --mpi=pmix or --mpi=pmi2); with mpiexec, use the "
             "mpiexec of the MPI library mpi4py is linked against (python -m mpi4py --mpi-library)."
         )
-    local = _int_env(env, "SLURM_LOCALID", "MPI_LOCALRANKID", "OMPI_COMM_WORLD_LOCAL_RANK", "PMIX_LOCAL_RANK")
-    if local is None:
-        from mpi4py import MPI
+    # The local rank from MPI itself, not from the environment: under mpiexec inside an sbatch
+    # allocation every rank inherits the batch step's SLURM_LOCALID=0 (and would take cuda:0).
+    from mpi4py import MPI
 
-        node = comm.Split_type(MPI.COMM_TYPE_SHARED)
-        local = node.Get_rank()
-        node.Free()
+    node = comm.Split_type(MPI.COMM_TYPE_SHARED)
+    local = node.Get_rank()
+    node.Free()
     return rank, world, local, launcher
 
 
@@ -196,7 +200,8 @@ def init_distributed(device: str = "auto", *, backend: str = "auto", timeout_s: 
     Raises:
         DistributedSetupError: inconsistent launch (see :func:`discover_ranks`), ``"cuda"``
             without a GPU, or more local ranks than GPUs on a node.
-        ValueError: an unknown device or backend name (``"mpi"`` is refused: torch wheels lack it).
+        ValueError: an unknown device or backend name (``"mpi"`` is refused: torch wheels lack
+            it), or ``backend="nccl"`` on CPU devices.
     """
     if dist.is_available() and dist.is_initialized():
         return context()
@@ -221,9 +226,14 @@ def init_distributed(device: str = "auto", *, backend: str = "auto", timeout_s: 
     if world == 1:
         return _set(DistributedContext(device=dev, launcher=launcher))
     chosen = backend if backend != "auto" else ("nccl" if dev.type == "cuda" else "gloo")
+    if chosen == "nccl" and dev.type != "cuda":
+        raise ValueError("backend 'nccl' needs CUDA devices; this job runs on the CPU (use 'gloo' or 'auto')")
     timeout = datetime.timedelta(seconds=timeout_s)
+    # device_id binds the NCCL communicator to this rank's GPU (no guessing from the rank)
+    device_id = {"device_id": dev} if dev.type == "cuda" else {}
     if launcher == "torchrun":
-        dist.init_process_group(chosen, init_method="env://", rank=rank, world_size=world, timeout=timeout)
+        dist.init_process_group(chosen, init_method="env://", rank=rank, world_size=world, timeout=timeout,
+                                **device_id)
     else:
         comm = _mpi_comm()
         hosts = comm.allgather(socket.gethostname())
@@ -234,7 +244,7 @@ def init_distributed(device: str = "auto", *, backend: str = "auto", timeout_s: 
             address = (address, int(os.environ.get("MASTER_PORT", 0)) or _free_port())
         address, port = comm.bcast(address, root=0)
         dist.init_process_group(chosen, init_method=f"tcp://{address}:{port}", rank=rank, world_size=world,
-                                timeout=timeout)
+                                timeout=timeout, **device_id)
     return _set(DistributedContext(rank, world, local, dev, chosen, launcher))
 
 
@@ -265,7 +275,8 @@ def context() -> DistributedContext:
 
 def resolve_device(name: str = "auto") -> torch.device:
     """The device to train or generate on: this rank's device when several ranks run (the
-    name is then ignored); otherwise ``"auto"`` (CUDA when a GPU is present, else the CPU),
+    name, e.g. a pipeline's ``[run] device``, is then ignored: :func:`init_distributed` chose
+    ``cuda:<local rank>`` or the CPU); otherwise ``"auto"`` (CUDA when a GPU is present, else the CPU),
     ``"cpu"``, ``"cuda"`` or ``"cuda:<index>"``.
 
     Raises:
@@ -299,6 +310,28 @@ def rank_seed(seed: int, rank: int | None = None) -> int:
 def barrier() -> None:
     """Waits for every rank (no-op in a single process)."""
     if context().distributed:
+        dist.barrier()
+
+
+def wait_for_main(poll_s: float = 0.2) -> None:
+    """Every rank waits here for all the others, around work that rank 0 does alone (simulating
+    the data, validating, writing a report), which may last much longer than a collective's
+    timeout. No-op in a single process.
+
+    Launched through MPI (``mpiexec``, ``srun``) the wait has no time limit and leaves the CPU to
+    rank 0: a non-blocking MPI barrier polled every ``poll_s`` seconds (a blocking MPI barrier
+    busy-polls a core; a failing rank ends the job through ``python -m mpi4py``'s
+    ``MPI_Abort``). Under torchrun (no MPI) it is a ``torch.distributed`` barrier, bounded by
+    the process group's timeout (``timeout_s`` of :func:`init_distributed`).
+    """
+    ctx = context()
+    if not ctx.distributed:
+        return
+    if ctx.launcher in ("mpi", "slurm"):
+        request = _mpi_comm().Ibarrier()
+        while not request.Test():
+            time.sleep(poll_s)
+    else:
         dist.barrier()
 
 

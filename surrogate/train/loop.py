@@ -118,7 +118,9 @@ class FitResult:
 
 
 class _CsvLog:
-    """Appends metric rows to ``log.csv``; on resume drops rows after the resumed step."""
+    """Appends metric rows to ``log.csv``; on resume drops rows after the resumed step. A row
+    with a column the file lacks (the first ``validation`` value, say) rewrites the file with
+    the wider header, so no value is dropped."""
 
     def __init__(self, path: Path, resume_step: int):
         self.path = path
@@ -145,6 +147,12 @@ class _CsvLog:
             self.fields = list(row.keys())
             with open(self.path, "w", newline="") as f:
                 csv.DictWriter(f, fieldnames=self.fields).writeheader()
+        new = [k for k in row if k not in self.fields]
+        if new:
+            with open(self.path, newline="") as f:
+                rows = list(csv.DictReader(f))
+            self.fields = self.fields + new
+            self._rewrite(rows)
         with open(self.path, "a", newline="") as f:
             csv.DictWriter(f, fieldnames=self.fields, extrasaction="ignore").writerow(
                 {k: row.get(k, "") for k in self.fields}
@@ -223,6 +231,8 @@ def fit(
     Raises:
         ValueError: ``max_steps`` < 0, ``resume`` without ``out_dir``, an epoch of ``loader``
             yields no batch, or the checkpoint's modules do not match the step's.
+        FileNotFoundError: resuming, the checkpoint rank 0 chose is missing on another rank
+            (``out_dir`` not on a shared file system).
         TrainingInterrupted: a stop signal arrived (see ``handle_signals``).
     """
     if max_steps < 0:
@@ -235,7 +245,15 @@ def fit(
     done, epoch, batch_in_epoch = 0, 0, 0
     extra: dict[str, Any] = {}
     resume_rng: Mapping[str, Any] | None = None
-    ckpt_file = latest_checkpoint(out) if (resume and out is not None) else None
+    ckpt_file = None
+    if resume and out is not None:
+        # rank 0 chooses, so that every rank loads the same step even while files change
+        ckpt_file = distributed.broadcast_object(latest_checkpoint(out) if main else None)
+        missing = distributed.all_gather_object(ckpt_file is not None and not ckpt_file.exists())
+        if any(missing):
+            ranks = [r for r, m in enumerate(missing) if m]
+            raise FileNotFoundError(f"checkpoint {ckpt_file} chosen by rank 0 is not visible on rank(s) {ranks}: "
+                                    "out_dir must be on a file system shared by all ranks")
     if ckpt_file is not None:
         ckpt = load_checkpoint(ckpt_file)
         for name, module in step.modules.items():

@@ -138,7 +138,9 @@ class CosineLikelihoodStep(LikelihoodStep):
 
     The number of calls so far and the base learning rate live in the optimizer's parameter
     groups (``"cosine_calls"``, ``"cosine_base_lr"``), so a checkpoint of the optimizer resumes the
-    schedule exactly.
+    schedule exactly. An optimizer state without them (a checkpoint of a constant-rate run, whose
+    groups ``Optimizer.load_state_dict`` puts in place of this step's) starts the schedule at its
+    first call from the rates the optimizer had when this step was built.
 
     Arguments:
         model, optimizer, loss_fn, max_grad_norm: as for ``LikelihoodStep``.
@@ -156,16 +158,17 @@ class CosineLikelihoodStep(LikelihoodStep):
         if total_steps < 1 or not 0 <= min_factor <= 1:
             raise ValueError(f"total_steps must be >= 1 and min_factor in [0, 1], got {total_steps}, {min_factor}")
         self.total_steps, self.min_factor = int(total_steps), float(min_factor)
+        self._initial_lrs = [float(group["lr"]) for group in optimizer.param_groups]
         for group in optimizer.param_groups:
             group.setdefault("cosine_base_lr", group["lr"])
             group.setdefault("cosine_calls", 0)
 
     def __call__(self, batch: Mapping[str, Tensor]) -> dict[str, float]:
         """Sets the learning rate of this call, then one ``LikelihoodStep``; adds ``"lr"`` to the metrics."""
-        calls = int(self.optimizer.param_groups[0]["cosine_calls"])
+        calls = int(self.optimizer.param_groups[0].get("cosine_calls", 0))
         factor = cosine_factor(calls, self.total_steps, self.min_factor)
-        for group in self.optimizer.param_groups:
-            group["lr"] = group["cosine_base_lr"] * factor
+        for group, initial_lr in zip(self.optimizer.param_groups, self._initial_lrs):
+            group["lr"] = group.setdefault("cosine_base_lr", initial_lr) * factor
             group["cosine_calls"] = calls + 1
         metrics = super().__call__(batch)
         metrics["lr"] = self.optimizer.param_groups[0]["lr"]
@@ -213,7 +216,10 @@ class GANStep:
     The number of calls so far (which fixes where the generator updates fall) and the last
     generator loss are kept in the critic optimizer's first parameter group
     (``"gan_calls"``, ``"gan_last_generator_loss"``), so they are saved and restored with the
-    optimizer's ``state_dict`` and a resumed run keeps the schedule exactly.
+    optimizer's ``state_dict`` and a resumed run keeps the schedule exactly; so are the cosine
+    schedule's base rates (``"gan_base_lr"`` in every group). A state without these keys (an
+    older checkpoint) counts calls from 0 and takes the rates the optimizers had when this step
+    was built.
 
     Arguments:
         generator: ``generator(z, energy) -> showers`` with a ``latent_dim`` attribute.
@@ -269,6 +275,7 @@ class GANStep:
         group = critic_optimizer.param_groups[0]
         group.setdefault("gan_calls", 0)
         group.setdefault("gan_last_generator_loss", math.nan)
+        self._initial_lrs = {name: [float(g["lr"]) for g in opt.param_groups] for name, opt in self.optimizers.items()}
         for optimizer in (generator_optimizer, critic_optimizer):
             for g in optimizer.param_groups:
                 g.setdefault("gan_base_lr", g["lr"])
@@ -314,9 +321,9 @@ class GANStep:
         preprocess, score, score_unwrapped = self._critic_fns()
         if self.cosine_calls is not None:
             factor = cosine_factor(self.calls, self.cosine_calls, self.cosine_min_factor)
-            for optimizer in (self.generator_optimizer, self.critic_optimizer):
-                for g in optimizer.param_groups:
-                    g["lr"] = g["gan_base_lr"] * factor
+            for name, optimizer in self.optimizers.items():
+                for g, initial_lr in zip(optimizer.param_groups, self._initial_lrs[name]):
+                    g["lr"] = g.setdefault("gan_base_lr", initial_lr) * factor
 
         # Critic update.
         with torch.no_grad():
@@ -345,7 +352,7 @@ class GANStep:
             group["gan_last_generator_loss"] = float(loss_generator.detach())
         return {
             "loss_critic": float(loss_critic.detach()),
-            "loss_generator": float(group["gan_last_generator_loss"]),
+            "loss_generator": float(group.get("gan_last_generator_loss", math.nan)),
             "gradient_penalty": float(gp.detach()),
             "wasserstein": float(-loss_w.detach()),
         }

@@ -113,7 +113,8 @@ block_size = 64
     return config
 
 
-def test_kill_a_two_rank_job_and_resume_it_on_one_rank(tmp_path):
+def _start_two_rank_training(tmp_path: Path) -> tuple[subprocess.Popen, Path, Path]:
+    """A 2-rank calo training job of 600 steps, returned once it has a checkpoint at step >= 20."""
     from surrogate.simulators.gflash import simulate_to_file
 
     showers = simulate_to_file(tmp_path / "showers.h5", 512, energy_range_gev=(5.0, 50.0), seed=1, progress=False)
@@ -129,10 +130,31 @@ def test_kill_a_two_rank_job_and_resume_it_on_one_rank(tmp_path):
             if found is not None and load_checkpoint(found)["step"] >= 20:
                 break
             time.sleep(0.05)
-        assert job.poll() is None, "the 2-rank job ended before it could be killed:\n" + job.stderr.read().decode()[-2000:]
+        assert job.poll() is None, "the 2-rank job ended too early:\n" + job.stderr.read().decode()[-2000:]
+    except BaseException:
         os.killpg(job.pid, signal.SIGKILL)
-    finally:
         job.wait(timeout=30)
+        raise
+    return job, config, run
+
+
+def test_stop_signal_ends_a_two_rank_job_with_a_checkpoint_and_status_75(tmp_path):
+    """Slurm's SIGUSR1 ahead of the time limit (forwarded by the launcher): both ranks stop at the
+    same step, rank 0 writes a checkpoint, and the launcher exits 75, which the sbatch templates
+    requeue on (not MPI_Abort's status)."""
+    job, config, run = _start_two_rank_training(tmp_path)
+    job.send_signal(signal.SIGUSR1)
+    _, err = job.communicate(timeout=60)
+    assert job.returncode == 75, err.decode()[-2000:]
+    assert err.decode().count("stopped by SIGUSR1") == 2
+    stopped = load_checkpoint(latest_checkpoint(run))
+    assert 20 <= stopped["step"] < 600 and stopped["extra"]["world_size"] == 2
+
+
+def test_kill_a_two_rank_job_and_resume_it_on_one_rank(tmp_path):
+    job, config, run = _start_two_rank_training(tmp_path)
+    os.killpg(job.pid, signal.SIGKILL)
+    job.wait(timeout=30)
     killed_at = load_checkpoint(latest_checkpoint(run))
     assert killed_at["extra"]["world_size"] == 2 and 20 <= killed_at["step"] < 600
 
@@ -153,6 +175,40 @@ def test_a_launch_whose_task_count_disagrees_with_mpi_is_refused(tmp_path):
                           capture_output=True, text=True, env=env, timeout=60)
     assert proc.returncode != 0
     assert "slurm started 2 tasks" in proc.stderr and "COMM_WORLD has size 1" in proc.stderr and "--mpi=" in proc.stderr
+
+
+def test_local_rank_comes_from_mpi_not_from_an_inherited_slurm_localid():
+    """mpiexec inside an sbatch script: both ranks inherit the batch step's SLURM_LOCALID=0, yet
+    get local ranks 0 and 1 (one GPU each)."""
+    env = {**ENV, "SLURM_LOCALID": "0", "SLURM_PROCID": "0", "SLURM_NTASKS": "2"}
+    code = ("import sys; from surrogate.train.distributed import discover_ranks; "
+            "sys.stdout.write(' '.join(map(str, discover_ranks())) + '\\n')")  # one write: lines do not mix
+    proc = subprocess.run([_mpiexec(), "-n", "2", sys.executable, "-c", code], capture_output=True, text=True,
+                          env=env, timeout=60)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert sorted(proc.stdout.split("\n")[:2]) == ["0 2 0 mpi", "1 2 1 mpi"]
+
+
+def test_ranks_wait_for_rank_0_beyond_the_collective_timeout_without_using_a_cpu():
+    """Rank 0 works alone for 4 s in a job whose collectives time out after 1 s: the other rank
+    waits in wait_for_main without failing and uses well under a second of CPU time meanwhile."""
+    code = """
+import sys, time
+from surrogate.train import distributed
+ctx = distributed.init_distributed("cpu", timeout_s=1.0)
+cpu = time.process_time()
+if ctx.is_main:
+    time.sleep(4.0)  # e.g. simulating the data set
+distributed.wait_for_main()
+distributed.all_reduce_mean({"x": 1.0})  # the process group is still usable
+sys.stdout.write(f"rank {ctx.rank} cpu {time.process_time() - cpu:.3f}\\n")
+distributed.shutdown()
+"""
+    proc = subprocess.run([_mpiexec(), "-n", "2", sys.executable, "-m", "mpi4py", "-c", code], capture_output=True,
+                          text=True, env=ENV, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    waited = [line for line in proc.stdout.splitlines() if line.startswith("rank 1 ")]
+    assert len(waited) == 1 and float(waited[0].split()[-1]) < 0.5, proc.stdout
 
 
 def test_discovery_from_torchrun_and_single_process_environments():

@@ -152,3 +152,15 @@ def test_stop_signal_writes_a_checkpoint_and_resume_matches_uninterrupted_run(tm
     assert result.steps == 23 and resumed.calls == 10
     for a, b in zip(_weights(reference), _weights(resumed)):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_log_csv_keeps_the_validation_column(tmp_path):
+    """Validation values arrive after the first metric row; log.csv widens its header for them."""
+    step = NoisyStep()
+    fit(step, _loader(), max_steps=8, out_dir=tmp_path, log_every=2, validation=lambda: 0.25,
+        validate_every=4, seed=0, progress=False)
+    with open(tmp_path / "log.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert {"step", "epoch", "loss", "seconds", "validation"} <= set(rows[0])
+    assert [(int(r["step"]), float(r["validation"])) for r in rows if r["validation"]] == [(4, 0.25), (8, 0.25)]
+    assert all(r["loss"] for r in rows if not r["validation"])

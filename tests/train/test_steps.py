@@ -244,3 +244,31 @@ def test_cosine_step_schedule_survives_optimizer_state_round_trip():
     resumed = CosineLikelihoodStep(model, fresh, loss_fn, total_steps=4)
     lrs = [resumed(batch)["lr"] for _ in range(3)]
     assert lrs == pytest.approx([0.5, 0.5 * (1 + math.cos(3 * math.pi / 4)), 0.0], abs=1e-12)
+
+
+def _strip(state: dict, *keys: str) -> dict:
+    """An optimizer state as an older checkpoint (or a constant-rate run) wrote it."""
+    for group in state["param_groups"]:
+        for key in keys:
+            group.pop(key, None)
+    return state
+
+
+def test_cosine_steps_resume_optimizer_states_without_their_keys(seed):
+    """A checkpoint whose optimizer groups lack the schedule's keys (written by a constant-rate
+    step or an older version) resumes: the schedule restarts from the configured rates."""
+    model = torch.nn.Linear(2, 1)
+    loss_fn = lambda m, b: m(b["x"]).square().mean()
+    old = torch.optim.Adam(model.parameters(), lr=0.5)
+    LikelihoodStep(model, old, loss_fn)({"x": torch.ones(3, 2)})
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.5)
+    step = CosineLikelihoodStep(model, optimizer, loss_fn, total_steps=2)
+    optimizer.load_state_dict(_strip(old.state_dict(), "cosine_calls", "cosine_base_lr"))
+    assert [step({"x": torch.ones(3, 2)})["lr"] for _ in range(3)] == pytest.approx([0.5, 0.25, 0.0])
+
+    gan = make_step(n_critic=2, lr=1e-3, cosine_calls=4)
+    for name, opt in gan.optimizers.items():
+        opt.load_state_dict(_strip(opt.state_dict(), "gan_base_lr", "gan_calls", "gan_last_generator_loss"))
+    metrics = gan(toy_batch(4))
+    assert math.isnan(metrics["loss_generator"]) and gan.calls == 1
+    assert gan.generator_optimizer.param_groups[0]["lr"] == pytest.approx(1e-3)
