@@ -211,6 +211,13 @@ distributed.shutdown()
     assert len(waited) == 1 and float(waited[0].split()[-1]) < 0.5, proc.stdout
 
 
+def test_nccl_on_cpu_devices_is_refused_on_every_rank():
+    code = "from surrogate.train import distributed; distributed.init_distributed('cpu', backend='nccl')"
+    proc = subprocess.run([_mpiexec(), "-n", "2", sys.executable, "-m", "mpi4py", "-c", code], capture_output=True,
+                          text=True, env=ENV, timeout=60)
+    assert proc.returncode != 0 and "backend 'nccl' needs CUDA devices" in proc.stderr
+
+
 def test_discovery_from_torchrun_and_single_process_environments():
     env = {"RANK": "3", "WORLD_SIZE": "8", "LOCAL_RANK": "1", "MASTER_ADDR": "node1", "MASTER_PORT": "29500"}
     assert distributed.discover_ranks(env) == (3, 8, 1, "torchrun")
