@@ -72,7 +72,7 @@ def _data_files(cfg: CaloPipelineConfig, progress: bool) -> tuple[Path, Path]:
     if distributed.context().distributed:
         if distributed.context().is_main:
             files = _data_files_here(cfg, progress)
-        distributed.wait_for_main()
+        distributed.barrier()
         if not distributed.context().is_main:
             files = _data_files_here(cfg, False, quiet=True)
         return files
@@ -285,7 +285,7 @@ def run_calo_pipeline(cfg: CaloPipelineConfig, *, progress: bool = True) -> Path
 
     Across ranks: rank 0 simulates while the others wait, all ranks train, all generate their
     shard of the showers, and rank 0 validates while the others wait
-    (:func:`~surrogate.train.distributed.wait_for_main`: no timeout, no CPU).
+    (:func:`~surrogate.train.distributed.barrier`: no timeout, no CPU).
     """
     from surrogate.pipelines.fastsim import validate_calo
 
@@ -306,5 +306,5 @@ def run_calo_pipeline(cfg: CaloPipelineConfig, *, progress: bool = True) -> Path
         say(f"[validate] {reference_file} vs {generated}")
         validate_calo(reference_file, generated, out / "report", energy_bins_gev=cfg.validate.energy_bins_gev,
                       seed=cfg.run.seed, progress=progress)
-    distributed.wait_for_main()
+    distributed.barrier()
     return out / "report" / "report.json"

@@ -329,7 +329,7 @@ def run_galaxy_pipeline(config: Mapping[str, Any], out_dir: str | os.PathLike, *
             unseen_file = _simulate(out / "data" / "unseen_psf.h5", cfg["unseen_psf"]["n"], sim_seed + 2,
                                     unseen_options, catalog_dir, progress, box)
         if turn == "main":
-            distributed.wait_for_main()
+            distributed.barrier()
     timing["simulate_s"] = time.perf_counter() - t0
     info = galaxy_file_info(train_file)
 
@@ -359,8 +359,8 @@ def run_galaxy_pipeline(config: Mapping[str, Any], out_dir: str | os.PathLike, *
     # 3. Fit the flow prior to the encoded training latents (stage 2).
     t0 = time.perf_counter()
     full = GalaxyStampDataset(train_file, keys=("observed", "magnitude", "half_light_radius"), in_memory=True)
-    with torch.random.fork_rng(devices=[]):  # the same latent draws on every rank
-        torch.manual_seed(seed + 2)
+    with torch.random.fork_rng(devices=[]):  # the same latent draws on every rank (seed + 2 samples below)
+        torch.manual_seed(seed + 3)
         latents = encode_dataset(model, DataLoader(full, batch_size=512), sample=cfg["prior"]["latents"] == "sample")
     pr = cfg["prior"]
     latent_set = _DictDataset(latents)
@@ -375,7 +375,7 @@ def run_galaxy_pipeline(config: Mapping[str, Any], out_dir: str | os.PathLike, *
     timing["train_prior_s"] = time.perf_counter() - t0
     model.eval()
     if not ctx.is_main:  # with several ranks, rank 0 samples, validates and writes the report
-        distributed.wait_for_main()
+        distributed.barrier()
         return out / "report.json"
     save_checkpoint(out / "model.pt", modules={"model": model}, optimizers={}, config=run_config,
                     step=vae_fit.steps + prior_fit.steps)
@@ -475,7 +475,7 @@ def run_galaxy_pipeline(config: Mapping[str, Any], out_dir: str | os.PathLike, *
     }
     path = out / "report.json"
     _write_json(path, report)
-    distributed.wait_for_main()
+    distributed.barrier()
     return path
 
 

@@ -742,7 +742,7 @@ def run_npe_pipeline(
         progress=progress, device=run["device"],
     )
     if not distributed.context().is_main:
-        distributed.wait_for_main()  # with several ranks, rank 0 evaluates and writes the report
+        distributed.barrier()  # with several ranks, rank 0 evaluates and writes the report
         return {}
     posterior = result.posterior
     labels = [f"theta_{i + 1}" for i in range(task.theta_dim)]
@@ -795,5 +795,5 @@ def run_npe_pipeline(
         "config": cfg,
     }
     _write_json(out / "report.json", report)
-    distributed.wait_for_main()
+    distributed.barrier()
     return report

@@ -61,7 +61,6 @@ __all__ = [
     "rank_seed",
     "resolve_device",
     "shutdown",
-    "wait_for_main",
     "wrap_ddp",
 ]
 
@@ -307,22 +306,22 @@ def rank_seed(seed: int, rank: int | None = None) -> int:
     return int(seed) + (context().rank if rank is None else int(rank))
 
 
-def barrier() -> None:
-    """Waits for every rank (no-op in a single process)."""
-    if context().distributed:
-        dist.barrier()
-
-
-def wait_for_main(poll_s: float = 0.2) -> None:
-    """Every rank waits here for all the others, around work that rank 0 does alone (simulating
-    the data, validating, writing a report), which may last much longer than a collective's
-    timeout. No-op in a single process.
+def barrier(poll_s: float = 0.2) -> None:
+    """Waits for every rank (no-op in a single process), also around work that rank 0 does
+    alone (simulating the data, validating, writing a report), which may last much longer than
+    a collective's timeout.
 
     Launched through MPI (``mpiexec``, ``srun``) the wait has no time limit and leaves the CPU to
-    rank 0: a non-blocking MPI barrier polled every ``poll_s`` seconds (a blocking MPI barrier
-    busy-polls a core; a failing rank ends the job through ``python -m mpi4py``'s
-    ``MPI_Abort``). Under torchrun (no MPI) it is a ``torch.distributed`` barrier, bounded by
-    the process group's timeout (``timeout_s`` of :func:`init_distributed`).
+    the ranks still working: a non-blocking MPI barrier polled every ``poll_s`` seconds (a
+    blocking MPI barrier busy-polls a core; a failing rank ends the job through ``python -m
+    mpi4py``'s ``MPI_Abort``). Under torchrun (no MPI) it is a ``torch.distributed`` barrier,
+    bounded by the process group's timeout (``timeout_s`` of :func:`init_distributed`).
+
+    Arguments:
+        poll_s: seconds between tests of the MPI barrier.
+
+    Raises:
+        RuntimeError: under torchrun, the process group's timeout passed (torch.distributed).
     """
     ctx = context()
     if not ctx.distributed:

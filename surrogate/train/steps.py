@@ -132,6 +132,14 @@ class LikelihoodStep:
         return metrics
 
 
+def _scale_learning_rates(optimizer: torch.optim.Optimizer, initial_lrs: list[float], key: str, factor: float) -> None:
+    """Sets each parameter group's rate to its base rate times ``factor``. The base rate is kept
+    in the group under ``key``, so it is saved with the optimizer's state; a group without it (a
+    new optimizer, or a state from an older checkpoint) takes its rate from ``initial_lrs``."""
+    for group, initial_lr in zip(optimizer.param_groups, initial_lrs):
+        group["lr"] = group.setdefault(key, initial_lr) * factor
+
+
 class CosineLikelihoodStep(LikelihoodStep):
     """:class:`~surrogate.train.steps.LikelihoodStep` with a per-step cosine learning-rate decay
     from the optimizer's learning rate to ``min_factor`` times it over ``total_steps`` calls.
@@ -159,16 +167,13 @@ class CosineLikelihoodStep(LikelihoodStep):
             raise ValueError(f"total_steps must be >= 1 and min_factor in [0, 1], got {total_steps}, {min_factor}")
         self.total_steps, self.min_factor = int(total_steps), float(min_factor)
         self._initial_lrs = [float(group["lr"]) for group in optimizer.param_groups]
-        for group in optimizer.param_groups:
-            group.setdefault("cosine_base_lr", group["lr"])
-            group.setdefault("cosine_calls", 0)
 
     def __call__(self, batch: Mapping[str, Tensor]) -> dict[str, float]:
         """Sets the learning rate of this call, then one ``LikelihoodStep``; adds ``"lr"`` to the metrics."""
         calls = int(self.optimizer.param_groups[0].get("cosine_calls", 0))
         factor = cosine_factor(calls, self.total_steps, self.min_factor)
-        for group, initial_lr in zip(self.optimizer.param_groups, self._initial_lrs):
-            group["lr"] = group.setdefault("cosine_base_lr", initial_lr) * factor
+        _scale_learning_rates(self.optimizer, self._initial_lrs, "cosine_base_lr", factor)
+        for group in self.optimizer.param_groups:
             group["cosine_calls"] = calls + 1
         metrics = super().__call__(batch)
         metrics["lr"] = self.optimizer.param_groups[0]["lr"]
@@ -272,13 +277,7 @@ class GANStep:
         self.gp_weight = float(gp_weight)
         self.modules = {"generator": generator, "critic": critic}
         self.optimizers = {"generator": generator_optimizer, "critic": critic_optimizer}
-        group = critic_optimizer.param_groups[0]
-        group.setdefault("gan_calls", 0)
-        group.setdefault("gan_last_generator_loss", math.nan)
         self._initial_lrs = {name: [float(g["lr"]) for g in opt.param_groups] for name, opt in self.optimizers.items()}
-        for optimizer in (generator_optimizer, critic_optimizer):
-            for g in optimizer.param_groups:
-                g.setdefault("gan_base_lr", g["lr"])
 
     @property
     def calls(self) -> int:
@@ -322,8 +321,7 @@ class GANStep:
         if self.cosine_calls is not None:
             factor = cosine_factor(self.calls, self.cosine_calls, self.cosine_min_factor)
             for name, optimizer in self.optimizers.items():
-                for g, initial_lr in zip(optimizer.param_groups, self._initial_lrs[name]):
-                    g["lr"] = g.setdefault("gan_base_lr", initial_lr) * factor
+                _scale_learning_rates(optimizer, self._initial_lrs[name], "gan_base_lr", factor)
 
         # Critic update.
         with torch.no_grad():

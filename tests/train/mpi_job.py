@@ -48,7 +48,7 @@ def calo(out: Path, batch: int, steps: int, fail_at: int | None):
     data = out / "showers.h5"
     if distributed.context().is_main and not data.exists():
         simulate_to_file(data, 512, energy_range_gev=(5.0, 50.0), seed=1, progress=False)
-    distributed.wait_for_main()
+    distributed.barrier()
     config = out / f"calo_rank{distributed.context().rank}.toml"
     config.write_text(f"""
 [run]

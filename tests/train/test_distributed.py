@@ -191,7 +191,7 @@ def test_local_rank_comes_from_mpi_not_from_an_inherited_slurm_localid():
 
 def test_ranks_wait_for_rank_0_beyond_the_collective_timeout_without_using_a_cpu():
     """Rank 0 works alone for 4 s in a job whose collectives time out after 1 s: the other rank
-    waits in wait_for_main without failing and uses well under a second of CPU time meanwhile."""
+    waits in barrier without failing and uses well under a second of CPU time meanwhile."""
     code = """
 import sys, time
 from surrogate.train import distributed
@@ -199,7 +199,7 @@ ctx = distributed.init_distributed("cpu", timeout_s=1.0)
 cpu = time.process_time()
 if ctx.is_main:
     time.sleep(4.0)  # e.g. simulating the data set
-distributed.wait_for_main()
+distributed.barrier()
 distributed.all_reduce_mean({"x": 1.0})  # the process group is still usable
 sys.stdout.write(f"rank {ctx.rank} cpu {time.process_time() - cpu:.3f}\\n")
 distributed.shutdown()
