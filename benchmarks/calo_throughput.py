@@ -25,14 +25,14 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _generator(checkpoint: str | None, device: str):
-    from surrogate.config import load_calo_pipeline
+    from surrogate.config import load_pipeline
     from surrogate.models.calo_gan import CaloGANGenerator
     from surrogate.pipelines.calo_gan import load_generator
 
     if checkpoint:
         return load_generator(checkpoint, device=device)
     # the main job's architecture (weights do not change the speed)
-    kwargs = load_calo_pipeline(REPO / "pipelines" / "calo_gan.toml").generator
+    kwargs = load_pipeline(REPO / "pipelines" / "calo_gan.toml").model.generator
     return CaloGANGenerator(**kwargs).to(device).eval()
 
 

@@ -12,20 +12,20 @@ and a fixed batch per rank (weak scaling: the global batch is ``W`` times the pe
 - ``calo``: the CaloGAN WGAN-GP :class:`~surrogate.train.steps.GANStep` of
   ``pipelines/calo_gan.toml`` (default generator and critic, Adam lr 1e-3, betas (0.5, 0.9),
   ``n_critic=5``, gradient penalty 10), set up as
-  :func:`surrogate.pipelines.calo_gan.train_calo_gan` does: both networks through
-  :func:`~surrogate.train.distributed.wrap_ddp`, data streamed from a GFlash CaloGAN-layout file
+  :func:`surrogate.pipelines.calo_gan.train` does (the step wraps both networks in
+  ``DistributedDataParallel``), data streamed from a GFlash CaloGAN-layout file
   (simulated once by the parent, ``--calo-events`` showers) by
   :class:`~surrogate.data.calo.CaloShowerDataset` with ``rank``, ``world_size`` and
   ``drop_last=True``, DataLoader ``num_workers=0``; batch 128 per rank;
 - ``galaxy``: :class:`~surrogate.models.galaxy_vae.GalaxyVAE` with the architecture of
   ``pipelines/galaxy_vae.toml`` (latent 16, channels 16/32/64, hidden 128) trained on the ELBO
-  (:func:`~surrogate.models.galaxy_vae.galaxy_vae_loss`) with
+  (:func:`~surrogate.losses.galaxy_vae_loss`) with
   :class:`~surrogate.train.steps.LikelihoodStep` (DDP inside it) on synthetic 32x32 stamps with
   25x25 PSFs held in memory, ``DistributedSampler``; batch 64 per rank;
-- ``npe``: a neural spline flow (:func:`surrogate.pipelines.posterior.build_npe_flow`, the
+- ``npe``: a neural spline flow (:func:`surrogate.models.npe.build_npe_flow`, the
   ``pipelines/npe_two_moons.toml`` defaults: 5 transforms, 50 hidden, 10 bins) trained with
-  :func:`~surrogate.pipelines.posterior.npe_loss` and ``LikelihoodStep`` (AdamW lr 1e-3, clipping
-  at 5) on 10,000 two_moons simulations, :class:`~surrogate.pipelines.posterior.EpochBatchSampler`;
+  :func:`~surrogate.losses.npe_loss` and ``LikelihoodStep`` (AdamW lr 1e-3, clipping
+  at 5) on 10,000 two_moons simulations, :class:`~surrogate.pipelines.npe_training.EpochBatchSampler`;
   batch 256 per rank.
 
 Each rank runs ``--warmup`` steps, then ``--steps`` timed steps (one batch each, data loading
@@ -99,23 +99,21 @@ def _cycle(loader, sampler):
 
 
 def _calo(ctx, batch: int, args):
-    from surrogate.config import load_calo_pipeline
+    from surrogate.config import load_pipeline
     from surrogate.data.calo import CaloShowerDataset
     from surrogate.pipelines.calo_gan import build_calo_gan
-    from surrogate.train import distributed
     from surrogate.train.steps import GANStep
 
-    cfg = load_calo_pipeline(REPO / "pipelines" / "calo_gan.toml")
+    cfg = load_pipeline(REPO / "pipelines" / "calo_gan.toml")
     t = cfg.train
     torch.manual_seed(cfg.run.seed)
-    generator, critic = build_calo_gan(cfg.generator, cfg.critic)
-    generator = distributed.wrap_ddp(generator.to(ctx.device))
-    critic = distributed.wrap_ddp(critic.to(ctx.device))
+    generator, critic = build_calo_gan(cfg.model)
+    generator, critic = generator.to(ctx.device), critic.to(ctx.device)
     step = GANStep(
         generator, critic,
-        torch.optim.Adam(generator.parameters(), lr=t.generator_lr, betas=(t.beta1, t.beta2)),
-        torch.optim.Adam(critic.parameters(), lr=t.critic_lr, betas=(t.beta1, t.beta2)),
-        n_critic=t.n_critic, gp_weight=t.gradient_penalty,
+        torch.optim.Adam(generator.parameters(), lr=t.learning_rate, betas=(t.beta1, t.beta2)),
+        torch.optim.Adam(critic.parameters(), lr=t.critic_learning_rate or t.learning_rate, betas=(t.beta1, t.beta2)),
+        n_critic=t.n_critic, gradient_penalty=t.gradient_penalty,
     )
     dataset = CaloShowerDataset(args.data, layout="calogan", block_size=t.block_size, shuffle=True, seed=cfg.run.seed,
                                 rank=ctx.rank, world_size=ctx.world_size, drop_last=True)
@@ -127,7 +125,8 @@ def _calo(ctx, batch: int, args):
 
 
 def _galaxy(ctx, batch: int, args):
-    from surrogate.models.galaxy_vae import GalaxyVAE, galaxy_vae_loss
+    from surrogate.losses import galaxy_vae_loss
+    from surrogate.models.galaxy_vae import GalaxyVAE
     from surrogate.train.steps import LikelihoodStep
 
     n, size, psf_size = 1024, 32, 25
@@ -155,7 +154,9 @@ def _galaxy(ctx, batch: int, args):
 
 
 def _npe(ctx, batch: int, args):
-    from surrogate.pipelines.posterior import EpochBatchSampler, build_npe_flow, npe_loss
+    from surrogate.losses import npe_loss
+    from surrogate.models.npe import build_npe_flow
+    from surrogate.pipelines.npe_training import EpochBatchSampler
     from surrogate.simulators.sbi_tasks import get_task, simulate_dataset
     from surrogate.train.steps import LikelihoodStep
 

@@ -45,7 +45,8 @@ if str(REPO) not in sys.path:  # run from a checkout without installing
 from surrogate.data.hdf5 import atomic_output  # noqa: E402
 from surrogate.models.galaxy_vae import GalaxyVAE  # noqa: E402
 from surrogate.nn.psf import fft_convolve  # noqa: E402
-from surrogate.simulators.galaxies import _DEFAULTS, _make_drawer, galsim_omp_threads, load_cosmos_catalog  # noqa: E402
+from surrogate.simulators.cosmos import load_cosmos_catalog  # noqa: E402
+from surrogate.simulators.galaxies import _DEFAULTS, _make_drawer, galsim_omp_threads  # noqa: E402
 
 STAMPS = dict(_DEFAULTS, psf_kinds=("moffat",))
 MODEL = dict(stamp_size=32, latent_dim=16, channels=(16, 32, 64), hidden_features=128, flow_hidden_features=64,
@@ -100,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
             galsim.Convolve(galaxy, psf).drawImage(nx=N, ny=N, scale=s).array + noise_rng.standard_normal((N, N)) * sd
 
     if args.checkpoint is not None:
-        from surrogate.pipelines.galaxy import load_galaxy_vae
+        from surrogate.pipelines.galaxy_vae import load_galaxy_vae
 
         model = load_galaxy_vae(args.checkpoint)
         source = str(args.checkpoint)

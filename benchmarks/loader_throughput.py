@@ -7,7 +7,7 @@ then rewritten with :func:`surrogate.data.calo.write_calogan` in every file vari
 
 - ``compression``: ``gzip`` (level 4, our default), ``lzf``, ``none``;
 - ``chunk``: ``default`` (``chunk_events=None``: the writer's per-dataset rule of
-  :func:`surrogate.data.hdf5.chunk_events_for`, at most 512 KiB and 1024 events per chunk, i.e.
+  :func:`surrogate.data.event_writer.chunk_events_for`, at most 512 KiB and 1024 events per chunk, i.e.
   256 events for ``layer_0``, 512 for ``layer_1``, 1024 for the rest) or a fixed number of
   events per chunk for every dataset (``--chunks``, e.g. 64 and 4096).
 
@@ -82,7 +82,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run from a checkout without installing
     sys.path.insert(0, str(REPO))
 
-from surrogate.config import load_calo_pipeline  # noqa: E402
+from surrogate.config import load_pipeline  # noqa: E402
 from surrogate.data.calo import CALOGAN_KEYS, CaloShowerDataset, read_calogan, write_calogan  # noqa: E402
 from surrogate.data.hdf5 import as_float32, atomic_output, open_hdf5  # noqa: E402
 from surrogate.pipelines.calo_gan import build_calo_gan  # noqa: E402
@@ -188,15 +188,15 @@ def time_epoch(loader, max_seconds: float = float("inf")) -> tuple[int, float, f
 
 def training_rate(arrays: dict[str, np.ndarray], steps: int, warmup: int) -> dict:
     """Events per second consumed by the CaloGAN GANStep of the main job, batch 128, CPU."""
-    cfg = load_calo_pipeline(REPO / "pipelines" / "calo_gan.toml")
+    cfg = load_pipeline(REPO / "pipelines" / "calo_gan.toml")
     t = cfg.train
     torch.manual_seed(0)
-    generator, critic = build_calo_gan(cfg.generator, cfg.critic)
+    generator, critic = build_calo_gan(cfg.model)
     step = GANStep(
         generator, critic,
-        torch.optim.Adam(generator.parameters(), lr=t.generator_lr, betas=(t.beta1, t.beta2)),
-        torch.optim.Adam(critic.parameters(), lr=t.critic_lr, betas=(t.beta1, t.beta2)),
-        n_critic=t.n_critic, gp_weight=t.gradient_penalty,
+        torch.optim.Adam(generator.parameters(), lr=t.learning_rate, betas=(t.beta1, t.beta2)),
+        torch.optim.Adam(critic.parameters(), lr=t.critic_learning_rate or t.learning_rate, betas=(t.beta1, t.beta2)),
+        n_critic=t.n_critic, gradient_penalty=t.gradient_penalty,
     )
     memory = InMemoryShard(arrays)
     rng = np.random.default_rng(2)

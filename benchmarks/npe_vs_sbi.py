@@ -8,7 +8,7 @@ CPU time (the machine may be shared: CPU time of this single-threaded process is
 measure of work). Default grid: two_moons at 10^3 and 10^4 simulations, slcp and gaussian_linear
 at 10^4, seed 0.
 
-- this project: :func:`surrogate.pipelines.posterior.train_npe` with the settings of
+- this project: :func:`surrogate.pipelines.npe_training.train_npe` with the settings of
   ``pipelines/npe_two_moons.toml`` (``OURS`` below).
 - sbi: ``sbi.inference.NPE(prior, density_estimator="nsf")`` with ``train()`` defaults (batch 200,
   lr 5e-4, 10 % validation, stop after 20 epochs without improvement) -- the configuration of the
@@ -43,7 +43,7 @@ if str(REPO) not in sys.path:  # run from a checkout without installing
 
 from surrogate.data.hdf5 import atomic_output  # noqa: E402
 from surrogate.metrics.c2st import c2st  # noqa: E402
-from surrogate.pipelines.posterior import train_npe  # noqa: E402
+from surrogate.pipelines.npe_training import train_npe  # noqa: E402
 from surrogate.simulators.sbi_tasks import get_task, load_reference, simulate_dataset  # noqa: E402
 
 DEFAULT_RUNS = ("two_moons:1000", "two_moons:10000", "slcp:10000", "gaussian_linear:10000")

@@ -13,20 +13,11 @@ exits with status 75; run it again to resume.
 from __future__ import annotations
 
 import argparse
-import importlib
 import signal
 import sys
 from pathlib import Path
 
 __all__ = ["main"]
-
-# Pipelines whose ``run_*_pipeline(table, out_dir, *, progress, base_dir)`` reads its own TOML
-# schema (documented in those modules); relative output_dir values are relative to the file.
-_OTHER_PIPELINES = {
-    "galaxy_vae": ("surrogate.pipelines.galaxy", "run_galaxy_pipeline"),
-    "npe": ("surrogate.pipelines.posterior", "run_npe_pipeline"),
-}
-
 
 def _energy_range(text: str) -> tuple[float, float]:
     try:
@@ -79,10 +70,30 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _pipeline_kind(path: Path) -> str:
-    from surrogate.config import read_toml
+def _load(path: Path, threads: int | None):
+    """The pipeline file's configuration and family; applies ``[run] threads`` unless
+    ``--threads`` was given."""
+    import torch
 
-    return str(read_toml(path).get("run", {}).get("pipeline", "calo_gan"))
+    from surrogate.config import load_pipeline
+    from surrogate.pipelines import get_family
+
+    cfg = load_pipeline(path)
+    if threads is None and cfg.run.threads > 0:
+        torch.set_num_threads(cfg.run.threads)
+    return cfg, get_family(cfg.run.pipeline)
+
+
+def _stored_family(checkpoint: Path):
+    """The family that wrote a checkpoint (from the configuration stored in it)."""
+    from surrogate.pipelines import get_family
+    from surrogate.train.checkpoint import find_checkpoint, load_checkpoint
+
+    path = find_checkpoint(checkpoint)
+    name = load_checkpoint(path).get("config", {}).get("run", {}).get("pipeline")
+    if not isinstance(name, str):
+        raise ValueError(f"checkpoint {path} does not record its model family ([run] pipeline)")
+    return get_family(name, where=f"checkpoint {path}")
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -97,87 +108,36 @@ def _run(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGUSR1, signal.SIG_IGN)
         distributed.init_distributed()
     main_rank = distributed.context().is_main
-    if not main_rank:
-        progress = False
+    progress = progress and main_rank
+    say = print if main_rank else (lambda *a, **k: None)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
 
     if args.command == "simulate":
-        import dataclasses
+        from surrogate.pipelines.recipes import simulate_recipe
 
-        from surrogate.config import load_simulate_recipe, read_toml
-
-        table = read_toml(args.recipe).get("simulate", {})
-        if table.get("simulator") == "galsim_cosmos":
-            from surrogate.simulators.galaxies import simulate_galaxies_from_recipe
-
-            table = {**table, **{k: v for k, v in (("n", args.n), ("seed", args.seed)) if v is not None}}
-            path = simulate_galaxies_from_recipe(table, output=args.out, progress=progress, base_dir=args.recipe.parent)
-            print(f"wrote galaxy stamps to {path}")
-            return 0
-        from surrogate.pipelines.calo_gan import simulate
-
-        recipe = load_simulate_recipe(args.recipe)
-        changes = {k: v for k, v in (("n_events", args.n), ("seed", args.seed)) if v is not None}
-        recipe = dataclasses.replace(recipe, **changes)
-        path = simulate(recipe, output=args.out, progress=progress)
-        print(f"wrote {recipe.n_events} showers to {path}")
-        return 0
-
-    if args.command == "generate":
-        from surrogate.pipelines.calo_gan import generate_showers_distributed, load_generator
-
-        generator = load_generator(args.checkpoint, device=distributed.resolve_device(args.device))
-        path = generate_showers_distributed(generator, args.out, args.n, energy_range_gev=args.energy,
-                                            batch_size=args.batch_size, seed=args.seed, progress=progress)
-        if main_rank:
-            print(f"wrote {args.n} showers to {path}")
-        return 0
-
-    if args.command == "validate":
+        path, what = simulate_recipe(args.recipe, output=args.out, n=args.n, seed=args.seed, progress=progress)
+        say(f"wrote {what} to {path}")
+    elif args.command == "generate":
+        family = _stored_family(args.checkpoint)
+        if family.generate is None:
+            raise ValueError(f"{args.checkpoint}: the {family.name!r} family does not generate events")
+        path = family.generate(args.checkpoint, args.out, args.n, energy_range_gev=args.energy,
+                               batch_size=args.batch_size, seed=args.seed, device=args.device, progress=progress)
+        say(f"wrote {args.n} events to {path}")
+    elif args.command == "validate":
         from surrogate.pipelines.fastsim import validate_calo
 
         validate_calo(args.reference, args.generated, args.out, seed=args.seed, progress=progress)
-        print(f"report: {args.out / 'report.json'}")
-        return 0
-
-    kind = _pipeline_kind(args.config)
-    if kind in _OTHER_PIPELINES:
-        if args.command == "train":
-            raise ValueError(f"{args.config}: `surrogate train` runs calo_gan pipelines; use `surrogate run` for {kind!r}")
-        from surrogate.config import read_toml
-
-        table = read_toml(args.config)
-        run = table.get("run", {})
-        if args.threads is None and int(run.get("threads", 0)) > 0:
-            torch.set_num_threads(int(run["threads"]))
-        out_dir = Path(run.get("output_dir", f"runs/{kind}"))
-        if not out_dir.is_absolute():
-            out_dir = args.config.resolve().parent / out_dir
-        module, function = _OTHER_PIPELINES[kind]
-        run_pipeline = getattr(importlib.import_module(module), function)
-        report = run_pipeline(table, out_dir, progress=progress, base_dir=args.config.resolve().parent)
-        if main_rank:
-            print(f"report: {report if isinstance(report, Path) else out_dir / 'report.json'}")
-        return 0
-    if kind == "calo_gan":
-        from surrogate.config import load_calo_pipeline
-        from surrogate.pipelines import calo_gan
-
-        cfg = load_calo_pipeline(args.config)
-        if args.threads is None and cfg.run.threads > 0:
-            torch.set_num_threads(cfg.run.threads)
-        if args.command == "train":
-            train_file, _ = calo_gan._data_files(cfg, progress)
-            result = calo_gan.train_calo_gan(cfg, train_file, resume=not args.no_resume, progress=progress)
-            if main_rank:
-                print(f"trained {result.steps} steps; checkpoint: {result.checkpoint}")
-            return 0
-        report = calo_gan.run_calo_pipeline(cfg, progress=progress)
-        if main_rank:
-            print(f"report: {report}")
-        return 0
-    raise ValueError(f"{args.config}: unknown [run] pipeline {kind!r}; known: {['calo_gan', *_OTHER_PIPELINES]}")
+        say(f"report: {args.out / 'report.json'}")
+    elif args.command == "train":
+        cfg, family = _load(args.config, args.threads)
+        result = family.train(cfg, resume=not args.no_resume, progress=progress)
+        say(f"trained {result.steps} steps; checkpoint: {result.checkpoint}")
+    else:
+        cfg, family = _load(args.config, args.threads)
+        say(f"report: {family.run(cfg, progress=progress)}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

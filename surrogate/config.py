@@ -1,37 +1,71 @@
-"""Typed, frozen configuration parsed from TOML: used only at the edge (CLI, pipeline files).
+"""One loader for every pipeline file: typed, frozen configuration parsed from TOML.
 
-Models and layers take explicit constructor arguments (their signature *is* their
-configuration); the ``[model.*]`` tables of a pipeline file are passed to those constructors as
-keyword arguments after checking the names against the signature. Everything else is one frozen
-dataclass per section. Unknown keys, wrong types and out-of-range values raise ``ValueError``
-naming the file, the section and the key.
+Used only at the edge (the CLI and ``surrogate run``): models and layers take explicit
+constructor arguments (their signature *is* their configuration), and a pipeline turns the
+configuration into constructor calls.
 
-Relative paths inside a configuration file are resolved against that file's folder, so a
-pipeline runs the same from any working directory.
+Every pipeline file has the shared sections
+
+* ``[run]`` (:class:`RunConfig`): which model family (``pipeline``), where it writes, seed,
+  device, threads;
+* ``[data]``: what the family trains on (files or a simulator recipe; family specific);
+* ``[train]`` (:class:`TrainConfig`, extended by a family with its own knobs): one name per
+  knob across families: ``learning_rate``, ``batch_size``, ``max_steps`` / ``max_epochs``,
+  ``lr_schedule``, ``warmup_steps``, ``final_lr_fraction``, ``patience``, ``max_grad_norm``,
+  ``checkpoint_every``, ``log_every``, ``num_workers``;
+* ``[model]``: the constructor arguments of the family's model(s);
+
+plus the family's own stages (``[generate]``, ``[validate]`` ...). A family declares its file
+as a frozen dataclass deriving from :class:`PipelineConfig`; :func:`load_pipeline` reads
+``[run] pipeline``, looks the family up in :mod:`surrogate.pipelines` and builds that dataclass,
+checking every key: unknown names, wrong types and out-of-range values raise
+:class:`ConfigError` naming the file, the section, the key, what was expected and the value
+found. Keys that were renamed keep working for one release with a
+:class:`ConfigDeprecationWarning` naming the new key (each family lists its renames in
+``RENAMED``).
+
+Sections are typed with the conventions of :mod:`surrogate.config_types` (``setting``, nested
+dataclasses, tables of constructor keyword arguments); relative paths in a pipeline file are
+resolved against the file's folder.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import os
 import tomllib
-from dataclasses import dataclass, field
+import typing
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, ClassVar, Literal, Mapping
+
+from surrogate.config_types import (
+    ConfigDeprecationWarning,
+    ConfigError,
+    Mismatch,
+    build_section,
+    check_kwargs,
+    coerce,
+    import_object,
+    plain,
+    setting,
+    type_name,
+)
 
 __all__ = [
-    "CaloPipelineConfig",
-    "DataConfig",
-    "GenerateConfig",
+    "ConfigDeprecationWarning",
+    "ConfigError",
+    "PipelineConfig",
     "RunConfig",
     "SimulateConfig",
     "TrainConfig",
-    "ValidateConfig",
+    "build_section",
     "check_kwargs",
-    "load_calo_pipeline",
+    "load_pipeline",
     "load_simulate_recipe",
     "read_toml",
+    "setting",
 ]
 
 
@@ -40,60 +74,225 @@ def read_toml(path: str | os.PathLike) -> dict[str, Any]:
 
     Raises:
         FileNotFoundError: the file does not exist.
-        ValueError: the file is not valid TOML (with the parser's line and column).
+        ConfigError: the path is a directory, or the file is not valid TOML (with the parser's
+            line and column).
     """
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{path} is a directory, expected a TOML configuration file")
     if not path.is_file():
         raise FileNotFoundError(f"configuration file {path} does not exist")
     try:
         with open(path, "rb") as f:
             return tomllib.load(f)
-    except tomllib.TOMLDecodeError as exc:
-        raise ValueError(f"{path}: invalid TOML: {exc}") from exc
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from exc
 
 
-def _build(cls: type, table: Mapping[str, Any], where: str, base: Path | None = None):
-    """Builds the dataclass ``cls`` from a TOML table, checking names and types."""
-    if not isinstance(table, Mapping):
-        raise ValueError(f"{where}: expected a table, got {type(table).__name__}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(table) - set(fields))
+# --------------------------------------------------------------------------------------------
+# Shared sections
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """``[run]``: which family, where it writes, and the process settings.
+
+    Attributes:
+        pipeline: the model family (a name registered in :mod:`surrogate.pipelines`).
+        output_dir: folder for data, checkpoints, generated files and the report (relative to
+            the pipeline file).
+        seed: seeds data simulation, model initialisation, training noise and sampling.
+        device: ``"auto"`` (CUDA when present), ``"cpu"`` or ``"cuda"``; with several ranks the
+            device follows the launcher (``cuda:<local rank>`` or CPU).
+        threads: ``torch.set_num_threads`` for this run (0 leaves torch's default).
+    """
+
+    pipeline: str
+    output_dir: Path = Path("runs/default")
+    seed: int = setting(0, ge=0)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int = setting(0, ge=0)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """``[train]``: the optimisation knobs every family shares (one name each).
+
+    Training ends after ``max_steps`` optimizer steps or ``max_epochs`` passes over the
+    training data, whichever comes first (a family sets the defaults; at least one is set).
+
+    Attributes:
+        batch_size: examples per optimizer step and rank.
+        learning_rate: Adam(W) learning rate.
+        max_steps: optimizer steps (``None``: no limit in steps).
+        max_epochs: passes over the data (``None``: no limit in epochs).
+        lr_schedule: ``"constant"``, or ``"cosine"``: decay to ``final_lr_fraction`` times the
+            rate over the run (:func:`surrogate.train.steps.make_lr_scheduler`).
+        warmup_steps: linear learning-rate warm-up at the start.
+        final_lr_fraction: final rate of the cosine schedule as a fraction of the initial one.
+        patience: validations without improvement before early stopping (``None``: never).
+        max_grad_norm: clip gradients to this total 2-norm (``None``: no clipping).
+        checkpoint_every: steps between checkpoints (a final one is always written).
+        log_every: steps averaged into one row of ``log.csv``.
+        num_workers: ``DataLoader`` worker processes.
+    """
+
+    batch_size: int = setting(128, ge=1)
+    learning_rate: float = setting(1e-3, gt=0)
+    max_steps: int | None = setting(1000, ge=1)
+    max_epochs: int | None = setting(None, ge=1)
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    warmup_steps: int = setting(0, ge=0)
+    final_lr_fraction: float = setting(0.0, ge=0, le=1)
+    patience: int | None = setting(None, ge=1)
+    max_grad_norm: float | None = setting(None, gt=0)
+    checkpoint_every: int = setting(500, ge=1)
+    log_every: int = setting(50, ge=1)
+    num_workers: int = setting(0, ge=0)
+
+    def __post_init__(self):
+        if self.max_steps is None and self.max_epochs is None:
+            raise ValueError("set max_steps or max_epochs (or both: training stops at the first)")
+
+    def total_steps(self, steps_per_epoch: int | None = None) -> int:
+        """Optimizer steps of the run: ``min(max_steps, max_epochs * steps_per_epoch)``.
+
+        Raises:
+            ValueError: ``max_epochs`` is set and ``steps_per_epoch`` is not known.
+        """
+        limits = [] if self.max_steps is None else [self.max_steps]
+        if self.max_epochs is not None:
+            if steps_per_epoch is None:
+                raise ValueError("[train] max_epochs needs a dataset with a known number of batches per epoch")
+            limits.append(self.max_epochs * steps_per_epoch)
+        return min(limits)
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """A whole pipeline file. Families derive from it, adding their ``data``, ``model``,
+    ``train`` and stage sections as fields whose types are dataclasses (or tables of
+    constructor arguments), each with a default.
+
+    Attributes:
+        source: the file it was read from (``None`` when built in Python).
+        run: the ``[run]`` section.
+        RENAMED: class attribute, ``{"old.path": "new.path"}`` of keys and sections renamed
+            in this family's files (``"training": "train"`` moves a section,
+            ``"train.lr": "train.learning_rate"`` a key; applied in order).
+    """
+
+    source: Path | None
+    run: RunConfig
+    RENAMED: ClassVar[Mapping[str, str]] = {}
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (for checkpoints and reports): paths become strings, tuples lists."""
+        return plain(self)
+
+
+def _move(data: dict[str, Any], old: str, new: str, path: Path) -> None:
+    """Moves ``old`` (a dotted path in the parsed file) to ``new``, merging tables."""
+    *old_parents, old_key = old.split(".")
+    holder = data
+    for part in old_parents:
+        holder = holder.get(part)
+        if not isinstance(holder, dict):
+            return
+    if old_key not in holder:
+        return
+    value = holder.pop(old_key)
+    table = isinstance(value, dict)  # a moved section is named [a.b], a moved key [a] b
+    old_name = "[" + old + "]" if table or not old_parents else f"[{'.'.join(old_parents)}] {old_key}"
+    new_parts = new.split(".")
+    new_name = "[" + new + "]" if table or len(new_parts) == 1 else f"[{'.'.join(new_parts[:-1])}] {new_parts[-1]}"
+    warnings.warn(f"{path}: {old_name} is deprecated, use {new_name}", ConfigDeprecationWarning, stacklevel=4)
+    target = data
+    for part in new_parts[:-1]:
+        target = target.setdefault(part, {})
+    last = new_parts[-1]
+    if last in target and isinstance(target[last], dict) and isinstance(value, dict):
+        clash = sorted(set(target[last]) & set(value))
+        if clash:
+            raise ConfigError(f"{path}: {old_name} and {new_name} both set {clash}; keep only {new_name}")
+        target[last].update(value)
+    elif last in target:
+        raise ConfigError(f"{path}: both {old_name} (deprecated) and {new_name} are set; keep only {new_name}")
+    else:
+        target[last] = value
+
+
+def load_pipeline(path: str | os.PathLike) -> PipelineConfig:
+    """Reads a pipeline file (``pipelines/*.toml``) into its family's frozen configuration.
+
+    ``[run] pipeline`` names the family (:func:`surrogate.pipelines.get_family`); relative paths
+    are resolved against the file's folder; renamed keys are moved with a
+    :class:`ConfigDeprecationWarning`.
+
+    Arguments:
+        path: the TOML file.
+
+    Returns:
+        An instance of the family's :class:`PipelineConfig` subclass.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ConfigError: invalid TOML, a missing ``[run]`` or ``pipeline``, an unknown family,
+            section or key, or a bad value (each named with the file and key).
+    """
+    from surrogate.pipelines import get_family
+
+    path = Path(path)
+    data = read_toml(path)
+    run = data.get("run")
+    if not isinstance(run, Mapping):
+        raise ConfigError(f"{path}: missing section [run] (with pipeline = \"<family>\")")
+    if "pipeline" not in run:  # files written before the registry meant the calorimeter GAN
+        warnings.warn(f"{path}: [run] has no pipeline; assuming pipeline = \"calo_gan\" (set it: the default "
+                      "will be removed)", ConfigDeprecationWarning, stacklevel=2)
+        run["pipeline"] = "calo_gan"
+    if not isinstance(run["pipeline"], str):
+        raise ConfigError(f"{path} [run] pipeline: expected a string, got {run['pipeline']!r}")
+    cls = get_family(run["pipeline"], where=f"{path} [run] pipeline").config
+    for old, new in cls.RENAMED.items():
+        _move(data, old, new, path)
+    sections = {f.name for f in dataclasses.fields(cls) if f.name != "source"}
+    unknown = sorted(set(data) - sections)
     if unknown:
-        raise ValueError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(fields)}")
-    kwargs = {}
-    for name, value in table.items():
-        kind = fields[name].type
-        if "Path" in str(kind) and value is not None:
-            if not isinstance(value, str):
-                raise ValueError(f"{where}.{name}: expected a path string, got {value!r}")
-            p = Path(value).expanduser()
-            value = p if (p.is_absolute() or base is None) else base / p
-        elif "float" in str(kind) and "tuple" not in str(kind) and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        elif "tuple" in str(kind) and isinstance(value, list):
-            value = tuple(tuple(v) if isinstance(v, list) else v for v in value)
-        kwargs[name] = value
+        raise ConfigError(f"{path}: unknown section(s) {unknown}; allowed: {sorted(sections)}")
+    base = path.resolve().parent
+    hints = typing.get_type_hints(cls)
+    values: dict[str, Any] = {"source": path}
+    for f in dataclasses.fields(cls):
+        if f.name == "source":
+            continue
+        if f.name not in data:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise ConfigError(f"{path}: missing section [{f.name}]")
+            continue
+        where = f"{path} [{f.name}]"
+        try:
+            values[f.name] = coerce(data[f.name], hints[f.name], where, base)
+        except Mismatch:
+            raise ConfigError(f"{where}: expected {type_name(hints[f.name])}, got {data[f.name]!r}") from None
+        if f.metadata.get("kwargs_of"):
+            values[f.name] = check_kwargs(import_object(f.metadata["kwargs_of"]), values[f.name], where,
+                                          exclude=f.metadata.get("exclude", ()))
     try:
-        obj = cls(**kwargs)
+        return cls(**values)
     except (TypeError, ValueError) as exc:
-        raise ValueError(f"{where}: {exc}") from exc
-    for name, f in fields.items():
-        value = getattr(obj, name)
-        expected = {"int": int, "float": float, "str": str, "bool": bool}.get(str(f.type))
-        if expected is not None and (not isinstance(value, expected) or (expected is not bool and isinstance(value, bool))):
-            raise ValueError(f"{where}.{name}: expected {expected.__name__}, got {value!r}")
-    return obj
+        if isinstance(exc, ConfigError):
+            raise
+        raise ConfigError(f"{path}: {exc}") from exc
 
 
-def _positive(where: str, **values: float) -> None:
-    for name, value in values.items():
-        if not value > 0:
-            raise ValueError(f"{where}.{name}: must be > 0, got {value!r}")
+# --------------------------------------------------------------------------------------------
+# Dataset recipes (datasets/*.toml)
 
 
 @dataclass(frozen=True)
 class SimulateConfig:
-    """``[simulate]`` of a dataset recipe (``datasets/*.toml``): the reference simulator's run.
+    """``[simulate]`` of a calorimeter dataset recipe (``datasets/calogan_*.toml``).
 
     Attributes:
         simulator: ``"gflash"`` (parametrized EM showers in the CaloGAN geometry).
@@ -104,224 +303,31 @@ class SimulateConfig:
         output: HDF5 file to write (relative to the current working directory).
     """
 
-    simulator: str = "gflash"
-    particle: str = "e+"
-    n_events: int = 10000
-    energy_min_gev: float = 1.0
-    energy_max_gev: float = 100.0
-    seed: int = 0
+    simulator: Literal["gflash"] = "gflash"
+    particle: Literal["e+", "gamma"] = "e+"
+    n_events: int = setting(10000, ge=1)
+    energy_min_gev: float = setting(1.0, gt=0)
+    energy_max_gev: float = setting(100.0, gt=0)
+    seed: int = setting(0, ge=0)
     output: Path = Path("data/showers.h5")
 
     def __post_init__(self):
-        if self.simulator != "gflash":
-            raise ValueError(f"simulator must be 'gflash', got {self.simulator!r}")
-        if self.particle not in ("e+", "gamma"):
-            raise ValueError(f"particle must be 'e+' or 'gamma', got {self.particle!r}")
-        if self.n_events <= 0:
-            raise ValueError(f"n_events must be > 0, got {self.n_events}")
-        if not 0 < self.energy_min_gev <= self.energy_max_gev:
-            raise ValueError(f"need 0 < energy_min_gev <= energy_max_gev, got {self.energy_min_gev}, {self.energy_max_gev}")
+        if not self.energy_min_gev <= self.energy_max_gev:
+            raise ValueError(f"need energy_min_gev <= energy_max_gev, got {self.energy_min_gev}, {self.energy_max_gev}")
 
 
 def load_simulate_recipe(path: str | os.PathLike) -> SimulateConfig:
-    """Reads a dataset recipe (a TOML file with a ``[simulate]`` table).
+    """Reads a calorimeter dataset recipe (a TOML file with a ``[simulate]`` table).
 
     The ``output`` path is kept relative to the current working directory, as documented in
     ``datasets/README.md``.
 
     Raises:
-        FileNotFoundError, ValueError: see :func:`read_toml`; missing ``[simulate]`` table or
-            bad values (named with file and key).
+        FileNotFoundError: the file does not exist.
+        ConfigError: invalid TOML, a missing ``[simulate]`` table or a bad value (named with the
+            file and key).
     """
     data = read_toml(path)
     if "simulate" not in data:
-        raise ValueError(f"{path}: no [simulate] table")
-    return _build(SimulateConfig, data["simulate"], f"{path} [simulate]")
-
-
-@dataclass(frozen=True)
-class RunConfig:
-    """``[run]``: what the pipeline is and where it writes.
-
-    Attributes:
-        pipeline: ``"calo_gan"`` (others are added by their model families).
-        output_dir: folder for data, checkpoints, generated files and the report.
-        seed: seeds model initialisation and training noise.
-        device: ``"auto"`` (CUDA when present), ``"cpu"`` or ``"cuda"``.
-        threads: ``torch.set_num_threads`` for this run (0 leaves torch's default).
-    """
-
-    pipeline: str = "calo_gan"
-    output_dir: Path = Path("runs/default")
-    seed: int = 0
-    device: str = "auto"
-    threads: int = 0
-
-    def __post_init__(self):
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {self.device!r}")
-
-
-@dataclass(frozen=True)
-class DataConfig:
-    """``[data]``: the training and reference (held-out) showers.
-
-    Either give existing files (``train_file``, ``reference_file``; e.g. CaloGAN's Geant4
-    files) or recipes to simulate them into ``output_dir/data/``. A simulated file that already
-    exists is reused.
-    """
-
-    train_file: Path | None = None
-    reference_file: Path | None = None
-    train_recipe: Path | None = None
-    reference_recipe: Path | None = None
-
-    def __post_init__(self):
-        for kind in ("train", "reference"):
-            if (getattr(self, f"{kind}_file") is None) == (getattr(self, f"{kind}_recipe") is None):
-                raise ValueError(f"give exactly one of {kind}_file and {kind}_recipe")
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """``[train]``: optimisation settings (see :class:`surrogate.train.steps.GANStep`)."""
-
-    batch_size: int = 128
-    max_steps: int = 1000
-    generator_lr: float = 1e-4
-    critic_lr: float = 1e-4
-    beta1: float = 0.5
-    beta2: float = 0.9
-    n_critic: int = 5
-    gradient_penalty: float = 10.0
-    lr_schedule: str = "constant"  # or "cosine": both rates decay to final_lr_fraction over max_steps
-    final_lr_fraction: float = 0.1
-    checkpoint_every: int = 500
-    log_every: int = 25
-    block_size: int = 1024
-    num_workers: int = 0
-
-    def __post_init__(self):
-        _positive("[train]", batch_size=self.batch_size, max_steps=self.max_steps,
-                  generator_lr=self.generator_lr, critic_lr=self.critic_lr, n_critic=self.n_critic,
-                  checkpoint_every=self.checkpoint_every, log_every=self.log_every, block_size=self.block_size)
-        if self.lr_schedule not in ("constant", "cosine"):
-            raise ValueError(f"[train] lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
-        if not 0 <= self.final_lr_fraction <= 1:
-            raise ValueError(f"[train] final_lr_fraction must be in [0, 1], got {self.final_lr_fraction}")
-
-
-@dataclass(frozen=True)
-class GenerateConfig:
-    """``[generate]``: showers generated for validation (incident energies uniform, GeV)."""
-
-    n_events: int = 10000
-    energy_min_gev: float = 1.0
-    energy_max_gev: float = 100.0
-    batch_size: int = 1024
-
-    def __post_init__(self):
-        _positive("[generate]", n_events=self.n_events, batch_size=self.batch_size, energy_min_gev=self.energy_min_gev)
-        if self.energy_max_gev < self.energy_min_gev:
-            raise ValueError(f"energy_max_gev {self.energy_max_gev} < energy_min_gev {self.energy_min_gev}")
-
-
-@dataclass(frozen=True)
-class ValidateConfig:
-    """``[validate]``: incident-energy bins (GeV) of the report."""
-
-    energy_bins_gev: tuple = ((1.0, 10.0), (10.0, 30.0), (30.0, 60.0), (60.0, 100.0))
-
-    def __post_init__(self):
-        for b in self.energy_bins_gev:
-            if len(b) != 2 or not b[0] < b[1]:
-                raise ValueError(f"energy_bins_gev: each bin is [low, high] with low < high, got {b!r}")
-
-
-@dataclass(frozen=True)
-class CaloPipelineConfig:
-    """A whole ``surrogate run`` file for the CaloGAN family.
-
-    Attributes:
-        source: the file it was read from.
-        run, data, train, generate, validate: the sections above.
-        generator, critic: keyword arguments of ``CaloGANGenerator`` / ``CaloGANCritic``
-            (``[model.generator]``, ``[model.critic]``).
-    """
-
-    source: Path
-    run: RunConfig
-    data: DataConfig
-    train: TrainConfig = field(default_factory=TrainConfig)
-    generate: GenerateConfig = field(default_factory=GenerateConfig)
-    validate: ValidateConfig = field(default_factory=ValidateConfig)
-    generator: Mapping[str, Any] = field(default_factory=dict)
-    critic: Mapping[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain data (for checkpoints and the report); paths become strings."""
-
-        def plain(v):
-            if isinstance(v, Path):
-                return str(v)
-            if isinstance(v, (tuple, list)):
-                return [plain(x) for x in v]
-            if isinstance(v, Mapping):
-                return {k: plain(x) for k, x in v.items()}
-            return v
-
-        out = {"source": str(self.source)}
-        for name in ("run", "data", "train", "generate", "validate"):
-            out[name] = plain(dataclasses.asdict(getattr(self, name)))
-        out["model"] = {"generator": plain(dict(self.generator)), "critic": plain(dict(self.critic))}
-        return out
-
-
-def check_kwargs(fn: Callable, kwargs: Mapping[str, Any], where: str) -> dict[str, Any]:
-    """Checks that ``kwargs`` are keyword arguments of ``fn`` (a class or function).
-
-    Raises:
-        ValueError: an unknown name, listing the accepted ones.
-    """
-    params = inspect.signature(fn).parameters
-    names = [n for n, p in params.items() if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and n != "self"]
-    unknown = sorted(set(kwargs) - set(names))
-    if unknown:
-        raise ValueError(f"{where}: unknown argument(s) {unknown} for {fn.__name__}; accepted: {names}")
-    return dict(kwargs)
-
-
-_SECTIONS = {"run", "data", "model", "train", "generate", "validate"}
-
-
-def load_calo_pipeline(path: str | os.PathLike) -> CaloPipelineConfig:
-    """Reads a CaloGAN pipeline file (``pipelines/calo_gan.toml``).
-
-    Relative paths are resolved against the file's folder.
-
-    Raises:
-        FileNotFoundError, ValueError: unreadable file, unknown sections or keys, bad values.
-    """
-    path = Path(path)
-    data = read_toml(path)
-    base = path.resolve().parent
-    unknown = sorted(set(data) - _SECTIONS)
-    if unknown:
-        raise ValueError(f"{path}: unknown section(s) {unknown}; allowed: {sorted(_SECTIONS)}")
-    for required in ("run", "data"):
-        if required not in data:
-            raise ValueError(f"{path}: missing section [{required}]")
-    model = data.get("model", {})
-    bad = sorted(set(model) - {"generator", "critic"})
-    if bad:
-        raise ValueError(f"{path} [model]: unknown table(s) {bad}; allowed: ['critic', 'generator']")
-    return CaloPipelineConfig(
-        source=path,
-        run=_build(RunConfig, data["run"], f"{path} [run]", base),
-        data=_build(DataConfig, data["data"], f"{path} [data]", base),
-        train=_build(TrainConfig, data.get("train", {}), f"{path} [train]", base),
-        generate=_build(GenerateConfig, data.get("generate", {}), f"{path} [generate]", base),
-        validate=_build(ValidateConfig, data.get("validate", {}), f"{path} [validate]", base),
-        generator=dict(model.get("generator", {})),
-        critic=dict(model.get("critic", {})),
-    )
+        raise ConfigError(f"{path}: no [simulate] table")
+    return build_section(SimulateConfig, data["simulate"], f"{path} [simulate]")

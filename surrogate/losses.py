@@ -27,7 +27,8 @@ from typing import Callable, Mapping, Union
 import torch
 from torch import Tensor
 
-__all__ = ["gradient_penalty", "wgan_critic_loss", "wgan_generator_loss"]
+__all__ = ["calo_flow_loss", "flow_prior_loss", "galaxy_vae_loss", "gradient_penalty", "npe_loss",
+           "wgan_critic_loss", "wgan_generator_loss"]
 
 Sample = Union[Tensor, Mapping[str, Tensor]]
 
@@ -75,6 +76,28 @@ def wgan_generator_loss(fake_scores: Tensor) -> Tensor:
     """
     _check_scores(fake_scores, "wgan_generator_loss(fake_scores)")
     return -fake_scores.mean()
+
+
+def npe_loss(flow: torch.nn.Module, batch: Mapping[str, Tensor]) -> Tensor:
+    r"""Neural posterior estimation loss :math:`-\frac{1}{B}\sum_i \log q(\theta_i \mid x_i)`.
+
+    Minimised over simulations :math:`(\theta_i, x_i) \sim p(\theta)\,p(x \mid \theta)`, it
+    fits the conditional density :math:`q(\theta \mid x)` to the posterior (the expected
+    forward KL divergence to the posterior, up to a constant).
+
+    Arguments:
+        flow: a conditional density with ``log_prob(theta, context=x) -> (B,)``, e.g. from
+            :func:`surrogate.models.npe.build_npe_flow`.
+        batch: ``{"theta": (B, D), "x": (B, *x_shape)}``.
+
+    Returns:
+        The scalar loss (to minimise).
+
+    References:
+        Papamakarios & Murray (2016), arXiv:1605.06376; Greenberg, Nonnenmacher & Macke
+        (2019), arXiv:1905.07488.
+    """
+    return -flow.log_prob(batch["theta"], context=batch["x"]).mean()
 
 
 def gradient_penalty(
@@ -149,3 +172,69 @@ def gradient_penalty(
     # A tiny offset keeps the gradient of the norm finite where the gradient vanishes.
     norm = torch.sqrt(squared + 1e-12)
     return (norm - target).pow(2).mean()
+
+
+def galaxy_vae_loss(model: torch.nn.Module, batch: Mapping[str, Tensor], *, beta: float = 1.0) -> Tensor:
+    r"""Negative ELBO per pixel, averaged over the batch: the loss of the galaxy VAE stage.
+
+    :math:`-\frac{1}{B S^2} \sum_i \big(E_{q(z|x_i)}[\log p(x_i|z, \text{PSF}_i, \sigma_i^2)]
+    - \beta\, KL(q(z|x_i)\,\|\,N(0, I))\big)`, one reparametrised sample per stamp
+    (:meth:`~surrogate.models.galaxy_vae.GalaxyVAE.elbo`).
+
+    Arguments:
+        model: a :class:`~surrogate.models.galaxy_vae.GalaxyVAE`.
+        batch: ``"observed"`` ``(B, 1, S, S)`` counts per pixel, ``"psf"`` ``(B, 1, P, P)``,
+            ``"noise_variance"`` ``(B,)`` or ``(B, 1)`` counts² (as
+            :class:`surrogate.data.galaxy.GalaxyStampDataset` yields them).
+        beta: weight of the KL term (Higgins et al. 2017).
+
+    Returns:
+        A scalar tensor (nats per pixel).
+
+    References:
+        Kingma & Welling (2014), arXiv:1312.6114; Lanusse et al. (2021), arXiv:2008.03833.
+    """
+    x = batch["observed"]
+    elbo = model.elbo(x, batch["psf"], batch["noise_variance"].reshape(-1), beta=beta)
+    return -elbo.mean() / x[0].numel()
+
+
+def flow_prior_loss(model: torch.nn.Module, batch: Mapping[str, Tensor]) -> Tensor:
+    r"""Negative log density of latents under the galaxy VAE's conditional flow prior
+    :math:`-\frac{1}{B}\sum_i \log p(z_i \mid m_i, r_i)` (the second training stage).
+
+    Arguments:
+        model: a :class:`~surrogate.models.galaxy_vae.GalaxyVAE` (only its ``flow`` gets
+            gradients from this loss).
+        batch: ``"latent"`` ``(B, D)``, ``"magnitude"`` (AB mag) and ``"half_light_radius"``
+            (arcsec), each ``(B,)`` or ``(B, 1)``.
+
+    Returns:
+        A scalar tensor (nats per example).
+    """
+    prior = model.prior(batch["magnitude"].reshape(-1), batch["half_light_radius"].reshape(-1))
+    return -prior.log_prob(batch["latent"]).mean()
+
+
+def calo_flow_loss(model: torch.nn.Module, batch: Mapping[str, Tensor], *,
+                   generator: torch.Generator | None = None) -> Tensor:
+    r"""Mean negative log-likelihood of dequantised showers under a CaloFlow model, nats per shower.
+
+    :math:`-\frac{1}{B}\sum_i \log p(y_i \mid E_i)` with :math:`y_i` the shower :math:`x_i`
+    with cells below the readout threshold zeroed and uniform noise added
+    (:meth:`~surrogate.models.calo_flow.CaloFlow.dequantize`, new noise at every call).
+
+    Arguments:
+        model: a :class:`~surrogate.models.calo_flow.CaloFlow`.
+        batch: ``{layer: (B, *shape)}`` cell energies in MeV for each of the model's layers and
+            ``"energy"`` ``(B, 1)`` in GeV (other keys, e.g. ``"overflow"``, are ignored).
+        generator: source of the dequantisation noise (torch's global generator when ``None``).
+
+    Returns:
+        A scalar tensor (nats per shower; density per MeV^N of the N cells).
+
+    References:
+        Krause & Shih (2021), arXiv:2106.05285.
+    """
+    showers = model.dequantize(batch, generator=generator)
+    return -model.log_prob(showers, batch["energy"]).mean()

@@ -1,15 +1,10 @@
-"""Shared fixtures: a fixed seed with torch's global state restored afterwards, data paths."""
+"""Shared fixtures: a fixed seed with torch's global state restored afterwards."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-
-REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
 
 
 @pytest.fixture(autouse=True)
@@ -34,11 +29,3 @@ def seed() -> int:
 def rng(seed) -> np.random.Generator:
     """A seeded numpy generator."""
     return np.random.default_rng(seed)
-
-
-@pytest.fixture
-def shared_data() -> Path:
-    """``../shared/data`` beside the repository (real data files; skip if absent)."""
-    if not SHARED_DATA.is_dir():
-        pytest.skip(f"{SHARED_DATA} is not present")
-    return SHARED_DATA

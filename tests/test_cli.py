@@ -139,25 +139,24 @@ def test_clear_errors(tmp_path, showers):
 def test_run_dispatches_the_npe_pipeline_with_paths_relative_to_the_file(tmp_path):
     """`surrogate run` on an NPE file: output_dir and reference_root resolve against the file's
     folder, the report lands there and its path is printed."""
-    sbibm = Path(__file__).resolve().parent / "data" / "sbibm"
+    sbibm = Path(__file__).resolve().parents[1] / "datasets" / "sbibm"
     config = tmp_path / "npe.toml"
     config.write_text(f"""
 [run]
 pipeline = "npe"
 output_dir = "out"
-[task]
-name = "two_moons"
+[data]
+task = "two_moons"
 num_simulations = 300
 observations = [1]
 reference_root = "{os.path.relpath(sbibm, tmp_path)}"
-[flow]
+[model]
 hidden_features = 8
 num_transforms = 1
-[training]
+[train]
 max_epochs = 1
-[sampling]
+[validate]
 num_samples = 200
-[evaluation]
 pair_plots = false
 coverage_observations = 0
 """)

@@ -1,26 +1,27 @@
 """Reading and writing simulator output: HDF5 event files, calorimeter layouts, streaming datasets.
 
 * :mod:`surrogate.data.hdf5`: :func:`atomic_output` (used by every writer in the project), checked
-  opening of HDF5 files, layout checks, the chunked/compressed atomic :class:`EventWriter`.
+  opening of HDF5 files, event-file layouts (:class:`Field`) and their checks.
+* :mod:`surrogate.data.event_writer`: the chunked/compressed atomic :class:`EventWriter` and the
+  stitching of per-rank shards into one virtual file.
 * :mod:`surrogate.data.calo`: the CaloGAN (arXiv:1705.02355) and CaloChallenge (arXiv:2410.21611)
-  layouts, their readers, writers and validators, and :class:`CaloShowerDataset`.
+  layouts, their readers, writers and validators, and :class:`CaloShowerDataset`; the detector
+  geometry itself is :mod:`surrogate.geometry`.
 * :mod:`surrogate.data.galaxy`: galaxy stamps (observed, PSF, noise variance, PSF-free profile,
   magnitude, half-light radius) and :class:`GalaxyStampDataset`.
 * :mod:`surrogate.data.root`: ROOT TTrees read with uproot (an optional extra, imported only when a
-  ROOT file is read): :func:`read_root_flat` (flat branches to arrays), :func:`read_root_hits`
-  (per-event hit lists to dense ``(N, n_layers, n_strips)`` cell arrays, branches and cell-id decoding
-  in a :class:`RootHitMapping`), :class:`RootHitDataset` and :func:`root_hits_to_hdf5`.
+  ROOT file is read): opening, branch checks, chunked reads and :func:`read_root_flat` (flat
+  branches to arrays); :mod:`surrogate.data.root_hits`: :func:`read_root_hits` (per-event hit lists
+  to dense ``(N, n_layers, n_strips)`` cell arrays), :class:`RootHitDataset` and
+  :func:`root_hits_to_hdf5`, with branches and cell-id decoding in a :class:`RootHitMapping`
+  (:mod:`surrogate.data.root_mapping`).
 * :mod:`surrogate.data.sharding`: the seeded per-epoch plan of blocks per rank and worker.
 """
 
 from surrogate.data.calo import (
     CALOCHALLENGE_FIELDS,
-    CALOGAN_CELL_SIZE_MM,
     CALOGAN_FIELDS,
-    CALOGAN_HALF_WIDTH_MM,
     CALOGAN_KEYS,
-    CALOGAN_LAYER_SHAPES,
-    CALOGAN_LAYERS,
     CALOGAN_UNITS,
     CaloChallengeWriter,
     CaloGANWriter,
@@ -32,6 +33,7 @@ from surrogate.data.calo import (
     write_calochallenge,
     write_calogan,
 )
+from surrogate.data.event_writer import EventWriter
 from surrogate.data.galaxy import (
     GALAXY_KEYS,
     GALAXY_UNITS,
@@ -42,18 +44,16 @@ from surrogate.data.galaxy import (
     validate_galaxies,
     write_galaxies,
 )
-from surrogate.data.hdf5 import EventWriter, Field, atomic_output, open_hdf5
-from surrogate.data.root import RootHitDataset, RootHitMapping, read_root_flat, read_root_hits, root_hits_to_hdf5
+from surrogate.data.hdf5 import Field, atomic_output, open_hdf5
+from surrogate.data.root import read_root_flat
+from surrogate.data.root_hits import RootHitDataset, read_root_hits, root_hits_to_hdf5
+from surrogate.data.root_mapping import RootHitMapping
 from surrogate.data.sharding import Segment, epoch_segments, shard_length
 
 __all__ = [
     "CALOCHALLENGE_FIELDS",
-    "CALOGAN_CELL_SIZE_MM",
     "CALOGAN_FIELDS",
-    "CALOGAN_HALF_WIDTH_MM",
     "CALOGAN_KEYS",
-    "CALOGAN_LAYERS",
-    "CALOGAN_LAYER_SHAPES",
     "CALOGAN_UNITS",
     "CaloChallengeWriter",
     "CaloGANWriter",

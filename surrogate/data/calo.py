@@ -1,28 +1,24 @@
 """Calorimeter shower files: the CaloGAN and CaloChallenge HDF5 layouts, and a streaming Dataset.
 
-**CaloGAN layout** (Paganini, de Oliveira, Nachman, arXiv:1705.02355 and 1712.10321): a 480 mm
-wide lead/liquid-argon calorimeter read out as three layers; one HDF5 dataset per key, event axis
-first:
+**CaloGAN layout** (Paganini, de Oliveira, Nachman, arXiv:1705.02355 and 1712.10321): one HDF5
+dataset per key, event axis first; the layers, their cells and cell sizes are those of
+:data:`surrogate.geometry.CALOGAN`:
 
 ==============  ============  ======  ===================================================
 key             shape         unit    meaning
 ==============  ============  ======  ===================================================
-``layer_0``     (N, 3, 96)    MeV     cell energies, cells 160 x 5 mm (dy x dx)
-``layer_1``     (N, 12, 12)   MeV     cell energies, cells 40 x 40 mm
-``layer_2``     (N, 12, 6)    MeV     cell energies, cells 40 x 80 mm
+``layer_0``     (N, 3, 96)    MeV     cell energies of the first layer
+``layer_1``     (N, 12, 12)   MeV     cell energies of the middle layer
+``layer_2``     (N, 12, 6)    MeV     cell energies of the last layer
 ``energy``      (N, 1)        GeV     incident particle energy
-``overflow``    (N, 3)        MeV     energy per layer deposited beyond +-240 mm
+``overflow``    (N, 3)        MeV     energy per layer deposited outside the cell grid
 ==============  ============  ======  ===================================================
-
-Axis -2 of a layer is y (rows), axis -1 is x (columns); cell ``(r, c)`` of a layer with cell size
-``(dy, dx)`` is centred at ``y = (r + 0.5) dy - 240 mm``, ``x = (c + 0.5) dx - 240 mm``, the shower
-axis at ``(0, 0)``.
 
 **CaloChallenge layout** (Krause et al., "CaloChallenge 2022", arXiv:2410.21611):
 ``incident_energies`` (N, 1) in MeV and ``showers`` (N, V) voxel energies in MeV, ``V`` fixed per
 dataset (368 and 533 in dataset 1, 6480 in dataset 2, 40500 in dataset 3).
 
-Files we write store float32, chunked and compressed (see :mod:`surrogate.data.hdf5`), with a
+Files we write store float32, chunked and compressed (see :mod:`surrogate.data.event_writer`), with a
 ``"unit"`` attribute on every dataset and a ``"layout"`` attribute on the file; readers accept
 files without attributes (CaloGAN's public Geant4 files have none) and any float dtype (those
 files store float64), and return float32. Every reader checks the layout at open and raises
@@ -53,25 +49,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from surrogate.data.hdf5 import (
-    EventWriter,
-    Field,
-    as_float32,
-    check_layout,
-    check_values,
-    open_hdf5,
-    scan_values,
-)
+from surrogate.checks import check_choice, check_int
+from surrogate.data.event_writer import EventWriter
+from surrogate.data.hdf5 import Field, as_float32, check_layout, check_values, open_hdf5, scan_values
 from surrogate.data.sharding import epoch_segments, shard_length
+from surrogate.geometry import CALOGAN
 
 __all__ = [
     "CALOCHALLENGE_FIELDS",
-    "CALOGAN_CELL_SIZE_MM",
     "CALOGAN_FIELDS",
-    "CALOGAN_HALF_WIDTH_MM",
     "CALOGAN_KEYS",
-    "CALOGAN_LAYERS",
-    "CALOGAN_LAYER_SHAPES",
     "CALOGAN_UNITS",
     "CaloChallengeWriter",
     "CaloGANWriter",
@@ -84,19 +71,13 @@ __all__ = [
     "write_calogan",
 ]
 
-CALOGAN_LAYERS = ("layer_0", "layer_1", "layer_2")
-"""Names of the three CaloGAN readout layers, front to back."""
-CALOGAN_LAYER_SHAPES = {"layer_0": (3, 96), "layer_1": (12, 12), "layer_2": (12, 6)}
-"""Cells per layer as (rows along y, columns along x)."""
-CALOGAN_CELL_SIZE_MM = {"layer_0": (160.0, 5.0), "layer_1": (40.0, 40.0), "layer_2": (40.0, 80.0)}
-"""Cell size per layer as (dy, dx) in mm (arXiv:1705.02355, Sec. 2)."""
-CALOGAN_HALF_WIDTH_MM = 240.0
-"""Half width of every layer's cell grid in mm: cells cover -240 mm ... +240 mm in x and y."""
-
 CALOGAN_FIELDS = (
-    *(Field(k, CALOGAN_LAYER_SHAPES[k], "MeV", description=f"cell energies of {k}") for k in CALOGAN_LAYERS),
+    *(Field(layer.name, layer.shape, "MeV", description=f"cell energies of {layer.name}") for layer in CALOGAN.layers),
     Field("energy", (1,), "GeV", positive=True, description="incident energy"),
-    Field("overflow", (3,), "MeV", description="energy per layer beyond +-240 mm"),
+    Field(
+        "overflow", (CALOGAN.n_layers,), "MeV",
+        description=f"energy per layer beyond +-{CALOGAN.layers[0].half_size_mm[1]:g} mm",
+    ),
 )
 """The CaloGAN layout as :class:`surrogate.data.hdf5.Field` s."""
 CALOGAN_KEYS = tuple(f.name for f in CALOGAN_FIELDS)
@@ -117,9 +98,7 @@ def _read(path: str | os.PathLike, fields: tuple[Field, ...], start: int, stop: 
     with open_hdf5(path) as file:
         n_events, _ = check_layout(file, fields, path=path)
         stop = n_events if stop is None else stop
-        for name, value in (("start", start), ("stop", stop)):
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-                raise ValueError(f"{path}: {name} must be an integer, got {value!r}")
+        start, stop = check_int("start", start, where=path), check_int("stop", stop, where=path)
         if not 0 <= start <= stop <= n_events:
             raise ValueError(
                 f"{path}: expected 0 <= start <= stop <= {n_events} (events in the file), got start={start}, stop={stop}"
@@ -183,7 +162,7 @@ def validate_calogan(path: str | os.PathLike) -> int:
 
 
 class CaloGANWriter(EventWriter):
-    """Streams showers into a new CaloGAN-layout file; atomic (see :class:`~surrogate.data.hdf5.EventWriter`).
+    """Streams showers into a new CaloGAN-layout file; atomic (see :class:`~surrogate.data.event_writer.EventWriter`).
 
     The file appears under ``path`` only after exactly ``n_events`` events were written and the
     ``with`` block exited normally.
@@ -198,7 +177,7 @@ class CaloGANWriter(EventWriter):
         path: Destination file; its directory must exist.
         n_events: Number of events the file will hold (>= 1).
         compression: ``"gzip"`` (level 4, default, readable everywhere), ``"lzf"`` (15 % faster
-            to read, h5py only) or ``None``; measurements in :mod:`surrogate.data.hdf5`.
+            to read, h5py only) or ``None``; measurements in :mod:`surrogate.data.event_writer`.
         chunk_events: Events per chunk; ``None`` chooses per dataset (at most 512 KiB and 1024
             events per chunk).
 
@@ -333,11 +312,10 @@ class CaloChallengeWriter(EventWriter):
         compression: str | None = "gzip",
         chunk_events: int | None = None,
     ) -> None:
-        if isinstance(n_voxels, bool) or not isinstance(n_voxels, (int, np.integer)) or n_voxels < 1:
-            raise ValueError(f"{path}: n_voxels must be an integer >= 1, got {n_voxels!r}")
+        n_voxels = check_int("n_voxels", n_voxels, minimum=1, where=path)
         super().__init__(
             path, n_events, fields=CALOCHALLENGE_FIELDS,
-            event_shapes={"incident_energies": (1,), "showers": (int(n_voxels),)},
+            event_shapes={"incident_energies": (1,), "showers": (n_voxels,)},
             compression=compression, chunk_events=chunk_events, attrs={"layout": "calochallenge"},
         )
 
@@ -441,8 +419,7 @@ class CaloShowerDataset(torch.utils.data.IterableDataset):
         drop_last: bool = False,
     ) -> None:
         super().__init__()
-        if layout not in _LAYOUTS:
-            raise ValueError(f"layout must be one of {sorted(_LAYOUTS)}, got {layout!r}")
+        check_choice("layout", layout, sorted(_LAYOUTS))
         epoch_segments(0, block_size, seed=seed, rank=rank, world_size=world_size)  # checks the options
         self.path = Path(path)
         self.layout = layout
@@ -459,9 +436,7 @@ class CaloShowerDataset(torch.utils.data.IterableDataset):
 
     def set_epoch(self, epoch: int) -> None:
         """Sets the epoch whose order the next iteration yields (a non-negative integer)."""
-        if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0:
-            raise ValueError(f"epoch must be an integer >= 0, got {epoch!r}")
-        self.epoch = int(epoch)
+        self.epoch = check_int("epoch", epoch, minimum=0)
 
     def __len__(self) -> int:
         """Events this rank yields per epoch (over all its DataLoader workers)."""

@@ -41,7 +41,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from surrogate.data.hdf5 import COMPRESSIONS, GZIP_LEVEL, as_float32, atomic_output, chunk_events_for, open_hdf5
+from surrogate.checks import check_choice, check_float, check_int
+from surrogate.data.event_writer import COMPRESSIONS, GZIP_LEVEL, chunk_events_for
+from surrogate.data.hdf5 import as_float32, atomic_output, open_hdf5
 
 __all__ = [
     "GALAXY_KEYS",
@@ -281,18 +283,14 @@ class GalaxyWriter:
     def __init__(self, path: str | os.PathLike, n: int, *, stamp_size: int, psf_size: int, pixel_scale: float,
                  compression: str | None = "gzip", simulation: Mapping[str, Any] | None = None):
         self.path = Path(path)
-        for name, value in (("n", n), ("stamp_size", stamp_size), ("psf_size", psf_size)):
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"{self.path}: {name} must be an integer >= 1, got {value!r}")
+        self.n = check_int("n", n, minimum=1, where=self.path)
+        self.stamp_size = check_int("stamp_size", stamp_size, minimum=1, where=self.path)
+        self.psf_size = check_int("psf_size", psf_size, minimum=1, where=self.path)
         if psf_size % 2 == 0 or psf_size > stamp_size:
             raise ValueError(f"{self.path}: psf_size must be odd and <= stamp_size={stamp_size}, got {psf_size}")
-        if not (isinstance(pixel_scale, (int, float)) and math.isfinite(pixel_scale) and pixel_scale > 0):
-            raise ValueError(f"{self.path}: pixel_scale must be > 0 arcsec/pixel, got {pixel_scale!r}")
-        if compression not in COMPRESSIONS:
-            raise ValueError(f"{self.path}: compression must be one of {COMPRESSIONS}, got {compression!r}")
-        self.n, self.stamp_size, self.psf_size = int(n), int(stamp_size), int(psf_size)
-        self.pixel_scale = float(pixel_scale)
-        self.compression = compression
+        self.pixel_scale = check_float("pixel_scale", pixel_scale, minimum=0.0, exclusive_minimum=True,
+                                       unit="arcsec/pixel", where=self.path)
+        self.compression = check_choice("compression", compression, COMPRESSIONS, where=self.path)
         self.simulation = dict(simulation) if simulation is not None else None
         self.n_written = 0
         self._stack: ExitStack | None = None

@@ -1,93 +1,58 @@
-"""ROOT TTree input via uproot: flat branches to arrays, per-event hit lists to dense cell arrays.
+"""ROOT TTree input via uproot: opening a tree, checking branches, chunked reads, flat branches.
 
-Simulation output in ROOT often stores one TTree entry per *hit*: an event number, a cell id and
-the deposited energy. :func:`read_root_hits` turns such a tree into one dense array per event,
-``cells[i, layer, strip]`` = the sum of the energies of event ``i``'s hits in that cell, and
-:class:`RootHitDataset` serves those arrays to a ``DataLoader``. Which branches hold what, and how
-a cell id decodes into ``(layer, strip)``, is a :class:`RootHitMapping`, built from a TOML table
-with :meth:`RootHitMapping.from_config`. :func:`read_root_flat` reads flat per-entry branches
-(one number per entry) into arrays. :func:`root_hits_to_hdf5` converts a hit tree once into an
-HDF5 event file (atomically, chunked and compressed, with :class:`~surrogate.data.hdf5.EventWriter`).
+:func:`read_root_flat` reads flat numeric branches (one number per entry) of a TTree into arrays.
+The building blocks it is made of serve every ROOT reader of the package (the per-event hit
+lists of :mod:`surrogate.data.root_hits` too): :func:`open_tree` opens a file's TTree with clear
+errors, :func:`flat_branch_dtype` checks that a branch holds one number of the expected kind per
+entry, :func:`iterate_chunks` reads branches chunk by chunk.
 
 Choices (all readers):
 
 * **Chunked reading.** Branches are read with uproot's chunked iteration (``TTree.iterate``, what
   ``uproot.iterate`` runs per file; ``step_size`` entries or a memory size such as ``"50 MB"`` per
   chunk), so the temporaries are bounded by one chunk.
-* **Events are the sorted distinct values of the event branch.** Row ``i`` of the output belongs
-  to the ``i``-th smallest event number found in the tree (returned as ``"event"``). A hit tree
-  only knows events that have hits: events without any hit are absent (the Geant4 test file below
-  fired 1000 events, 453 of them left hits). Hits of one event need not be adjacent.
-* **Two passes.** The first pass reads only the event and cell branches, to find the events, check
-  every cell id against the dense shape (or infer the shape) and check the order; the second reads
-  the energies and sums them per cell (``np.add.at``, vectorised per chunk, in float64, returned
-  as float32). If the event branch is non-decreasing (Geant4 writes one event after the other),
-  the second pass emits finished events chunk by chunk and carries an event that straddles a
-  chunk boundary into the next chunk, so converting to HDF5 needs memory for one chunk and its
-  events only; otherwise the dense array of all events is filled in memory.
-* **Hits outside the dense shape are an error**, not an overflow column: a cell id that decodes
-  to a layer or strip outside ``n_layers`` x ``n_strips`` raises :class:`ValueError` naming the
-  file, tree, branch, entry, event and id. Leave ``n_layers``/``n_strips`` unset to size the
-  array from the data.
-* **Units.** Cell energies keep the unit of the energy branch, declared by
-  :attr:`RootHitMapping.energy_unit` (default MeV, Geant4's internal energy unit); nothing is
-  rescaled. Energies must be finite and >= 0.
-
-The real file used in the tests, ``uproot-from-geant4.root`` (scikit-hep-testdata 0.3.12), holds
-Geant4 hits of a three-layer strip detector in the TTree ``HitStrips``: 4808 hits of 453 events
-(event numbers 0 ... 998, hits ordered by event), ``Laystrip = 1000 * layer + strip`` with layers
-1 ... 3 and strips 1 ... 108 (88, 108 and 99 strips used), ``Energy`` in MeV (the file's
-``edep_*`` histograms are titled "Energy deposited [MeV]"). With
-``RootHitMapping(tree="HitStrips", event_branch="Event", cell_branch="Laystrip",
-energy_branch="Energy", cell_divisor=1000, first_layer=1, first_strip=1)`` it becomes ``cells``
-of shape (453, 3, 108) in MeV.
+* **Units** are those of the file; nothing is rescaled.
+* **Errors** name the file, the tree, the branch and what was expected (not a ROOT file, no such
+  TTree, a missing branch, a branch of the wrong type: jagged, fixed-size array, string, object).
 
 uproot is an optional dependency (``pip install 'physics-surrogate[root]'``), imported only when a
 ROOT file is read.
 
 Example:
     >>> import tempfile, numpy as np, uproot
-    >>> from surrogate.data import RootHitMapping, read_root_hits
-    >>> mapping = RootHitMapping.from_config({"tree": "hits", "event_branch": "event", "cell_branch": "cell",
-    ...                                       "energy_branch": "edep", "cell_divisor": 100})
     >>> with tempfile.TemporaryDirectory() as d:
-    ...     with uproot.recreate(f"{d}/hits.root") as f:
-    ...         _ = f.mktree("hits", {"event": "int32", "cell": "int32", "edep": "float32"})
-    ...         f["hits"].extend({"event": np.array([7, 7, 9], np.int32), "cell": np.array([3, 3, 102], np.int32),
-    ...                           "edep": np.array([1.0, 0.5, 2.0], np.float32)})
-    ...     hits = read_root_hits(f"{d}/hits.root", mapping)
-    >>> hits["cells"].shape, hits["event"].tolist(), hits["cells"][0, 0, 3], hits["cells"][1, 1, 2]
-    ((2, 2, 4), [7, 9], np.float32(1.5), np.float32(2.0))
+    ...     with uproot.recreate(f"{d}/events.root") as f:
+    ...         _ = f.mktree("events", {"M": "float64", "Q": "int32"})
+    ...         f["events"].extend({"M": np.array([91.2, 90.8]), "Q": np.array([1, -1], np.int32)})
+    ...     flat = read_root_flat(f"{d}/events.root", "events", {"mass": "M", "charge": "Q"})
+    >>> flat["mass"].tolist(), flat["charge"].dtype
+    ([91.2, 90.8], dtype('int32'))
 """
 
 from __future__ import annotations
 
-import dataclasses
 import errno
-import json
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
-import torch
 
-from surrogate.data.hdf5 import EventWriter, Field
-from surrogate.data.sharding import shard_length
+from surrogate.checks import check_int
 
 __all__ = [
-    "RootHitDataset",
-    "RootHitMapping",
+    "DEFAULT_STEP_SIZE",
+    "check_step_size",
+    "flat_branch_dtype",
+    "iterate_chunks",
+    "open_tree",
     "read_root_flat",
-    "read_root_hits",
-    "root_hits_to_hdf5",
 ]
 
 DEFAULT_STEP_SIZE = 100_000
-"""Entries (hits) per chunk unless a reader is told otherwise."""
+"""Entries per chunk unless a reader is told otherwise."""
 
 
 def _uproot():
@@ -100,130 +65,23 @@ def _uproot():
     return uproot
 
 
-def _check_int(name: str, value: Any, minimum: int | None = None, *, optional: bool = False) -> None:
-    if optional and value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or (minimum is not None and value < minimum):
-        bound = f" >= {minimum}" if minimum is not None else ""
-        none = " or None" if optional else ""
-        raise ValueError(f"RootHitMapping: {name} must be an integer{bound}{none}, got {value!r}")
-
-
-@dataclass(frozen=True)
-class RootHitMapping:
-    """Where a hit tree keeps its event numbers, cell ids and energies, and how ids become cells.
-
-    A cell id decodes as ``layer = id // cell_divisor`` and ``strip = id % cell_divisor`` (or
-    ``layer = first_layer``, ``strip = id`` when ``cell_divisor`` is ``None``: one layer); the
-    dense array index is ``(layer - first_layer, strip - first_strip)``.
+@contextmanager
+def open_tree(path: str | os.PathLike, tree_name: str) -> Iterator[Any]:
+    """Context manager: the TTree ``tree_name`` of the ROOT file ``path``; closes the file on exit.
 
     Arguments:
-        tree: Name of the TTree, e.g. ``"HitStrips"``.
-        event_branch: Flat integer branch with the event number of each hit.
-        cell_branch: Flat integer branch with the cell id of each hit.
-        energy_branch: Flat floating-point branch with each hit's deposited energy, in
-            ``energy_unit``.
-        cell_divisor: Layer/strip split of the cell id (``1000`` for ``id = 1000 * layer + strip``),
-            or ``None`` for a single layer whose strip is the id itself.
-        first_layer: Layer number of the first layer (index 0 of the dense array).
-        first_strip: Strip number of the first strip (index 0).
-        n_layers: Layers of the dense array; ``None`` infers ``max(layer) - first_layer + 1`` from
-            the data (always 1 without ``cell_divisor``).
-        n_strips: Strips per layer; ``None`` infers ``max(strip) - first_strip + 1``. At most
-            ``cell_divisor - first_strip``.
-        energy_unit: Unit of the energy branch (stored as the HDF5 ``"unit"`` attribute); default
-            ``"MeV"``, Geant4's internal unit. Values are not rescaled.
+        path: ROOT file.
+        tree_name: Name of the TTree, e.g. ``"events"``.
+
+    Yields:
+        The ``uproot`` TTree.
 
     Raises:
-        ValueError: For an empty name, a non-integer or out-of-range number, or inconsistent
-            options; the message names the option.
+        FileNotFoundError: If ``path`` does not exist.
+        IsADirectoryError: If ``path`` is a directory.
+        ValueError: If uproot cannot open it as ROOT, or it has no TTree of that name (the message
+            lists the TTrees of the file).
     """
-
-    tree: str
-    event_branch: str
-    cell_branch: str
-    energy_branch: str
-    cell_divisor: int | None = None
-    first_layer: int = 0
-    first_strip: int = 0
-    n_layers: int | None = None
-    n_strips: int | None = None
-    energy_unit: str = "MeV"
-
-    def __post_init__(self) -> None:
-        for name in ("tree", "event_branch", "cell_branch", "energy_branch", "energy_unit"):
-            value = getattr(self, name)
-            if not isinstance(value, str) or not value:
-                raise ValueError(f"RootHitMapping: {name} must be a non-empty string, got {value!r}")
-        _check_int("cell_divisor", self.cell_divisor, 1, optional=True)
-        _check_int("first_layer", self.first_layer)
-        _check_int("first_strip", self.first_strip, 0)
-        _check_int("n_layers", self.n_layers, 1, optional=True)
-        _check_int("n_strips", self.n_strips, 1, optional=True)
-        if self.cell_divisor is None and self.n_layers not in (None, 1):
-            raise ValueError(f"RootHitMapping: n_layers={self.n_layers} needs a cell_divisor (without one there is one layer)")
-        if self.cell_divisor is not None:
-            if self.first_strip >= self.cell_divisor:
-                raise ValueError(
-                    f"RootHitMapping: first_strip={self.first_strip} must be < cell_divisor={self.cell_divisor}"
-                )
-            if self.n_strips is not None and self.first_strip + self.n_strips > self.cell_divisor:
-                raise ValueError(
-                    f"RootHitMapping: first_strip + n_strips = {self.first_strip + self.n_strips} exceeds "
-                    f"cell_divisor={self.cell_divisor}: strips at or beyond the divisor cannot be encoded"
-                )
-
-    @classmethod
-    def from_config(cls, table: Mapping[str, Any]) -> RootHitMapping:
-        """Builds a mapping from a plain dict, e.g. a TOML table.
-
-        Example TOML table::
-
-            [data.root]
-            tree = "HitStrips"
-            event_branch = "Event"
-            cell_branch = "Laystrip"
-            energy_branch = "Energy"
-            cell_divisor = 1000
-            first_layer = 1
-            first_strip = 1
-
-        Arguments:
-            table: Keys are the constructor's argument names; ``tree``, ``event_branch``,
-                ``cell_branch`` and ``energy_branch`` are required.
-
-        Returns:
-            The mapping.
-
-        Raises:
-            ValueError: For a non-mapping, unknown or missing keys (all named, with the accepted
-                keys), or bad values (as the constructor).
-        """
-        if not isinstance(table, Mapping):
-            raise ValueError(f"RootHitMapping: expected a table (dict) of options, got {type(table).__name__}")
-        fields = dataclasses.fields(cls)
-        known = [f.name for f in fields]
-        unknown = sorted(str(k) for k in table if k not in known)
-        required = [f.name for f in fields if f.default is dataclasses.MISSING]
-        missing = [k for k in required if k not in table]
-        if unknown or missing:
-            raise ValueError(
-                f"RootHitMapping: unknown keys {unknown}, missing keys {missing}; "
-                f"required keys {required}, optional {[k for k in known if k not in required]}"
-            )
-        return cls(**dict(table))
-
-    def to_config(self) -> dict[str, Any]:
-        """The options as a plain dict (``from_config(m.to_config()) == m``); ``None`` means inferred."""
-        return dataclasses.asdict(self)
-
-
-# --------------------------------------------------------------------------------------------- opening
-
-
-@contextmanager
-def _open_tree(path: str | os.PathLike, tree_name: str) -> Iterator[Any]:
-    """Yields the TTree ``tree_name`` of the ROOT file ``path``, with clear errors; closes the file."""
     uproot = _uproot()
     path = Path(path)
     if not path.exists():
@@ -270,8 +128,24 @@ def _describe(branch: Any) -> str:
     return f"a non-numeric branch ({typename}, read as {interpretation!r})"
 
 
-def _flat_dtype(tree: Any, name: str, *, path: Any, role: str, kinds: str, expected: str) -> np.dtype:
-    """Checks that ``tree`` has a flat branch ``name`` of a dtype kind in ``kinds``; returns its dtype."""
+def flat_branch_dtype(tree: Any, name: str, *, path: Any, role: str, kinds: str, expected: str) -> np.dtype:
+    """Checks that ``tree`` has a flat branch ``name`` (one number per entry) of a dtype kind in ``kinds``.
+
+    Arguments:
+        tree: An uproot TTree.
+        name: Branch name.
+        path: File name for messages.
+        role: What the branch is for, for messages (e.g. ``"energy"``, ``"field 'mass'"``).
+        kinds: Accepted numpy dtype kinds, e.g. ``"iu"`` (integers) or ``"f"``.
+        expected: What was expected, in words, for messages.
+
+    Returns:
+        The branch's dtype in native byte order.
+
+    Raises:
+        ValueError: If the branch is missing (the message lists the branches) or is not a flat
+            branch of an accepted kind (jagged, fixed-size array, string, object, wrong kind).
+    """
     uproot = _uproot()
     try:
         branch = tree[name]
@@ -292,15 +166,36 @@ def _flat_dtype(tree: Any, name: str, *, path: Any, role: str, kinds: str, expec
     raise ValueError(f"{path}: tree '{tree.name}': branch '{name}' ({role}) is {_describe(branch)}; expected {expected}")
 
 
-def _check_step_size(step_size: int | str) -> None:
+def check_step_size(step_size: int | str) -> None:
+    """Checks a reader's ``step_size``: entries per chunk (an integer >= 1) or a memory size such as ``"50 MB"``.
+
+    Raises:
+        ValueError: For anything else; uproot itself rejects a malformed memory size when reading.
+    """
     if isinstance(step_size, str):
         return  # a memory size such as "50 MB": uproot parses (and rejects) it
-    if isinstance(step_size, bool) or not isinstance(step_size, (int, np.integer)) or step_size < 1:
-        raise ValueError(f"step_size must be an integer number of entries >= 1 or a size such as '50 MB', got {step_size!r}")
+    try:
+        check_int("step_size", step_size, minimum=1)
+    except ValueError:
+        raise ValueError(
+            f"step_size must be an integer number of entries >= 1 or a size such as '50 MB', got {step_size!r}"
+        ) from None
 
 
-def _chunks(tree: Any, names: Sequence[str], step_size: int | str, start: int = 0, stop: int | None = None):
-    """Yields ``(first_entry, {name: array})`` chunk by chunk over entries ``[start, stop)``."""
+def iterate_chunks(
+    tree: Any, names: Sequence[str], step_size: int | str, start: int = 0, stop: int | None = None
+) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
+    """Reads branches chunk by chunk.
+
+    Arguments:
+        tree: An uproot TTree.
+        names: Branches to read (checked by the caller).
+        step_size: Entries per chunk, or a memory size such as ``"50 MB"``.
+        start, stop: Entry range (``stop=None``: to the end).
+
+    Yields:
+        ``(first_entry, {name: (n,) array})`` per chunk, in entry order.
+    """
     offset = start
     for arrays in tree.iterate(
         list(names), entry_start=start, entry_stop=stop, step_size=step_size, library="np"
@@ -308,9 +203,6 @@ def _chunks(tree: Any, names: Sequence[str], step_size: int | str, start: int = 
         n = len(arrays[names[0]])
         yield offset, arrays
         offset += n
-
-
-# --------------------------------------------------------------------------------------------- flat
 
 
 def read_root_flat(
@@ -359,17 +251,17 @@ def read_root_flat(
     for field, branch in fields.items():
         if not isinstance(branch, str) or not branch:
             raise ValueError(f"{path}: field '{field}' must map to a branch name, got {branch!r}")
-    _check_step_size(step_size)
-    with _open_tree(path, tree) as ttree:
+    check_step_size(step_size)
+    with open_tree(path, tree) as ttree:
         dtypes = {
-            b: _flat_dtype(ttree, b, path=path, role=f"field '{f}'", kinds="biuf",
+            b: flat_branch_dtype(ttree, b, path=path, role=f"field '{f}'", kinds="biuf",
                            expected="a flat numeric branch (one number per entry)")
             for f, b in fields.items()
         }
         n = int(ttree.num_entries)
         wanted = list(dict.fromkeys(fields.values()))
         out = {b: np.empty(n, dtype=dtypes[b]) for b in wanted}
-        for offset, arrays in _chunks(ttree, wanted, step_size):
+        for offset, arrays in iterate_chunks(ttree, wanted, step_size):
             for b in wanted:
                 values = arrays[b]
                 out[b][offset:offset + len(values)] = values
@@ -378,392 +270,3 @@ def read_root_flat(
         result[f] = out[b].copy() if b in used else out[b]
         used.add(b)
     return result
-
-
-# --------------------------------------------------------------------------------------------- hits
-
-
-_INT = "a flat integer branch (one {what} per hit)"
-
-
-class _Scan(NamedTuple):
-    """What the first pass over a hit tree found."""
-
-    n_entries: int
-    events: np.ndarray  # sorted distinct event numbers, int64
-    starts: np.ndarray | None  # first entry of each event if the event branch is non-decreasing, else None
-    shape: tuple[int, int]  # (n_layers, n_strips)
-
-
-def _check_branches(tree: Any, mapping: RootHitMapping, path: Any) -> None:
-    _flat_dtype(tree, mapping.event_branch, path=path, role="event index", kinds="iu",
-                expected=_INT.format(what="event number"))
-    _flat_dtype(tree, mapping.cell_branch, path=path, role="cell index", kinds="iu",
-                expected=_INT.format(what="cell id"))
-    _flat_dtype(tree, mapping.energy_branch, path=path, role="energy", kinds="f",
-                expected=f"a flat floating-point branch (one energy per hit, in {mapping.energy_unit})")
-
-
-def _decode(cells: np.ndarray, mapping: RootHitMapping) -> tuple[np.ndarray, np.ndarray]:
-    """Cell ids -> 0-based (layer, strip) indices of the dense array (may be out of range)."""
-    cells = cells.astype(np.int64, copy=False)
-    if mapping.cell_divisor is None:
-        return np.zeros_like(cells), cells - mapping.first_strip
-    layer, strip = np.divmod(cells, mapping.cell_divisor)
-    return layer - mapping.first_layer, strip - mapping.first_strip
-
-
-def _cell_error(path: Any, mapping: RootHitMapping, entry: int, event: int, cell: int, layer: int, strip: int,
-                shape: tuple[int | None, int | None]) -> ValueError:
-    n_layers, n_strips = shape
-    layers = f"{mapping.first_layer} ... {mapping.first_layer + n_layers - 1}" if n_layers else f">= {mapping.first_layer}"
-    strips = f"{mapping.first_strip} ... {mapping.first_strip + n_strips - 1}" if n_strips else f">= {mapping.first_strip}"
-    if mapping.cell_divisor:
-        split = (f"layer {layer + mapping.first_layer}, strip {strip + mapping.first_strip} "
-                 f"(id // {mapping.cell_divisor}, id % {mapping.cell_divisor})")
-        expected = f"layers {layers} and strips {strips}"
-    else:
-        split, expected = f"strip {strip + mapping.first_strip}", f"strips {strips}"
-    return ValueError(
-        f"{path}: tree '{mapping.tree}': branch '{mapping.cell_branch}' (cell index) has id {cell} at entry {entry} "
-        f"(event {event}), which decodes to {split}, outside the dense shape; expected {expected} (set n_layers / "
-        f"n_strips / first_layer / first_strip in the mapping, or leave n_layers and n_strips unset to infer them)"
-    )
-
-
-def _scan(tree: Any, mapping: RootHitMapping, path: Any, step_size: int | str) -> _Scan:
-    """First pass: event and cell branches only. Finds the events and their order, checks or infers the shape."""
-    _check_branches(tree, mapping, path)
-    n_entries = int(tree.num_entries)
-    given = (mapping.n_layers if mapping.cell_divisor is not None else 1, mapping.n_strips)
-    uniques, starts = [], []
-    monotonic, previous = True, None
-    high = np.array([-1, -1], dtype=np.int64)
-    for offset, arrays in _chunks(tree, [mapping.event_branch, mapping.cell_branch], step_size):
-        events = arrays[mapping.event_branch].astype(np.int64, copy=False)
-        if len(events) == 0:
-            continue
-        layer, strip = _decode(arrays[mapping.cell_branch], mapping)
-        bad = (layer < 0) | (strip < 0)
-        if given[0] is not None:
-            bad |= layer >= given[0]
-        if given[1] is not None:
-            bad |= strip >= given[1]
-        if bad.any():
-            i = int(np.flatnonzero(bad)[0])
-            raise _cell_error(path, mapping, offset + i, int(events[i]), int(arrays[mapping.cell_branch][i]),
-                              int(layer[i]), int(strip[i]), given)
-        high = np.maximum(high, [layer.max(), strip.max()])
-        uniques.append(np.unique(events))
-        if monotonic:
-            before = events[0] - 1 if previous is None else previous
-            if events[0] < before or np.any(events[1:] < events[:-1]):
-                monotonic = False
-            else:
-                starts.append(offset + np.flatnonzero(np.diff(events, prepend=before) != 0))
-        previous = events[-1]
-    if n_entries == 0 and None in given:
-        raise ValueError(
-            f"{path}: tree '{mapping.tree}' has no entries, so the dense shape cannot be inferred; "
-            f"expected hits, or n_layers and n_strips in the mapping"
-        )
-    shape = tuple(int(g) if g is not None else int(h) + 1 for g, h in zip(given, high))
-    events = np.unique(np.concatenate(uniques)) if uniques else np.zeros(0, np.int64)
-    entry_starts = (np.concatenate(starts) if starts else np.zeros(0, np.int64)) if monotonic else None
-    return _Scan(n_entries, events, entry_starts, shape)
-
-
-def _check_energies(energies: np.ndarray, mapping: RootHitMapping, path: Any, offset: int, events: np.ndarray) -> None:
-    ok = np.isfinite(energies) & (energies >= 0)
-    if not ok.all():
-        i = int(np.flatnonzero(~ok)[0])
-        raise ValueError(
-            f"{path}: tree '{mapping.tree}': branch '{mapping.energy_branch}' (energy) has value {float(energies[i])!r} at "
-            f"entry {offset + i} (event {int(events[i])}); expected finite energies >= 0 {mapping.energy_unit}"
-        )
-
-
-def _dense_blocks(
-    tree: Any, mapping: RootHitMapping, scan: _Scan, path: Any, step_size: int | str
-) -> Iterator[tuple[int, np.ndarray]]:
-    """Second pass: yields ``(first_row, cells)`` blocks of consecutive rows; row ``i`` is event ``scan.events[i]``.
-
-    ``cells`` is float64 ``(n, n_layers * n_strips)``; blocks come in row order and cover every row
-    once. ``scan`` may be restricted to a shard: its events (and entry starts) only.
-    """
-    n_rows = len(scan.events)
-    if n_rows == 0:
-        return
-    n_cells = scan.shape[0] * scan.shape[1]
-    names = [mapping.event_branch, mapping.cell_branch, mapping.energy_branch]
-
-    def flat(arrays: Mapping[str, np.ndarray], offset: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        events = arrays[mapping.event_branch].astype(np.int64, copy=False)
-        energies = arrays[mapping.energy_branch].astype(np.float64)
-        _check_energies(energies, mapping, path, offset, events)
-        layer, strip = _decode(arrays[mapping.cell_branch], mapping)
-        rows = np.searchsorted(scan.events, events)
-        # Hits of events outside scan.events (another rank's shard) are dropped.
-        found = scan.events[np.minimum(rows, n_rows - 1)] == events
-        if not found.all():
-            rows, layer, strip, energies = rows[found], layer[found], strip[found], energies[found]
-        return rows, layer * scan.shape[1] + strip, energies
-
-    if scan.starts is None:  # hits of an event may be anywhere: fill all rows in memory
-        cells = np.zeros((n_rows, n_cells))
-        for offset, arrays in _chunks(tree, names, step_size):
-            rows, index, energies = flat(arrays, offset)
-            np.add.at(cells, (rows, index), energies)
-        yield 0, cells
-        return
-
-    # Ordered hits: read only the entries of these events; starts[n_rows] (if present) ends them.
-    start = int(scan.starts[0])
-    stop = int(scan.starts[n_rows]) if n_rows < len(scan.starts) else scan.n_entries
-    pending: tuple[int, np.ndarray] | None = None  # the last event of the previous chunk, maybe unfinished
-    for offset, arrays in _chunks(tree, names, step_size, start, stop):
-        if len(arrays[mapping.event_branch]) == 0:
-            continue
-        rows, index, energies = flat(arrays, offset)
-        if len(rows) == 0:
-            continue
-        first, last = int(rows[0]), int(rows[-1])
-        block = np.zeros((last - first + 1, n_cells))
-        np.add.at(block, (rows - first, index), energies)
-        if pending is not None:
-            if pending[0] == first:
-                block[0] += pending[1]
-            else:
-                yield pending[0], pending[1][None]
-        if last > first:
-            yield first, block[:-1]
-        pending = (last, block[-1])
-    if pending is not None:
-        yield pending[0], pending[1][None]
-
-
-def _shard(n_events: int, rank: int, world_size: int, drop_last: bool) -> tuple[int, int]:
-    for name, value, minimum in (("world_size", world_size, 1), ("rank", rank, 0)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-            raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    if rank >= world_size:
-        raise ValueError(f"rank must be < world_size={world_size}, got {rank}")
-    total = n_events // world_size * world_size if drop_last else n_events
-    lo = rank * total // world_size
-    return lo, lo + shard_length(n_events, rank, world_size, drop_last=drop_last)
-
-
-def _read_rows(tree: Any, mapping: RootHitMapping, scan: _Scan, path: Any, step_size: int | str) -> np.ndarray:
-    """All rows of ``scan`` as one ``(n, n_layers, n_strips)`` float32 array."""
-    cells = np.zeros((len(scan.events), *scan.shape), dtype=np.float32)
-    flat_view = cells.reshape(len(scan.events), -1)
-    for first, block in _dense_blocks(tree, mapping, scan, path, step_size):
-        flat_view[first:first + len(block)] = block
-    return cells
-
-
-def read_root_hits(
-    path: str | os.PathLike, mapping: RootHitMapping, *, step_size: int | str = DEFAULT_STEP_SIZE
-) -> dict[str, np.ndarray]:
-    """Reads a hit tree into dense per-event cell arrays, chunk by chunk.
-
-    See the module docstring for how events are identified (sorted distinct event numbers; events
-    without hits are absent), how hits straddling chunks are summed and what is checked.
-
-    Arguments:
-        path: ROOT file.
-        mapping: Tree, branches and cell-id decoding.
-        step_size: Entries (hits) per chunk, or a memory size such as ``"50 MB"``. The result does
-            not depend on it.
-
-    Returns:
-        ``{"cells": (N, n_layers, n_strips) float32`` energy sums per cell in
-        ``mapping.energy_unit`` (MeV), ``"event": (N,) int64`` event numbers, increasing``}``.
-
-    Raises:
-        FileNotFoundError: If ``path`` does not exist.
-        ValueError: Naming the file, tree and branch and what was expected: not a ROOT file, no
-            such TTree, a missing branch, a branch of the wrong type (an event or cell branch
-            that is not a flat integer, an energy branch that is not a flat float; jagged
-            branches), a cell id outside the dense shape, a non-finite or negative energy, or an
-            empty tree with the shape left to infer.
-    """
-    if not isinstance(mapping, RootHitMapping):
-        raise ValueError(f"{path}: mapping must be a RootHitMapping (see RootHitMapping.from_config), got {mapping!r}")
-    _check_step_size(step_size)
-    with _open_tree(path, mapping.tree) as tree:
-        scan = _scan(tree, mapping, path, step_size)
-        cells = _read_rows(tree, mapping, scan, path, step_size)
-    return {"cells": cells, "event": scan.events}
-
-
-class RootHitDataset(torch.utils.data.Dataset):
-    """The dense per-event cell arrays of a hit tree as a map-style Dataset, optionally one rank's shard.
-
-    Construction runs the first pass of :func:`read_root_hits` over the whole tree (event and cell
-    branches: finds the events, checks every cell id, infers the shape the same way on every
-    rank) and keeps only small metadata. The cells of this rank's events are read on first access
-    in each process and cached; pickling drops the cache and no file handle is kept, so the
-    dataset is cheap to send to DataLoader workers (each reads its shard once). Memory: the shard's
-    ``(n, n_layers, n_strips)`` float32 array per process; for files larger than that, convert
-    them once with :func:`root_hits_to_hdf5`.
-
-    With ``world_size > 1`` rank ``r`` gets the contiguous events
-    ``[r * N // world_size, (r + 1) * N // world_size)`` of the sorted event list (disjoint, together
-    all ``N``); with ``drop_last`` every rank gets ``N // world_size`` events and the last
-    ``N % world_size`` are skipped, so data-parallel ranks take equal numbers of steps. If the
-    event branch is non-decreasing only the entries of the shard are read. Cells are not
-    normalised (leave that to the model, e.g. ``log1p``).
-
-    Arguments:
-        path: ROOT file.
-        mapping: Tree, branches and cell-id decoding.
-        rank, world_size: This process's rank and the number of data-parallel ranks.
-        drop_last: Give every rank exactly ``N // world_size`` events.
-        step_size: Entries per chunk when reading (as :func:`read_root_hits`).
-
-    Attributes:
-        events: ``(n,)`` int64 event numbers of this shard, in order.
-        shape: ``(n_layers, n_strips)``.
-        n_events: Events ``N`` in the whole tree.
-
-    Returns:
-        ``dataset[i]`` = ``{"cells": (n_layers, n_strips) float32 tensor}`` in ``mapping.energy_unit``
-        (MeV) for the ``i``-th event of the shard.
-
-    Raises:
-        FileNotFoundError, ValueError: As :func:`read_root_hits` (at construction, except bad
-            energies, found on first access); ValueError for a bad rank / world_size.
-        IndexError: For an index outside ``[-len, len)``.
-    """
-
-    def __init__(
-        self,
-        path: str | os.PathLike,
-        mapping: RootHitMapping,
-        *,
-        rank: int = 0,
-        world_size: int = 1,
-        drop_last: bool = False,
-        step_size: int | str = DEFAULT_STEP_SIZE,
-    ) -> None:
-        super().__init__()
-        if not isinstance(mapping, RootHitMapping):
-            raise ValueError(f"{path}: mapping must be a RootHitMapping, got {mapping!r}")
-        _check_step_size(step_size)
-        self.path, self.mapping, self.step_size = Path(path), mapping, step_size
-        with _open_tree(self.path, mapping.tree) as tree:
-            scan = _scan(tree, mapping, self.path, step_size)
-        self.n_events = len(scan.events)
-        self.rank, self.world_size, self.drop_last = rank, world_size, bool(drop_last)
-        self._lo, self._hi = _shard(self.n_events, rank, world_size, self.drop_last)
-        self.events = scan.events[self._lo:self._hi]
-        self.shape = scan.shape
-        # What the second pass needs about this shard only (entry offsets of its events, if ordered).
-        starts = None if scan.starts is None else scan.starts[self._lo:self._hi + 1]
-        self._scan = _Scan(scan.n_entries, self.events, starts, scan.shape)
-        self._cells: np.ndarray | None = None
-
-    def __len__(self) -> int:
-        return self._hi - self._lo
-
-    def __getstate__(self) -> dict:
-        state = dict(self.__dict__)
-        state["_cells"] = None
-        return state
-
-    def _load(self) -> np.ndarray:
-        if self._cells is None:
-            with _open_tree(self.path, self.mapping.tree) as tree:
-                self._cells = _read_rows(tree, self.mapping, self._scan, self.path, self.step_size)
-        return self._cells
-
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        n = len(self)
-        if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or not -n <= index < n:
-            raise IndexError(f"{self.path}: index {index!r} out of range for {n} events")
-        return {"cells": torch.from_numpy(self._load()[int(index)])}
-
-    def __repr__(self) -> str:
-        return (
-            f"{type(self).__name__}({str(self.path)!r}, tree={self.mapping.tree!r}, events={len(self)} of "
-            f"{self.n_events}, shape={self.shape}, rank={self.rank}, world_size={self.world_size})"
-        )
-
-
-class _HitWriter(EventWriter):
-    """EventWriter for ``cells`` plus an int64 ``event`` dataset (EventWriter itself writes floats only)."""
-
-    def __enter__(self) -> _HitWriter:
-        super().__enter__()
-        try:
-            dataset = self._file.create_dataset("event", shape=(self.n_events,), dtype=np.int64)
-            dataset.attrs["description"] = "event number of each row in the source tree"
-        except BaseException as error:
-            self.__exit__(type(error), error, error.__traceback__)
-            raise
-        return self
-
-    def write(self, batch: Mapping[str, Any]) -> None:
-        batch = dict(batch)
-        events = np.asarray(batch.pop("event"))
-        first = self.n_written
-        super().write(batch)
-        self._file["event"][first:self.n_written] = events
-
-
-def root_hits_to_hdf5(
-    path_in: str | os.PathLike,
-    mapping: RootHitMapping,
-    path_out: str | os.PathLike,
-    *,
-    step_size: int | str = DEFAULT_STEP_SIZE,
-    compression: str | None = "gzip",
-) -> Path:
-    """Converts a hit tree into an HDF5 event file, atomically, reading the tree chunk by chunk.
-
-    The file holds ``cells`` ``(N, n_layers, n_strips)`` float32 (``"unit"`` attribute
-    ``mapping.energy_unit``, MeV by default) and ``event`` ``(N,)`` int64, chunked and compressed
-    as every event file (:class:`~surrogate.data.hdf5.EventWriter`), and the file attributes
-    ``layout = "root_hits"``, ``source`` (the ROOT file's name), ``tree`` and ``mapping`` (the
-    mapping as JSON, with the inferred shape filled in). Rows are the same as
-    :func:`read_root_hits`'. If the event branch is non-decreasing, memory is bounded by one chunk
-    and its events; otherwise all dense rows are built in memory first. The first pass checks the
-    whole tree before anything is written; the file appears under ``path_out`` only if the
-    conversion succeeds (an existing file is then replaced), otherwise nothing is left behind.
-
-    Arguments:
-        path_in: ROOT file.
-        mapping: Tree, branches and cell-id decoding.
-        path_out: Destination HDF5 file; its directory must exist.
-        step_size: Entries per chunk, or a memory size such as ``"50 MB"``.
-        compression: ``"gzip"`` (default), ``"lzf"`` or ``None`` (see :mod:`surrogate.data.hdf5`).
-
-    Returns:
-        ``path_out`` as a :class:`pathlib.Path`.
-
-    Raises:
-        FileNotFoundError: If ``path_in`` or the directory of ``path_out`` does not exist.
-        ValueError: As :func:`read_root_hits`, or for a tree without events (an event file needs
-            at least one), or a bad ``compression``.
-    """
-    if not isinstance(mapping, RootHitMapping):
-        raise ValueError(f"{path_in}: mapping must be a RootHitMapping, got {mapping!r}")
-    _check_step_size(step_size)
-    with _open_tree(path_in, mapping.tree) as tree:
-        scan = _scan(tree, mapping, path_in, step_size)
-        n = len(scan.events)
-        if n == 0:
-            raise ValueError(f"{path_in}: tree '{mapping.tree}' has no hits, nothing to write to {path_out}")
-        resolved = dataclasses.replace(mapping, n_layers=scan.shape[0] if mapping.cell_divisor else None,
-                                       n_strips=scan.shape[1])
-        field = Field("cells", scan.shape, mapping.energy_unit, description="energy per (layer, strip) cell")
-        attrs = {"layout": "root_hits", "source": Path(path_in).name, "tree": mapping.tree,
-                 "mapping": json.dumps(resolved.to_config())}
-        writer = _HitWriter(path_out, n, fields=(field,), event_shapes={"cells": scan.shape},
-                            compression=compression, attrs=attrs)
-        with writer:
-            for first, block in _dense_blocks(tree, mapping, scan, path_in, step_size):
-                writer.write({"cells": block.reshape(len(block), *scan.shape),
-                              "event": scan.events[first:first + len(block)]})
-    return Path(path_out)

@@ -15,6 +15,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from surrogate.checks import check_int
+
 __all__ = ["Segment", "epoch_segments", "shard_length", "split_evenly"]
 
 
@@ -24,12 +26,6 @@ class Segment(NamedTuple):
     block: int
     start: int
     stop: int
-
-
-def _check_int(name: str, value: int, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
 
 
 def shard_length(n_events: int, rank: int, world_size: int, *, drop_last: bool = False) -> int:
@@ -106,13 +102,15 @@ def epoch_segments(
     Raises:
         ValueError: For a negative count or seed, ``block_size < 1``, or an index out of range.
     """
-    n_events = _check_int("n_events", n_events, 0)
-    block_size = _check_int("block_size", block_size, 1)
-    seed, epoch = _check_int("seed", seed, 0), _check_int("epoch", epoch, 0)
-    world_size, num_workers = _check_int("world_size", world_size, 1), _check_int("num_workers", num_workers, 1)
-    if not 0 <= rank < world_size:
+    n_events = check_int("n_events", n_events, minimum=0)
+    block_size = check_int("block_size", block_size, minimum=1)
+    seed, epoch = check_int("seed", seed, minimum=0), check_int("epoch", epoch, minimum=0)
+    world_size = check_int("world_size", world_size, minimum=1)
+    num_workers = check_int("num_workers", num_workers, minimum=1)
+    rank, worker = check_int("rank", rank, minimum=0), check_int("worker", worker, minimum=0)
+    if rank >= world_size:
         raise ValueError(f"rank must satisfy 0 <= rank < world_size={world_size}, got {rank!r}")
-    if not 0 <= worker < num_workers:
+    if worker >= num_workers:
         raise ValueError(f"worker must satisfy 0 <= worker < num_workers={num_workers}, got {worker!r}")
     n_blocks = -(-n_events // block_size)
     order = np.random.default_rng([seed, epoch, 0]).permutation(n_blocks) if shuffle else np.arange(n_blocks)

@@ -3,8 +3,8 @@
 Calorimeter metrics: :mod:`surrogate.metrics.showers` (CaloGAN observables, CaloChallenge
 separation power), :mod:`surrogate.metrics.classifier` (classifier ROC AUC) and
 :mod:`surrogate.metrics.plots` (PNG figures). Galaxy morphology (HSM moments, Gini, M20, KS
-distances): :mod:`surrogate.metrics.morphology`. Their main functions are also reachable here
-(``surrogate.metrics.shower_observables``); they are imported on first access (PEP 562), so
+distances): :mod:`surrogate.metrics.morphology`. JSON reports: :mod:`surrogate.metrics.report`.
+Their main functions are also reachable here (``surrogate.metrics.shower_observables``); they are imported on first access (PEP 562), so
 importing one submodule does not pull in scikit-learn, matplotlib or the data layer of another.
 """
 
@@ -22,6 +22,7 @@ _EXPORTS = {
     "classifier_auc": "surrogate.metrics.classifier",
     "ks_distances": "surrogate.metrics.morphology",
     "morphology_statistics": "surrogate.metrics.morphology",
+    "write_report": "surrogate.metrics.report",
 }
 
 __all__ = sorted(_EXPORTS)

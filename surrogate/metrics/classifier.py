@@ -31,7 +31,8 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
-from surrogate.data.calo import CALOGAN_LAYERS
+from surrogate.checks import check_float, check_int
+from surrogate.geometry import CALOGAN_LAYERS
 from surrogate.metrics.showers import shower_observables
 
 __all__ = ["calo_cell_features", "calo_high_level_features", "classifier_auc"]
@@ -165,10 +166,9 @@ def classifier_auc(
             f"reference_features has {reference.shape[1]} features but generated_features has "
             f"{generated.shape[1]}; expected the same"
         )
-    if not 0.0 < test_fraction < 1.0:
-        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
-    if max_events < _MIN_EVENTS_PER_CLASS:
-        raise ValueError(f"max_events must be >= {_MIN_EVENTS_PER_CLASS}, got {max_events}")
+    test_fraction = check_float("test_fraction", test_fraction, minimum=0, maximum=1, exclusive_minimum=True,
+                                exclusive_maximum=True)
+    max_events = check_int("max_events", max_events, minimum=_MIN_EVENTS_PER_CLASS)
 
     rng = np.random.default_rng(seed)
     n = min(reference.shape[0], generated.shape[0], int(max_events))

@@ -14,7 +14,7 @@ For pairs ``(theta_i, x_i)`` drawn from the joint ``p(theta) p(x | theta)`` and 
 
 The posterior is any object with ``sample(sample_shape, x=x)`` returning ``(*sample_shape, B, D)``
 for ``x`` of shape ``(B, *x_shape)`` and ``log_prob(theta, x=x)`` returning ``(*, B)`` for
-``theta`` of shape ``(*, B, D)`` (e.g. :class:`surrogate.pipelines.posterior.NeuralPosterior`).
+``theta`` of shape ``(*, B, D)`` (e.g. :class:`surrogate.models.npe.NeuralPosterior`).
 
 Example:
     >>> import torch
@@ -37,6 +37,8 @@ import numpy as np
 import torch
 from scipy import stats
 from torch import Tensor
+
+from surrogate.checks import check_int
 
 __all__ = ["CoverageResult", "expected_coverage"]
 
@@ -134,8 +136,8 @@ def expected_coverage(
         raise ValueError(f"theta and x must have the same length, got {theta.shape[0]} and {x.shape[0]}")
     if not bool(torch.isfinite(theta).all() & torch.isfinite(x).all()):
         raise ValueError("theta and x must be finite")
-    if num_samples < 1 or batch_size < 1:
-        raise ValueError(f"num_samples and batch_size must be >= 1, got {num_samples} and {batch_size}")
+    num_samples = check_int("num_samples", num_samples, minimum=1)
+    batch_size = check_int("batch_size", batch_size, minimum=1)
     levels = np.linspace(0.01, 0.99, 99) if levels is None else np.asarray(levels, dtype=np.float64)
     if levels.ndim != 1 or np.any((levels <= 0) | (levels >= 1)):
         raise ValueError("levels must be a 1-D array of values in (0, 1)")

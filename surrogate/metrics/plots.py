@@ -1,9 +1,10 @@
-"""PNG plots of reference vs generated calorimeter showers.
+"""PNG plots of reference vs generated calorimeter showers, and :func:`save_figure`, the one PNG writer.
 
 Figures are built with :class:`matplotlib.figure.Figure` and rendered by the Agg canvas directly,
 so importing or using this module never selects a matplotlib backend or touches ``pyplot``'s
-global state. Every PNG is written atomically (temporary file, then rename) through
-:func:`surrogate.data.hdf5.atomic_output`.
+global state. Every PNG of the package (these plots, :mod:`surrogate.metrics.posterior_plots`,
+:mod:`surrogate.metrics.morphology`) is written by :func:`save_figure`: atomically (temporary
+file, then rename, through :func:`surrogate.data.hdf5.atomic_output`), and the figure is closed.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 
-from surrogate.data.calo import CALOGAN_HALF_WIDTH_MM, CALOGAN_LAYERS
 from surrogate.data.hdf5 import atomic_output
+from surrogate.geometry import CALOGAN
 from surrogate.metrics.showers import histogram_edges
 
 __all__ = ["plot_average_images", "plot_mean_response", "plot_observable", "save_figure"]
@@ -27,16 +28,34 @@ _GENERATED_STYLE = {"color": "tab:red", "linewidth": 1.5, "label": "generated"}
 
 
 def save_figure(figure: Figure, path: str | os.PathLike, *, dpi: int = 90) -> None:
-    """Render ``figure`` with the Agg canvas and write it as PNG to ``path`` atomically.
+    """Render ``figure`` with the Agg canvas, write it as PNG to ``path`` atomically, and close it.
+
+    The PNG is written to a temporary file in the same folder and renamed to ``path`` only when
+    complete (:func:`surrogate.data.hdf5.atomic_output`), so a crash never leaves a partial image.
+    The figure is closed afterwards, also when writing fails: a figure made through ``pyplot`` is
+    removed from ``pyplot``'s figure list (``pyplot.close``); a plain :class:`~matplotlib.figure.Figure`
+    (what this package makes) is cleared, releasing its artists.
 
     Arguments:
-        figure: A :class:`matplotlib.figure.Figure` (not created through ``pyplot``).
-        path: Destination file (``.png``); written via a temporary file and renamed.
+        figure: A :class:`matplotlib.figure.Figure`, preferably not created through ``pyplot``.
+        path: Destination file (``.png``); its directory must exist.
         dpi: Resolution in dots per inch.
+
+    Raises:
+        FileNotFoundError: If the directory of ``path`` does not exist.
     """
-    FigureCanvasAgg(figure)
-    with atomic_output(path) as tmp:
-        figure.savefig(tmp, format="png", dpi=dpi)
+    managed = getattr(figure.canvas, "manager", None) is not None  # made by pyplot
+    try:
+        FigureCanvasAgg(figure)
+        with atomic_output(path) as tmp:
+            figure.savefig(tmp, format="png", dpi=dpi)
+    finally:
+        if managed:
+            import matplotlib.pyplot as plt  # only reached when the caller already uses pyplot
+
+            plt.close(figure)
+        else:
+            figure.clear()
 
 
 def plot_observable(
@@ -132,9 +151,10 @@ def plot_average_images(
         generated_means: Same for the generated showers.
     """
     figure = Figure(figsize=(11, 6.5), layout="constrained")
-    axes = figure.subplots(2, len(CALOGAN_LAYERS), squeeze=False)
-    extent = (-CALOGAN_HALF_WIDTH_MM, CALOGAN_HALF_WIDTH_MM, -CALOGAN_HALF_WIDTH_MM, CALOGAN_HALF_WIDTH_MM)
-    for column, layer in enumerate(CALOGAN_LAYERS):
+    axes = figure.subplots(2, CALOGAN.n_layers, squeeze=False)
+    for column, layer in enumerate(CALOGAN.layer_names):
+        half_y, half_x = CALOGAN.layer(layer).half_size_mm
+        extent = (-half_x, half_x, -half_y, half_y)
         images = [np.asarray(reference_means[layer], np.float64), np.asarray(generated_means[layer], np.float64)]
         vmax = max(float(image.max()) for image in images)
         positive = [float(image[image > 0].min()) for image in images if np.any(image > 0)]

@@ -1,8 +1,8 @@
 """PNG plots for posterior estimation: pair plots of samples and calibration (coverage) plots.
 
 Figures are :class:`matplotlib.figure.Figure` objects rendered by the Agg canvas, so nothing here
-selects a backend or touches ``pyplot``'s global state; PNGs are written atomically through
-:func:`surrogate.data.hdf5.atomic_output`.
+selects a backend or touches ``pyplot``'s global state; PNGs are written atomically by
+:func:`surrogate.metrics.plots.save_figure`.
 """
 
 from __future__ import annotations
@@ -12,22 +12,15 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from scipy import stats
 
-from surrogate.data.hdf5 import atomic_output
 from surrogate.metrics.coverage import CoverageResult
+from surrogate.metrics.plots import save_figure
 
 __all__ = ["plot_coverage", "plot_pairs"]
 
 _COLORS = ("0.3", "tab:red", "tab:blue", "tab:green", "tab:orange")
-
-
-def _save(figure: Figure, path: str | os.PathLike, dpi: int) -> None:
-    FigureCanvasAgg(figure)
-    with atomic_output(path) as tmp:
-        figure.savefig(tmp, format="png", dpi=dpi)
 
 
 def _as_array(samples, name: str) -> np.ndarray:
@@ -128,7 +121,7 @@ def plot_pairs(
     axes[0, 0].legend(loc="upper left", fontsize=7, frameon=False)
     if title:
         fig.suptitle(title)
-    _save(fig, path, dpi)
+    save_figure(fig, path, dpi=dpi)
 
 
 def plot_coverage(
@@ -184,4 +177,4 @@ def plot_coverage(
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    _save(fig, path, dpi)
+    save_figure(fig, path, dpi=dpi)

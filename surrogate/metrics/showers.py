@@ -22,8 +22,9 @@ name                   unit   definition
 
 Conventions:
 
-* Cell centres: cell (row ``r``, column ``c``) of a layer with cell size ``(dy, dx)`` mm has its
-  centre at ``x = (c + 0.5) dx - 240 mm``, ``y = (r + 0.5) dy - 240 mm`` (shower axis at 0).
+* Cell centres are those of :data:`surrogate.geometry.CALOGAN`: cell (row ``r``, column ``c``)
+  of a layer with cell size ``(dy, dx)`` mm has its centre at ``x = (c + 0.5) dx - 240 mm``,
+  ``y = (r + 0.5) dy - 240 mm`` (shower axis at 0; :meth:`surrogate.geometry.CaloGeometry.cell_centres_mm`).
   The lateral width is the square root of the energy-weighted variance of the cell-centre
   coordinate (two-pass formula, so a single hot cell gives exactly 0).
 * ``width_y_0`` is not computed: layer 0 has three 160 mm rows, much wider than the Moliere
@@ -45,16 +46,11 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from surrogate.data.calo import (
-    CALOGAN_CELL_SIZE_MM,
-    CALOGAN_HALF_WIDTH_MM,
-    CALOGAN_LAYER_SHAPES,
-    CALOGAN_LAYERS,
-)
+from surrogate.checks import check_int
+from surrogate.geometry import CALOGAN, CALOGAN_LAYER_SHAPES, CALOGAN_LAYERS
 
 __all__ = [
     "OBSERVABLE_UNITS",
-    "cell_centres_mm",
     "histogram_edges",
     "separation_power",
     "shower_observables",
@@ -76,28 +72,6 @@ OBSERVABLE_UNITS: dict[str, str] = {
 }
 
 _Y_WIDTH_LAYERS = (1, 2)
-
-
-def cell_centres_mm(layer: str) -> tuple[np.ndarray, np.ndarray]:
-    """Cell-centre coordinates of one CaloGAN layer.
-
-    Arguments:
-        layer: One of ``CALOGAN_LAYERS`` (``"layer_0"``, ``"layer_1"``, ``"layer_2"``).
-
-    Returns:
-        ``(y, x)``: float64 arrays of shape ``(ny,)`` and ``(nx,)``, centres in mm with the shower
-        axis at 0: ``y = (r + 0.5) dy - 240``, ``x = (c + 0.5) dx - 240``.
-
-    Raises:
-        ValueError: If ``layer`` is not a CaloGAN layer name.
-    """
-    if layer not in CALOGAN_LAYER_SHAPES:
-        raise ValueError(f"unknown CaloGAN layer {layer!r}; expected one of {CALOGAN_LAYERS}")
-    ny, nx = CALOGAN_LAYER_SHAPES[layer]
-    dy, dx = CALOGAN_CELL_SIZE_MM[layer]
-    y = (np.arange(ny, dtype=np.float64) + 0.5) * dy - CALOGAN_HALF_WIDTH_MM
-    x = (np.arange(nx, dtype=np.float64) + 0.5) * dx - CALOGAN_HALF_WIDTH_MM
-    return y, x
 
 
 def _safe_divide(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
@@ -172,7 +146,7 @@ def shower_observables(
         n_events = cells.shape[0]
         e_layer = cells.sum(axis=(1, 2))
         layer_energy.append(e_layer)
-        y, x = cell_centres_mm(layer)
+        y, x = CALOGAN.cell_centres_mm(layer)
         width_x[i] = _weighted_rms(cells.sum(axis=1), x, e_layer)
         if i in _Y_WIDTH_LAYERS:
             width_y[i] = _weighted_rms(cells.sum(axis=2), y, e_layer)
@@ -234,12 +208,11 @@ def histogram_edges(reference: np.ndarray, n_bins: int = 50) -> np.ndarray:
         ValueError: If ``reference`` is empty, not 1-D or not finite, or ``n_bins < 1``.
     """
     reference = _finite_1d(reference, "reference")
-    if int(n_bins) < 1:
-        raise ValueError(f"n_bins must be >= 1, got {n_bins}")
+    n_bins = check_int("n_bins", n_bins, minimum=1)
     low, high = float(reference.min()), float(reference.max())
     if low == high:
         low, high = low - 0.5, high + 0.5
-    return np.linspace(low, high, int(n_bins) + 1)
+    return np.linspace(low, high, n_bins + 1)
 
 
 def separation_power(

@@ -75,7 +75,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from surrogate.data.calo import CALOGAN_LAYER_SHAPES, CALOGAN_LAYERS
+from surrogate.checks import check_float, check_int
+from surrogate.geometry import CALOGAN, CALOGAN_LAYER_SHAPES, CALOGAN_LAYERS
 from surrogate.nn.locally_connected import LocallyConnected2d
 
 __all__ = [
@@ -86,7 +87,7 @@ __all__ = [
     "log_energy_feature",
 ]
 
-_N_CELLS = sum(ny * nx for ny, nx in CALOGAN_LAYER_SHAPES.values())  # 504
+_N_CELLS = CALOGAN.n_voxels  # 504
 _SLOPE = 0.2  # LeakyReLU negative slope
 
 
@@ -201,21 +202,17 @@ class CaloGANGenerator(nn.Module):
         max_log_cell: float = 14.0,
     ):
         super().__init__()
-        if latent_dim < 1 or channels < 1 or attention_hidden < 0 or response_hidden < 0:
-            raise ValueError(
-                f"CaloGANGenerator: latent_dim and channels must be >= 1, attention_hidden and "
-                f"response_hidden >= 0, got {latent_dim}, {channels}, {attention_hidden}, {response_hidden}"
-            )
-        if kernel_size < 1 or kernel_size % 2 == 0:
+        where = "CaloGANGenerator"
+        self.latent_dim = latent_dim = check_int("latent_dim", latent_dim, minimum=1, where=where)
+        self.channels = channels = check_int("channels", channels, minimum=1, where=where)
+        attention_hidden = check_int("attention_hidden", attention_hidden, minimum=0, where=where)
+        response_hidden = check_int("response_hidden", response_hidden, minimum=0, where=where)
+        kernel_size = check_int("kernel_size", kernel_size, minimum=1, where=where)
+        if kernel_size % 2 == 0:
             raise ValueError(f"CaloGANGenerator: kernel_size must be odd and >= 1, got {kernel_size}")
-        if not cell_scale_mev > 0 or not max_log_cell > 0:
-            raise ValueError(
-                f"CaloGANGenerator: cell_scale_mev and max_log_cell must be > 0, got {cell_scale_mev}, {max_log_cell}"
-            )
-        self.latent_dim = int(latent_dim)
-        self.channels = int(channels)
-        self.cell_scale_mev = float(cell_scale_mev)
-        self.max_log_cell = float(max_log_cell)
+        self.cell_scale_mev = check_float("cell_scale_mev", cell_scale_mev, minimum=0, exclusive_minimum=True,
+                                          unit="MeV", where=where)
+        self.max_log_cell = check_float("max_log_cell", max_log_cell, minimum=0, exclusive_minimum=True, where=where)
         pad = kernel_size // 2
         self.dense = nn.ModuleDict()
         self.local1 = nn.ModuleDict()
@@ -358,19 +355,20 @@ class CaloGANCritic(nn.Module):
         feature_scale: float = 10.0,
     ):
         super().__init__()
-        channels = tuple(int(c) for c in channels)
-        if len(channels) < 1 or min(channels) < 1 or hidden < 1:
-            raise ValueError(f"CaloGANCritic: channels must be one or more ints >= 1 and hidden >= 1, got {channels}, {hidden}")
-        if kernel_size < 1 or kernel_size % 2 == 0:
+        where = "CaloGANCritic"
+        channels = tuple(channels)
+        if not channels:
+            raise ValueError(f"CaloGANCritic: channels must be one or more ints >= 1, got {channels}")
+        channels = tuple(check_int(f"channels[{i}]", c, minimum=1, where=where) for i, c in enumerate(channels))
+        hidden = check_int("hidden", hidden, minimum=1, where=where)
+        kernel_size = check_int("kernel_size", kernel_size, minimum=1, where=where)
+        if kernel_size % 2 == 0:
             raise ValueError(f"CaloGANCritic: kernel_size must be odd and >= 1, got {kernel_size}")
-        if not cell_scale_mev > 0 or not sparsity_scale_mev > 0 or not feature_scale >= 0:
-            raise ValueError(
-                f"CaloGANCritic: cell_scale_mev and sparsity_scale_mev must be > 0 and feature_scale "
-                f">= 0, got {cell_scale_mev}, {sparsity_scale_mev}, {feature_scale}"
-            )
-        self.cell_scale_mev = float(cell_scale_mev)
-        self.sparsity_scale_mev = float(sparsity_scale_mev)
-        self.feature_scale = float(feature_scale)
+        self.cell_scale_mev = check_float("cell_scale_mev", cell_scale_mev, minimum=0, exclusive_minimum=True,
+                                          unit="MeV", where=where)
+        self.sparsity_scale_mev = check_float("sparsity_scale_mev", sparsity_scale_mev, minimum=0,
+                                              exclusive_minimum=True, unit="MeV", where=where)
+        self.feature_scale = check_float("feature_scale", feature_scale, minimum=0, where=where)
         pad = kernel_size // 2
         self.streams = nn.ModuleDict()
         n_flat = 0

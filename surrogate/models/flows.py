@@ -49,6 +49,8 @@ from nflows.utils import create_alternating_binary_mask
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from surrogate.checks import check_choice, check_int
+
 __all__ = [
     "FLOW_KINDS",
     "LINEAR_KINDS",
@@ -130,15 +132,14 @@ test on torch 2 in ``tests/models/test_flows.py``. Not in this list on purpose: 
 
 
 def _mixing_layer(kind: str, features: int, generator: torch.Generator) -> T.Transform | None:
+    check_choice("linear", kind, LINEAR_KINDS)
     if kind == "lu":
         return LULinear(features, identity_init=True)
     if kind == "random":
         return T.Permutation(torch.randperm(features, generator=generator))
     if kind == "reverse":
         return T.Permutation(torch.arange(features - 1, -1, -1))
-    if kind == "none":
-        return None
-    raise ValueError(f"linear must be one of {LINEAR_KINDS}, got {kind!r}")
+    return None
 
 
 def _standardizing(loc: Tensor | None, scale: Tensor | None, features: int) -> T.Transform | None:
@@ -157,14 +158,10 @@ def _standardizing(loc: Tensor | None, scale: Tensor | None, features: int) -> T
 
 
 def _check_common(features: int, context_features: int | None, hidden_features: int, num_transforms: int) -> None:
-    if features < 1:
-        raise ValueError(f"features must be >= 1, got {features}")
-    if context_features is not None and context_features < 1:
-        raise ValueError(f"context_features must be >= 1 or None, got {context_features}")
-    if hidden_features < 1 or num_transforms < 1:
-        raise ValueError(
-            f"hidden_features and num_transforms must be >= 1, got {hidden_features} and {num_transforms}"
-        )
+    check_int("features", features, minimum=1)
+    check_int("context_features", context_features, minimum=1, optional=True)
+    check_int("hidden_features", hidden_features, minimum=1)
+    check_int("num_transforms", num_transforms, minimum=1)
 
 
 def build_flow(
@@ -217,10 +214,8 @@ def build_flow(
         ValueError: unknown ``kind``/``linear``/``activation``, ``nsf`` with ``features < 2``
             (a coupling layer needs two groups of variables), non-positive sizes, bad ``loc``/``scale``.
     """
-    if kind not in FLOW_KINDS:
-        raise ValueError(f"kind must be one of {FLOW_KINDS}, got {kind!r}")
-    if activation not in _ACTIVATIONS:
-        raise ValueError(f"activation must be one of {tuple(_ACTIVATIONS)}, got {activation!r}")
+    check_choice("kind", kind, FLOW_KINDS)
+    check_choice("activation", activation, tuple(_ACTIVATIONS))
     _check_common(features, context_features, hidden_features, num_transforms)
     if kind == "nsf" and features < 2:
         raise ValueError("kind='nsf' (coupling) needs features >= 2; use 'maf_rqs' or 'maf' for 1-D")
@@ -236,53 +231,73 @@ def build_flow(
     if first is not None:
         blocks.append(first)
     for i in range(num_transforms):
-        if kind == "maf":
-            block: T.Transform = T.MaskedAffineAutoregressiveTransform(
-                features=features,
-                hidden_features=hidden_features,
-                context_features=context_features,
-                num_blocks=num_blocks,
-                use_residual_blocks=True,
-                random_mask=False,
-                activation=act,
-                dropout_probability=dropout_probability,
-                use_batch_norm=False,
-            )
-        elif kind == "maf_rqs":
-            block = T.MaskedPiecewiseRationalQuadraticAutoregressiveTransform(
-                features=features,
-                hidden_features=hidden_features,
-                context_features=context_features,
-                num_bins=num_bins,
-                tails="linear",
-                tail_bound=tail_bound,
-                num_blocks=num_blocks,
-                use_residual_blocks=True,
-                random_mask=False,
-                activation=act,
-                dropout_probability=dropout_probability,
-                use_batch_norm=False,
-            )
-        else:
-            block = T.PiecewiseRationalQuadraticCouplingTransform(
-                mask=create_alternating_binary_mask(features, even=(i % 2 == 0)),
-                transform_net_create_fn=partial(
-                    _residual_net,
-                    hidden_features=hidden_features,
-                    context_features=context_features,
-                    num_blocks=num_blocks,
-                    activation=act,
-                    dropout_probability=dropout_probability,
-                ),
-                num_bins=num_bins,
-                tails="linear",
-                tail_bound=tail_bound,
-            )
-        blocks.append(block)
+        blocks.append(_flow_block(
+            kind, i, features, context_features, hidden_features=hidden_features, num_blocks=num_blocks,
+            num_bins=num_bins, tail_bound=tail_bound, activation=act, dropout_probability=dropout_probability,
+        ))
         mixing = _mixing_layer(linear, features, generator)
         if mixing is not None:
             blocks.append(mixing)
     return Flow(T.CompositeTransform(blocks), StandardNormal([features]), embedding_net=embedding_net)
+
+
+def _flow_block(
+    kind: str,
+    index: int,
+    features: int,
+    context_features: int | None,
+    *,
+    hidden_features: int,
+    num_blocks: int,
+    num_bins: int,
+    tail_bound: float,
+    activation: Callable[[Tensor], Tensor],
+    dropout_probability: float,
+) -> T.Transform:
+    """Block ``index`` of a flow of ``kind`` (arguments as :func:`build_flow`; ``activation`` is the function)."""
+    if kind == "maf":
+        block: T.Transform = T.MaskedAffineAutoregressiveTransform(
+            features=features,
+            hidden_features=hidden_features,
+            context_features=context_features,
+            num_blocks=num_blocks,
+            use_residual_blocks=True,
+            random_mask=False,
+            activation=activation,
+            dropout_probability=dropout_probability,
+            use_batch_norm=False,
+        )
+    elif kind == "maf_rqs":
+        block = T.MaskedPiecewiseRationalQuadraticAutoregressiveTransform(
+            features=features,
+            hidden_features=hidden_features,
+            context_features=context_features,
+            num_bins=num_bins,
+            tails="linear",
+            tail_bound=tail_bound,
+            num_blocks=num_blocks,
+            use_residual_blocks=True,
+            random_mask=False,
+            activation=activation,
+            dropout_probability=dropout_probability,
+            use_batch_norm=False,
+        )
+    else:
+        block = T.PiecewiseRationalQuadraticCouplingTransform(
+            mask=create_alternating_binary_mask(features, even=(index % 2 == 0)),
+            transform_net_create_fn=partial(
+                _residual_net,
+                hidden_features=hidden_features,
+                context_features=context_features,
+                num_blocks=num_blocks,
+                activation=activation,
+                dropout_probability=dropout_probability,
+            ),
+            num_bins=num_bins,
+            tails="linear",
+            tail_bound=tail_bound,
+        )
+    return block
 
 
 def _residual_net(in_features: int, out_features: int, **kwargs) -> ResidualNet:

@@ -18,11 +18,13 @@ The model of Lanusse et al. (2021, arXiv:2008.03833) at small scale:
 - :meth:`GalaxyVAE.prior` is the latent prior used for sampling: a masked autoregressive flow
   (nflows 0.14 ``MaskedAffineAutoregressiveTransform`` blocks with reverse permutations, via
   :func:`surrogate.models.flows.build_flow`) conditioned on the magnitude and the half-light
-  radius, fitted afterwards to the latents of the training set (:func:`flow_prior_loss`).
+  radius, fitted afterwards to the latents of the training set
+  (:func:`surrogate.losses.flow_prior_loss`).
   :meth:`GalaxyVAE.sample` draws new profiles for given magnitudes and sizes.
 
-Training in two stages with :func:`surrogate.train.fit` and
-:class:`surrogate.train.steps.LikelihoodStep`::
+Training in two stages with :func:`surrogate.train.fit`,
+:class:`surrogate.train.steps.LikelihoodStep` and the objectives of :mod:`surrogate.losses`
+(:func:`~surrogate.losses.galaxy_vae_loss`, :func:`~surrogate.losses.flow_prior_loss`)::
 
     step = LikelihoodStep(vae, torch.optim.Adam(vae.vae_parameters(), 1e-3), galaxy_vae_loss)
     fit(step, loader, max_steps=...)                      # batches from GalaxyStampDataset
@@ -50,7 +52,7 @@ from torch.distributions import Distribution, Independent, Normal, constraints
 from surrogate.models.flows import build_flow
 from surrogate.nn.psf import fft_convolve
 
-__all__ = ["FlowPrior", "GalaxyVAE", "encode_dataset", "flow_prior_loss", "galaxy_vae_loss"]
+__all__ = ["FlowPrior", "GalaxyVAE", "encode_dataset"]
 
 
 class FlowPrior(Distribution):
@@ -340,7 +342,7 @@ class GalaxyVAE(nn.Module):
 
         Returns:
             ``(n, 1, S, S)`` profiles, counts per pixel (convolve with a PSF and add noise for
-            an observation, see :mod:`surrogate.pipelines.forward`).
+            an observation, see :class:`surrogate.models.forward.ForwardModel`).
         """
         context = self.context(magnitude, half_light_radius, batch=n)
         noise = torch.randn(n, self.latent_dim).to(context) * temperature
@@ -351,38 +353,6 @@ class GalaxyVAE(nn.Module):
 def _flat(batch: Mapping[str, Tensor], key: str) -> Tensor:
     value = batch[key]
     return value.reshape(value.shape[0])
-
-
-def galaxy_vae_loss(model: GalaxyVAE, batch: Mapping[str, Tensor], *, beta: float = 1.0) -> Tensor:
-    """Negative ELBO per pixel, averaged over the batch: the loss of the VAE stage.
-
-    Arguments:
-        model: the VAE.
-        batch: ``"observed"`` ``(B, 1, S, S)``, ``"psf"`` ``(B, 1, P, P)``, ``"noise_variance"``
-            ``(B, 1)`` (as :class:`surrogate.data.galaxy.GalaxyStampDataset` yields them).
-        beta: KL weight.
-
-    Returns:
-        A scalar tensor (nats per pixel).
-    """
-    x = batch["observed"]
-    elbo = model.elbo(x, batch["psf"], _flat(batch, "noise_variance"), beta=beta)
-    return -elbo.mean() / x[0].numel()
-
-
-def flow_prior_loss(model: GalaxyVAE, batch: Mapping[str, Tensor]) -> Tensor:
-    """Negative log density of latents under the conditional flow prior (stage 2 loss).
-
-    Arguments:
-        model: the VAE (only its ``flow`` is trained with this loss).
-        batch: ``"latent"`` ``(B, D)``, ``"magnitude"`` and ``"half_light_radius"`` ``(B,)`` or ``(B, 1)``.
-
-    Returns:
-        A scalar tensor (nats per example).
-    """
-    z = batch["latent"]
-    prior = model.prior(_flat(batch, "magnitude"), _flat(batch, "half_light_radius"))
-    return -prior.log_prob(z).mean()
 
 
 @torch.no_grad()

@@ -22,6 +22,8 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
+from surrogate.checks import check_float, check_int
+
 __all__ = [
     "CNNEmbedding",
     "MLPEmbedding",
@@ -114,8 +116,8 @@ def quantile_knots(data: Tensor, *, num_knots: int = 101, tail: float = 1e-3) ->
         raise ValueError(f"data must have shape (N, F) with N >= 1, got {tuple(data.shape)}")
     if not bool(torch.isfinite(data).all()):
         raise ValueError("cannot compute quantiles of data with NaN or infinite values")
-    if num_knots < 2 or not 0 < tail < 0.5:
-        raise ValueError(f"need num_knots >= 2 and 0 < tail < 0.5, got {num_knots} and {tail}")
+    num_knots = check_int("num_knots", num_knots, minimum=2)
+    tail = check_float("tail", tail, minimum=0, maximum=0.5, exclusive_minimum=True, exclusive_maximum=True)
     levels = torch.linspace(tail, 1 - tail, num_knots, dtype=torch.float64)
     return torch.quantile(data.double(), levels, dim=0).float()
 
@@ -206,12 +208,13 @@ class MLPEmbedding(nn.Module):
         activation: type[nn.Module] = nn.ReLU,
     ):
         super().__init__()
-        if in_features < 1 or out_features < 1 or any(h < 1 for h in hidden_features):
-            raise ValueError(
-                f"sizes must be >= 1, got in={in_features}, out={out_features}, hidden={tuple(hidden_features)}"
-            )
+        in_features = check_int("in_features", in_features, minimum=1, where="MLPEmbedding")
+        out_features = check_int("out_features", out_features, minimum=1, where="MLPEmbedding")
+        hidden_features = tuple(
+            check_int(f"hidden_features[{i}]", h, minimum=1, where="MLPEmbedding") for i, h in enumerate(hidden_features)
+        )
         self.in_features, self.out_features = in_features, out_features
-        self.net = _mlp(in_features, tuple(hidden_features), out_features, activation)
+        self.net = _mlp(in_features, hidden_features, out_features, activation)
 
     def forward(self, x: Tensor) -> Tensor:
         """Arguments: x: ``(*, in_features)``. Returns: ``(*, out_features)``."""
@@ -249,9 +252,13 @@ class CNNEmbedding(nn.Module):
     ):
         super().__init__()
         height, width = (int(s) for s in image_size)
-        if in_channels < 1 or out_features < 1 or hidden_features < 1 or any(c < 1 for c in channels):
-            raise ValueError("in_channels, out_features, hidden_features and channels must be >= 1")
-        if kernel_size < 1 or kernel_size % 2 == 0:
+        where = "CNNEmbedding"
+        in_channels = check_int("in_channels", in_channels, minimum=1, where=where)
+        out_features = check_int("out_features", out_features, minimum=1, where=where)
+        hidden_features = check_int("hidden_features", hidden_features, minimum=1, where=where)
+        channels = tuple(check_int(f"channels[{i}]", c, minimum=1, where=where) for i, c in enumerate(channels))
+        kernel_size = check_int("kernel_size", kernel_size, minimum=1, where=where)
+        if kernel_size % 2 == 0:
             raise ValueError(f"kernel_size must be odd and >= 1, got {kernel_size}")
         if min(height, width) < 2 ** len(channels):
             raise ValueError(

@@ -31,6 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from surrogate.checks import check_int
+
 __all__ = ["LocallyConnected2d"]
 
 
@@ -91,17 +93,12 @@ class LocallyConnected2d(nn.Module):
         bias: bool = True,
     ):
         super().__init__()
-        self.in_channels = int(in_channels)
-        self.out_channels = int(out_channels)
+        self.in_channels = check_int("in_channels", in_channels, minimum=1, where="LocallyConnected2d")
+        self.out_channels = check_int("out_channels", out_channels, minimum=1, where="LocallyConnected2d")
         self.input_size = _pair(input_size, "input_size")
         self.kernel_size = _pair(kernel_size, "kernel_size")
         self.stride = _pair(stride, "stride")
         self.padding = _pair(padding, "padding")
-        if self.in_channels < 1 or self.out_channels < 1:
-            raise ValueError(
-                f"LocallyConnected2d: channels must be >= 1, got in_channels={in_channels}, "
-                f"out_channels={out_channels}"
-            )
         if min(self.input_size + self.kernel_size + self.stride) < 1 or min(self.padding) < 0:
             raise ValueError(
                 f"LocallyConnected2d: expected positive input_size, kernel_size, stride and "

@@ -1,37 +1,158 @@
-"""The CaloGAN fast-simulation pipeline: simulate -> train -> generate -> validate.
+"""The CaloGAN family: simulate -> train -> generate -> validate.
 
-Each stage is a public function, so a user can run any one of them from Python; the CLI
-(``surrogate simulate|train|generate|validate|run``) only parses arguments and calls these.
+The pipeline file (``pipelines/calo_gan.toml``) is read into :class:`CaloGANConfig` by
+:func:`surrogate.config.load_pipeline`; each stage is a public function, so a user can run any
+one of them from Python; the CLI (``surrogate simulate|train|generate|validate|run``) only
+parses arguments and dispatches through :data:`FAMILY`.
+
+Sections of the file (every key optional unless marked)::
+
+    [run]       pipeline = "calo_gan", output_dir, seed, device, threads
+    [data]      train_file | train_recipe (one of them), reference_file | reference_recipe
+    [model.generator]   CaloGANGenerator(...) keyword arguments
+    [model.critic]      CaloGANCritic(...) keyword arguments
+    [train]     the shared knobs (surrogate.config.TrainConfig) and critic_learning_rate,
+                beta1, beta2, n_critic, gradient_penalty, block_size
+    [generate]  n_events, energy_min_gev, energy_max_gev, batch_size
+    [validate]  energy_bins_gev
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-import numpy as np
 import torch
-from tqdm.auto import tqdm
 
-from surrogate.config import CaloPipelineConfig, SimulateConfig, check_kwargs, load_simulate_recipe
-from surrogate.data.calo import CALOGAN_LAYERS, CaloGANWriter, CaloShowerDataset, validate_calogan
+from surrogate.config import PipelineConfig, SimulateConfig, TrainConfig, check_kwargs, load_simulate_recipe, setting
+from surrogate.data.calo import CaloShowerDataset, validate_calogan
 from surrogate.models.calo_gan import CaloGANCritic, CaloGANGenerator
+from surrogate.pipelines import Family
+from surrogate.pipelines.showers import ShowerSampler, generate_showers_distributed
 from surrogate.train import distributed
-from surrogate.train.distributed import resolve_device
-from surrogate.train.checkpoint import latest_checkpoint, load_checkpoint
+from surrogate.train.checkpoint import find_checkpoint, load_checkpoint
 from surrogate.train.loop import FitResult, fit
-from surrogate.train.steps import GANStep
+from surrogate.train.steps import GANStep, make_lr_scheduler
 
 __all__ = [
+    "FAMILY",
+    "CaloDataConfig",
+    "CaloGANConfig",
+    "CaloGANModelConfig",
+    "GANTrainConfig",
+    "GenerateConfig",
+    "ValidateConfig",
     "build_calo_gan",
-    "generate_showers",
-    "generate_showers_distributed",
+    "data_files",
+    "gan_sampler",
+    "generate",
     "load_generator",
-    "run_calo_pipeline",
+    "run",
     "simulate",
-    "train_calo_gan",
+    "train",
 ]
+
+
+# --------------------------------------------------------------------------------------------
+# The pipeline file
+
+
+@dataclass(frozen=True)
+class CaloDataConfig:
+    """``[data]``: the training and reference (held-out) showers.
+
+    Either give existing CaloGAN-layout files (``train_file``, ``reference_file``; e.g.
+    CaloGAN's Geant4 files) or dataset recipes to simulate them into ``output_dir/data/`` (a
+    simulated file that already exists is reused).
+    """
+
+    train_file: Path | None = None
+    reference_file: Path | None = None
+    train_recipe: Path | None = None
+    reference_recipe: Path | None = None
+
+    def __post_init__(self):
+        for kind in ("train", "reference"):
+            if (getattr(self, f"{kind}_file") is None) == (getattr(self, f"{kind}_recipe") is None):
+                raise ValueError(f"give exactly one of {kind}_file and {kind}_recipe")
+
+
+@dataclass(frozen=True)
+class CaloGANModelConfig:
+    """``[model]``: ``[model.generator]`` and ``[model.critic]`` hold the keyword arguments of
+    :class:`~surrogate.models.calo_gan.CaloGANGenerator` and
+    :class:`~surrogate.models.calo_gan.CaloGANCritic` (names and types checked)."""
+
+    generator: Mapping[str, Any] = setting(default_factory=dict, kwargs_of="surrogate.models.calo_gan:CaloGANGenerator")
+    critic: Mapping[str, Any] = setting(default_factory=dict, kwargs_of="surrogate.models.calo_gan:CaloGANCritic")
+
+
+@dataclass(frozen=True)
+class GANTrainConfig(TrainConfig):
+    """``[train]`` of the GAN (see :class:`~surrogate.train.steps.GANStep`): the shared knobs,
+    where ``learning_rate`` is the generator's, plus
+
+    Attributes:
+        critic_learning_rate: the critic's Adam rate (``None``: ``learning_rate``).
+        beta1, beta2: Adam's betas of both optimizers (WGAN-GP: 0.5, 0.9).
+        n_critic: critic updates per generator update; one step is one critic update.
+        gradient_penalty: weight lambda of the WGAN-GP gradient penalty.
+        block_size: events per contiguous HDF5 read (:class:`~surrogate.data.calo.CaloShowerDataset`).
+    """
+
+    learning_rate: float = setting(1e-4, gt=0)
+    final_lr_fraction: float = setting(0.1, ge=0, le=1)
+    log_every: int = setting(25, ge=1)
+    critic_learning_rate: float | None = setting(None, gt=0)
+    beta1: float = setting(0.5, ge=0, le=1)
+    beta2: float = setting(0.9, ge=0, le=1)
+    n_critic: int = setting(5, ge=1)
+    gradient_penalty: float = setting(10.0, ge=0)
+    block_size: int = setting(1024, ge=1)
+
+
+@dataclass(frozen=True)
+class GenerateConfig:
+    """``[generate]``: showers generated for validation (incident energies uniform, GeV)."""
+
+    n_events: int = setting(10000, ge=1)
+    energy_min_gev: float = setting(1.0, gt=0)
+    energy_max_gev: float = setting(100.0, gt=0)
+    batch_size: int = setting(1024, ge=1)
+
+    def __post_init__(self):
+        if self.energy_max_gev < self.energy_min_gev:
+            raise ValueError(f"energy_max_gev {self.energy_max_gev} < energy_min_gev {self.energy_min_gev}")
+
+
+@dataclass(frozen=True)
+class ValidateConfig:
+    """``[validate]``: incident-energy bins ``[low, high]`` in GeV of the report."""
+
+    energy_bins_gev: tuple[tuple[float, float], ...] = ((1.0, 10.0), (10.0, 30.0), (30.0, 60.0), (60.0, 100.0))
+
+    def __post_init__(self):
+        for low, high in self.energy_bins_gev:
+            if not 0 <= low < high:
+                raise ValueError(f"energy_bins_gev: each bin is [low, high] with 0 <= low < high, got {[low, high]}")
+
+
+@dataclass(frozen=True)
+class CaloGANConfig(PipelineConfig):
+    """A whole CaloGAN pipeline file (sections in the module documentation)."""
+
+    data: CaloDataConfig
+    model: CaloGANModelConfig = field(default_factory=CaloGANModelConfig)
+    train: GANTrainConfig = field(default_factory=GANTrainConfig)
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
+    validate: ValidateConfig = field(default_factory=ValidateConfig)
+    RENAMED = {"train.generator_lr": "train.learning_rate", "train.critic_lr": "train.critic_learning_rate"}
+
+
+# --------------------------------------------------------------------------------------------
+# Stages
 
 
 def simulate(recipe: SimulateConfig, *, output: str | os.PathLike | None = None, progress: bool = True) -> Path:
@@ -56,95 +177,89 @@ def simulate(recipe: SimulateConfig, *, output: str | os.PathLike | None = None,
     return path
 
 
-def build_calo_gan(generator: Mapping[str, Any], critic: Mapping[str, Any]) -> tuple[CaloGANGenerator, CaloGANCritic]:
-    """Builds the generator and critic from their constructor keyword arguments.
+def data_files(cfg: CaloGANConfig, *, progress: bool = True) -> tuple[Path, Path]:
+    """The training and reference files: given (and checked), reused, or simulated.
+
+    With several ranks, rank 0 simulates while the others wait, then they find the files in
+    place (:func:`~surrogate.train.distributed.main_rank_first`).
+
+    Returns:
+        ``(train_file, reference_file)``.
 
     Raises:
-        ValueError: an argument name that the constructor does not take.
+        ValueError: a given file is not a valid CaloGAN-layout file.
     """
-    g = CaloGANGenerator(**check_kwargs(CaloGANGenerator, generator, "[model.generator]"))
-    d = CaloGANCritic(**check_kwargs(CaloGANCritic, critic, "[model.critic]"))
-    return g, d
-
-
-def _data_files(cfg: CaloPipelineConfig, progress: bool) -> tuple[Path, Path]:
-    """The training and reference files: given, reused, or simulated (by rank 0 alone)."""
-    if distributed.context().distributed:
-        if distributed.context().is_main:
-            files = _data_files_here(cfg, progress)
-        distributed.barrier()
-        if not distributed.context().is_main:
-            files = _data_files_here(cfg, False, quiet=True)
-        return files
-    return _data_files_here(cfg, progress)
-
-
-def _data_files_here(cfg: CaloPipelineConfig, progress: bool, *, quiet: bool = False) -> tuple[Path, Path]:
-    out = []
-    for kind in ("train", "reference"):
-        given = getattr(cfg.data, f"{kind}_file")
-        if given is not None:
-            validate_calogan(given)
-            out.append(Path(given))
-            continue
-        recipe = load_simulate_recipe(getattr(cfg.data, f"{kind}_recipe"))
-        path = cfg.run.output_dir / "data" / Path(recipe.output).name
-        if path.exists():
-            validate_calogan(path)
-            if not quiet:
-                print(f"[simulate] reusing {path}")
-        else:
-            print(f"[simulate] {recipe.n_events} {recipe.particle} showers -> {path}")
-            simulate(recipe, output=path, progress=progress)
-        out.append(path)
+    main = distributed.context().is_main
+    with distributed.main_rank_first():
+        out = []
+        for kind in ("train", "reference"):
+            given = getattr(cfg.data, f"{kind}_file")
+            if given is not None:
+                validate_calogan(given)
+                out.append(Path(given))
+                continue
+            recipe = load_simulate_recipe(getattr(cfg.data, f"{kind}_recipe"))
+            path = cfg.run.output_dir / "data" / Path(recipe.output).name
+            if path.exists():
+                validate_calogan(path)
+                if main:
+                    print(f"[simulate] reusing {path}")
+            else:
+                print(f"[simulate] {recipe.n_events} {recipe.particle} showers -> {path}")
+                simulate(recipe, output=path, progress=progress)
+            out.append(path)
     return out[0], out[1]
 
 
-def train_calo_gan(cfg: CaloPipelineConfig, train_file: str | os.PathLike, *, resume: bool = True, progress: bool = True) -> FitResult:
-    """Trains the CaloGAN generator and critic with WGAN-GP on a CaloGAN-layout file.
+def build_calo_gan(model: CaloGANModelConfig) -> tuple[CaloGANGenerator, CaloGANCritic]:
+    """The generator and critic built from their constructor keyword arguments."""
+    return CaloGANGenerator(**model.generator), CaloGANCritic(**model.critic)
+
+
+def train(cfg: CaloGANConfig, *, resume: bool = True, progress: bool = True) -> FitResult:
+    """Trains the CaloGAN generator and critic with WGAN-GP (``surrogate train``).
 
     Checkpoints go to ``cfg.run.output_dir/train``; with ``resume`` a killed run continues
-    from its last checkpoint and ends with the same weights as an uninterrupted run.
-
-    Across ranks (:func:`surrogate.train.distributed.init_distributed`): both networks are
-    wrapped in ``DistributedDataParallel`` (see :class:`~surrogate.train.steps.GANStep`), each
-    rank streams its own shard of every epoch's block order, ``[train] batch_size`` is the
-    batch of each rank, and rank 0 writes the checkpoints.
+    from its last checkpoint and ends with the same weights as an uninterrupted run. Across
+    ranks each rank streams its own shard of every epoch's block order, ``[train] batch_size``
+    is the batch of each rank, and :class:`~surrogate.train.steps.GANStep` averages gradients.
+    With ``lr_schedule = "cosine"`` the critic's rate decays over the run's steps and the
+    generator's over its updates (steps / ``n_critic``).
 
     Arguments:
         cfg: the pipeline configuration.
-        train_file: CaloGAN-layout HDF5 file of training showers.
         resume: continue from the latest checkpoint if there is one.
         progress: show a progress bar.
 
     Returns:
         The :class:`~surrogate.train.loop.FitResult` (its ``checkpoint`` is the final one).
     """
+    train_file, _ = data_files(cfg, progress=progress)
     ctx = distributed.context()
-    device = resolve_device(cfg.run.device)
-    torch.manual_seed(cfg.run.seed)  # identical initial weights for the same seed, on every rank
-    generator, critic = build_calo_gan(cfg.generator, cfg.critic)
-    generator = distributed.wrap_ddp(generator.to(device))
-    critic = distributed.wrap_ddp(critic.to(device))
+    device = distributed.resolve_device(cfg.run.device)
     t = cfg.train
-    step = GANStep(
-        generator, critic,
-        torch.optim.Adam(generator.parameters(), lr=t.generator_lr, betas=(t.beta1, t.beta2)),
-        torch.optim.Adam(critic.parameters(), lr=t.critic_lr, betas=(t.beta1, t.beta2)),
-        n_critic=t.n_critic, gp_weight=t.gradient_penalty,
-        cosine_calls=t.max_steps if t.lr_schedule == "cosine" else None, cosine_min_factor=t.final_lr_fraction,
-    )
     dataset = CaloShowerDataset(train_file, layout="calogan", block_size=t.block_size, shuffle=True, seed=cfg.run.seed,
                                 rank=ctx.rank, world_size=ctx.world_size, drop_last=ctx.distributed)
-    loader = torch.utils.data.DataLoader(
-        dataset, batch_size=t.batch_size, num_workers=t.num_workers, drop_last=True,
-        persistent_workers=False, pin_memory=device.type == "cuda",
+    loader = torch.utils.data.DataLoader(dataset, batch_size=t.batch_size, num_workers=t.num_workers, drop_last=True,
+                                         persistent_workers=False, pin_memory=device.type == "cuda")
+    total = t.total_steps(len(loader) if t.max_epochs is not None else None)
+    torch.manual_seed(cfg.run.seed)  # identical initial weights for the same seed, on every rank
+    generator, critic = (m.to(device) for m in build_calo_gan(cfg.model))
+    betas = (t.beta1, t.beta2)
+    g_opt = torch.optim.Adam(generator.parameters(), lr=t.learning_rate, betas=betas)
+    d_opt = torch.optim.Adam(critic.parameters(), lr=t.critic_learning_rate or t.learning_rate, betas=betas)
+    schedule = {"schedule": t.lr_schedule, "final_lr_fraction": t.final_lr_fraction}
+    step = GANStep(
+        generator, critic, g_opt, d_opt, n_critic=t.n_critic, gradient_penalty=t.gradient_penalty,
+        generator_scheduler=make_lr_scheduler(g_opt, total_steps=max(1, total // t.n_critic),
+                                              warmup_steps=t.warmup_steps // t.n_critic, **schedule),
+        critic_scheduler=make_lr_scheduler(d_opt, total_steps=total, warmup_steps=t.warmup_steps, **schedule),
     )
-    return fit(
-        step, loader, max_steps=t.max_steps, out_dir=cfg.run.output_dir / "train",
-        checkpoint_every=t.checkpoint_every, config=cfg.to_dict(), resume=resume,
-        seed=cfg.run.seed, progress=progress, log_every=t.log_every,
-    )
+    if ctx.is_main:
+        print(f"[train] {total} steps on {train_file} -> {cfg.run.output_dir / 'train'} ({ctx.world_size} rank(s))")
+    return fit(step, loader, max_steps=total, out_dir=cfg.run.output_dir / "train",
+               checkpoint_every=t.checkpoint_every, config=cfg.to_dict(), resume=resume,
+               seed=cfg.run.seed, progress=progress, log_every=t.log_every)
 
 
 def load_generator(checkpoint: str | os.PathLike, *, device: str | torch.device = "cpu") -> CaloGANGenerator:
@@ -158,12 +273,7 @@ def load_generator(checkpoint: str | os.PathLike, *, device: str | torch.device 
         FileNotFoundError: no checkpoint there.
         ValueError: the checkpoint is not a CaloGAN one.
     """
-    path = Path(checkpoint)
-    if path.is_dir():
-        found = latest_checkpoint(path) or latest_checkpoint(path / "train")
-        if found is None:
-            raise FileNotFoundError(f"no checkpoint in {path}/checkpoints or {path}/train/checkpoints")
-        path = found
+    path = find_checkpoint(checkpoint)
     ckpt = load_checkpoint(path)
     if "generator" not in ckpt["modules"]:
         raise ValueError(f"checkpoint {path} holds modules {sorted(ckpt['modules'])}, not a CaloGAN generator")
@@ -173,138 +283,67 @@ def load_generator(checkpoint: str | os.PathLike, *, device: str | torch.device 
     return generator.to(device).eval()
 
 
-@torch.no_grad()
-def generate_showers(
-    generator: CaloGANGenerator,
-    output: str | os.PathLike,
-    n_events: int,
-    *,
-    energy_range_gev: tuple[float, float] = (1.0, 100.0),
-    batch_size: int = 1024,
-    seed: int = 0,
-    progress: bool = True,
-) -> Path:
-    """Generates showers at incident energies uniform in a range and writes the CaloGAN layout.
+def gan_sampler(generator: CaloGANGenerator) -> ShowerSampler:
+    """The generator as a :data:`~surrogate.pipelines.showers.ShowerSampler`: latent noise
+    ``z ~ N(0, I)`` of shape ``(B, latent_dim)`` from the given CPU generator, showers in MeV."""
+    device = next(generator.parameters()).device
 
-    The file is written in batches and atomically, so any CaloGAN reader reads it. The
-    generator does not model the energy outside the cell grid: ``overflow`` is written as 0.
+    def sample(energy: torch.Tensor, rng: torch.Generator) -> Mapping[str, torch.Tensor]:
+        z = torch.randn(energy.shape[0], generator.latent_dim, generator=rng)
+        return generator(z.to(device), energy.to(device))
+
+    return sample
+
+
+def generate(checkpoint: str | os.PathLike, output: str | os.PathLike, n_events: int, *,
+             energy_range_gev: tuple[float, float] = (1.0, 100.0), batch_size: int = 1024, seed: int = 0,
+             device: str = "auto", progress: bool = True) -> Path:
+    """Generates ``n_events`` showers from a trained run into a CaloGAN-layout file
+    (``surrogate generate``), across ranks when several are running.
 
     Arguments:
-        generator: a trained generator (on any device).
+        checkpoint: checkpoint file or run folder.
         output: HDF5 file to write.
         n_events: number of showers.
-        energy_range_gev: (min, max) incident energy in GeV; equal values give one energy.
+        energy_range_gev: incident energies uniform in (min, max), GeV.
         batch_size: showers per generator call.
-        seed: seed of a private generator for energies and latent noise (global RNG untouched).
+        seed: seed of energies and noise (rank ``r`` uses ``seed + r``).
+        device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
         progress: show a progress bar.
 
     Returns:
         The file written.
-
-    Raises:
-        ValueError: ``n_events`` or ``batch_size`` < 1, or a bad energy range.
     """
-    lo, hi = map(float, energy_range_gev)
-    if n_events < 1 or batch_size < 1:
-        raise ValueError(f"n_events and batch_size must be >= 1, got {n_events}, {batch_size}")
-    if not 0 < lo <= hi:
-        raise ValueError(f"energy range must satisfy 0 < min <= max (GeV), got {lo}:{hi}")
-    device = next(generator.parameters()).device
-    rng = torch.Generator(device="cpu").manual_seed(seed)
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    with CaloGANWriter(output, n_events) as writer, tqdm(total=n_events, disable=not progress, desc="generate", unit="shower") as bar:
-        for start in range(0, n_events, batch_size):
-            b = min(batch_size, n_events - start)
-            energy = lo + (hi - lo) * torch.rand(b, 1, generator=rng)
-            z = torch.randn(b, generator.latent_dim, generator=rng)
-            showers = generator(z.to(device), energy.to(device))
-            batch = {k: showers[k].float().cpu().numpy() for k in CALOGAN_LAYERS}
-            batch["energy"] = energy.numpy().astype(np.float32)
-            batch["overflow"] = np.zeros((b, 3), dtype=np.float32)
-            writer.write(batch)
-            bar.update(b)
-    return output
+    generator = load_generator(checkpoint, device=distributed.resolve_device(device))
+    return generate_showers_distributed(gan_sampler(generator), output, n_events, energy_range_gev=energy_range_gev,
+                                        batch_size=batch_size, seed=seed, progress=progress)
 
 
-def generate_showers_distributed(
-    generator: CaloGANGenerator,
-    output: str | os.PathLike,
-    n_events: int,
-    *,
-    seed: int = 0,
-    progress: bool = True,
-    **kwargs: Any,
-) -> Path:
-    """:func:`generate_showers` across ranks: rank ``r`` writes events
-    ``[r N / W, (r + 1) N / W)`` (seed ``seed + r``) to ``<output>.shards/rank_<r>.h5``; rank 0
-    checks that every shard is complete and joins them into ``output``, a file of HDF5 virtual
-    datasets (:func:`surrogate.data.hdf5.stitch_shards`; keep the ``.shards`` folder beside it).
-    In a single process this is :func:`generate_showers`.
-
-    Arguments:
-        generator, output, n_events, seed, progress: as for :func:`generate_showers`.
-        kwargs: the other arguments of :func:`generate_showers`.
-
-    Returns:
-        ``output`` (on every rank, after it is complete).
-
-    Raises:
-        ValueError: on every rank, when rank 0 finds a shard missing or incomplete (the message
-            names it).
-    """
-    from surrogate.data.hdf5 import stitch_shards
-
-    ctx = distributed.context()
-    if not ctx.distributed:
-        return generate_showers(generator, output, n_events, seed=seed, progress=progress, **kwargs)
-    output = Path(output)
-    folder = output.with_name(output.name + ".shards")
-    folder.mkdir(parents=True, exist_ok=True)
-    counts = [(r + 1) * n_events // ctx.world_size - r * n_events // ctx.world_size for r in range(ctx.world_size)]
-    shards = [folder / f"rank_{r:05d}.h5" for r in range(ctx.world_size)]
-    if counts[ctx.rank] > 0:
-        generate_showers(generator, shards[ctx.rank], counts[ctx.rank], seed=seed + ctx.rank,
-                         progress=progress and ctx.is_main, **kwargs)
-    distributed.barrier()
-    error = None
-    if ctx.is_main:
-        try:
-            nonempty = [(p, n) for p, n in zip(shards, counts) if n > 0]
-            stitch_shards(output, [p for p, _ in nonempty], [n for _, n in nonempty])
-        except (OSError, ValueError) as exc:
-            error = exc
-    error = distributed.broadcast_object(None if error is None else str(error))
-    if error is not None:
-        raise ValueError(f"distributed generation into {output} failed: {error}")
-    return output
-
-
-def run_calo_pipeline(cfg: CaloPipelineConfig, *, progress: bool = True) -> Path:
+def run(cfg: CaloGANConfig, *, progress: bool = True) -> Path:
     """simulate (or read) -> train (resuming) -> generate -> validate. Returns the report path.
 
     Across ranks: rank 0 simulates while the others wait, all ranks train, all generate their
-    shard of the showers, and rank 0 validates while the others wait
-    (:func:`~surrogate.train.distributed.barrier`: no timeout, no CPU).
+    shard of the showers, and rank 0 validates while the others wait.
     """
     from surrogate.pipelines.fastsim import validate_calo
 
-    ctx = distributed.context()
-    say = print if ctx.is_main else (lambda *a, **k: None)
     out = cfg.run.output_dir
     out.mkdir(parents=True, exist_ok=True)
-    train_file, reference_file = _data_files(cfg, progress)
-    say(f"[train] {cfg.train.max_steps} steps on {train_file} -> {out / 'train'} ({ctx.world_size} rank(s))")
-    result = train_calo_gan(cfg, train_file, resume=True, progress=progress)
-    generator = load_generator(result.checkpoint, device=resolve_device(cfg.run.device))
+    _, reference_file = data_files(cfg, progress=progress)
+    result = train(cfg, resume=True, progress=progress)
     generated = out / "generated.h5"
     g = cfg.generate
-    say(f"[generate] {g.n_events} showers -> {generated}")
-    generate_showers_distributed(generator, generated, g.n_events, energy_range_gev=(g.energy_min_gev, g.energy_max_gev),
-                                 batch_size=g.batch_size, seed=cfg.run.seed + 1, progress=progress)
-    if ctx.is_main:
-        say(f"[validate] {reference_file} vs {generated}")
-        validate_calo(reference_file, generated, out / "report", energy_bins_gev=cfg.validate.energy_bins_gev,
-                      seed=cfg.run.seed, progress=progress)
-    distributed.barrier()
+    main = distributed.context().is_main
+    if main:
+        print(f"[generate] {g.n_events} showers -> {generated}")
+    generate(result.checkpoint, generated, g.n_events, energy_range_gev=(g.energy_min_gev, g.energy_max_gev),
+             batch_size=g.batch_size, seed=cfg.run.seed + 1, device=cfg.run.device, progress=progress)
+    with distributed.main_rank_first():
+        if main:
+            print(f"[validate] {reference_file} vs {generated}")
+            validate_calo(reference_file, generated, out / "report", energy_bins_gev=cfg.validate.energy_bins_gev,
+                          seed=cfg.run.seed, progress=progress)
     return out / "report" / "report.json"
+
+
+FAMILY = Family(name="calo_gan", config=CaloGANConfig, train=train, run=run, generate=generate)

@@ -8,7 +8,6 @@ response, and classifier two-sample tests; it writes PNG plots and a JSON report
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -16,9 +15,10 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from surrogate.data.calo import CALOGAN_LAYERS, read_calogan
-from surrogate.data.hdf5 import atomic_output
+from surrogate.data.calo import read_calogan
+from surrogate.geometry import CALOGAN_LAYERS
 from surrogate.metrics.classifier import calo_cell_features, calo_high_level_features, classifier_auc
+from surrogate.metrics.report import write_report
 from surrogate.metrics.showers import OBSERVABLE_UNITS, separation_power, shower_observables
 
 __all__ = ["DEFAULT_ENERGY_BINS_GEV", "validate_calo"]
@@ -264,10 +264,7 @@ def validate_calo(
             },
             "plots": figures,
         }
-        with atomic_output(out / "report.json") as tmp:
-            with open(tmp, "w", encoding="utf-8") as handle:
-                json.dump(report, handle, indent=2, allow_nan=False)
-                handle.write("\n")
+        write_report(out / "report.json", report)
         bar.update(len(steps) - bar.n)
     return report
 

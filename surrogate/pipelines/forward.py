@@ -1,9 +1,9 @@
-r"""Differentiable forward model: galaxy -> PSF -> pixel noise -> observed image, and its inversion.
+r"""Inversion of the galaxy forward model: MAP latents and deconvolved profiles of observed stamps.
 
-:class:`ForwardModel` chains a trained :class:`~surrogate.models.galaxy_vae.GalaxyVAE` decoder
-(latent :math:`z` -> PSF-free profile), the convolution with an instrument's PSF
-(:func:`surrogate.nn.psf.fft_convolve`) and Gaussian pixel noise. Every step is differentiable,
-so it is a likelihood :math:`p(x | z, \text{PSF}, \sigma^2)` one can optimise or sample.
+The forward model itself (galaxy -> PSF -> pixel noise, a differentiable likelihood
+:math:`p(x | z, \text{PSF}, \sigma^2)`) is the network
+:class:`surrogate.models.forward.ForwardModel`; this module holds the inference procedure that
+uses it (no trainable module lives here).
 
 :func:`fit_map` inverts it for observed stamps: the maximum a posteriori latent under the
 conditional flow prior,
@@ -26,12 +26,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor, nn
-from torch.distributions import Independent
+from torch import Tensor
 
+from surrogate.models.forward import ForwardModel
 from surrogate.models.galaxy_vae import FlowPrior, GalaxyVAE
 
-__all__ = ["ForwardModel", "MAPFit", "fit_map"]
+__all__ = ["MAPFit", "fit_map"]
 
 
 def _images(x: Tensor, name: str) -> Tensor:
@@ -43,64 +43,6 @@ def _images(x: Tensor, name: str) -> Tensor:
     if x.dim() != 4 or x.shape[1] != 1:
         raise ValueError(f"{name} must have shape (H, W), (B, H, W) or (B, 1, H, W), got {tuple(x.shape)}")
     return x
-
-
-class ForwardModel(nn.Module):
-    """Galaxy -> PSF -> pixel noise: ``observe(z, psf, noise_variance)`` makes an observed stamp.
-
-    Arguments:
-        vae: a trained :class:`GalaxyVAE` (its decoder and flow prior are used).
-
-    Shapes:
-        ``z``: ``(B, D)``; ``psf``: ``(B, 1, P, P)``, ``(B, P, P)`` or ``(P, P)``, unit sum,
-        sampled at the stamp's pixel scale; ``noise_variance``: ``(B,)`` or one value, counts².
-
-    Example:
-        >>> vae = GalaxyVAE(stamp_size=16, latent_dim=4, channels=(4, 8), hidden_features=16)
-        >>> model = ForwardModel(vae)
-        >>> psf = torch.ones(5, 5) / 25
-        >>> model.observe(torch.zeros(2, 4), psf, 0.01).shape
-        torch.Size([2, 1, 16, 16])
-    """
-
-    def __init__(self, vae: GalaxyVAE):
-        super().__init__()
-        self.vae = vae
-
-    @staticmethod
-    def _psf(psf: Tensor, like: Tensor) -> Tensor:
-        psf = torch.as_tensor(psf).to(like)
-        if psf.dim() == 3:
-            psf = psf[:, None]
-        return psf
-
-    def forward(self, z: Tensor, psf: Tensor) -> Tensor:
-        """Noiseless observation ``PSF * G(z)``: ``(B, 1, S, S)`` counts per pixel."""
-        profile = self.vae.decode(z)
-        return self.vae.convolve(profile, self._psf(psf, profile))
-
-    def likelihood(self, z: Tensor, psf: Tensor, noise_variance: Tensor | float) -> Independent:
-        """``p(x | z, PSF, sigma^2)``, a Gaussian over ``(1, S, S)`` images with batch ``(B,)``."""
-        return self.vae.likelihood(z, self._psf(psf, z), torch.as_tensor(noise_variance, dtype=z.dtype, device=z.device))
-
-    def observe(self, z: Tensor, psf: Tensor, noise_variance: Tensor | float, *,
-                generator: torch.Generator | None = None) -> Tensor:
-        """A noisy observation: ``PSF * G(z) + N(0, sigma^2)`` per pixel.
-
-        Arguments:
-            z: ``(B, D)`` latents.
-            psf: PSFs (see the class).
-            noise_variance: ``(B,)`` or one value, counts².
-            generator: torch generator for the noise (default the global one).
-
-        Returns:
-            ``(B, 1, S, S)`` counts per pixel; differentiable in ``z`` and ``psf`` (the noise is
-            additive and independent of them).
-        """
-        mean = self(z, psf)
-        variance = torch.as_tensor(noise_variance, dtype=mean.dtype, device=mean.device).reshape(-1)
-        noise = torch.randn(mean.shape, generator=generator, dtype=mean.dtype, device="cpu").to(mean.device)
-        return mean + noise * variance.sqrt().view(-1, 1, 1, 1)
 
 
 @dataclass
@@ -126,8 +68,8 @@ class MAPFit:
 
 
 def fit_map(vae: GalaxyVAE, observed: Tensor, psf: Tensor, noise_variance: Tensor | float, *,
-            magnitude: Tensor | float, half_light_radius: Tensor | float, steps: int = 300, lr: float = 0.05,
-            init: str = "encoder") -> MAPFit:
+            magnitude: Tensor | float, half_light_radius: Tensor | float, steps: int = 300,
+            learning_rate: float = 0.05, init: str = "encoder") -> MAPFit:
     """Maximum a posteriori latent of observed stamps under the flow prior; deconvolved profiles.
 
     Arguments:
@@ -139,7 +81,7 @@ def fit_map(vae: GalaxyVAE, observed: Tensor, psf: Tensor, noise_variance: Tenso
         magnitude: ``(B,)`` or one value, AB mag (context of the prior).
         half_light_radius: ``(B,)`` or one value, arcsec (context of the prior).
         steps: Adam iterations.
-        lr: Adam learning rate (latents are of order 1).
+        learning_rate: Adam learning rate (latents are of order 1).
         init: ``"encoder"`` (start from the mean of ``q(z|x)``) or ``"prior"`` (from zero).
 
     Returns:
@@ -155,7 +97,7 @@ def fit_map(vae: GalaxyVAE, observed: Tensor, psf: Tensor, noise_variance: Tenso
     device = next(vae.parameters()).device
     x = _images(observed, "observed").to(device=device, dtype=torch.float32)
     B = x.shape[0]
-    psf = ForwardModel._psf(psf, x)
+    forward = ForwardModel(vae)
     variance = torch.as_tensor(noise_variance, dtype=x.dtype, device=device).reshape(-1).expand(B)
     was_training = vae.training
     vae.eval()
@@ -167,12 +109,12 @@ def fit_map(vae: GalaxyVAE, observed: Tensor, psf: Tensor, noise_variance: Tenso
         with torch.no_grad():
             z0 = vae.encode(x).mean if init == "encoder" else torch.zeros(B, vae.latent_dim, device=device)
         z = z0.clone().requires_grad_(True)
-        optimizer = torch.optim.Adam([z], lr=lr)
+        optimizer = torch.optim.Adam([z], lr=learning_rate)
         npix = x[0].numel()
         history: list[float] = []
 
         def objective() -> Tensor:
-            return vae.likelihood(z, psf, variance).log_prob(x) + prior.log_prob(z)
+            return forward.likelihood(z, psf, variance).log_prob(x) + prior.log_prob(z)
 
         for i in range(steps):
             loss = -objective().sum() / (B * npix)
@@ -183,7 +125,7 @@ def fit_map(vae: GalaxyVAE, observed: Tensor, psf: Tensor, noise_variance: Tenso
                 history.append(float(loss.detach()))
         with torch.no_grad():
             profile = vae.decode(z)
-            model_image = vae.convolve(profile, psf)
+            model_image = forward.convolve(profile, psf)
             chi2 = ((x - model_image) ** 2 / variance.view(-1, 1, 1, 1)).sum(dim=(1, 2, 3)) / npix
             log_posterior = objective()
     finally:

@@ -6,7 +6,8 @@
   profiles (the references the tests check against) in :mod:`surrogate.simulators.gflash_profiles`.
 
 - :mod:`surrogate.simulators.galaxies`: GalSim stamps from the COSMOS example catalogue's
-  parametric fits, with HST and ground-based PSFs and pixel noise.
+  parametric fits, with HST and ground-based PSFs and pixel noise; the catalogue itself (galaxies,
+  HST PSFs, magnitudes, half-light radii) is loaded by :mod:`surrogate.simulators.cosmos`.
 
 Submodules are imported on first use, so importing one simulator does not import the others'
 dependencies.
@@ -19,7 +20,7 @@ import importlib
 _LAZY = {
     "simulate_calogan_showers": "gflash",
     "simulate_to_file": "gflash",
-    "load_cosmos_catalog": "galaxies",
+    "load_cosmos_catalog": "cosmos",
     "simulate_galaxies": "galaxies",
     "simulate_galaxies_from_recipe": "galaxies",
     "simulate_galaxies_to_file": "galaxies",

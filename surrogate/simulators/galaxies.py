@@ -1,17 +1,15 @@
-r"""GalSim galaxy stamps from the parametric fits of the COSMOS example catalogue.
+r"""GalSim galaxy stamps drawn from the parametric fits of the COSMOS example catalogue.
 
-Each stamp is made from one of the catalogue's galaxies (Sérsic or bulge + disk fits to HST/ACS
-F814W images, Mandelbaum et al. 2012), varied so that tens of thousands of distinct stamps can
-be drawn from 100 parents:
+Each stamp is made from one of the catalogue's galaxies (:mod:`surrogate.simulators.cosmos`:
+Sérsic or bulge + disk fits to HST/ACS F814W images, Mandelbaum et al. 2012), varied so that tens
+of thousands of distinct stamps can be drawn from 100 parents:
 
 - a uniformly random rotation, a mirror flip with probability 1/2,
 - a size jitter: dilation by ``exp(U(-a, a))`` with ``a = log(1 + size_jitter)`` (flux kept),
 - a flux jitter: ``Δm ~ U(-magnitude_jitter, magnitude_jitter)`` mag, flux times ``10**(-0.4 Δm)``.
 
-The Sérsic indices are the catalogue's own values (GalSim builds one lookup table per index,
-about 100 ms each; reusing the catalogue's 81 distinct values keeps that a one-off cost per
-process), and the galaxies stay centred on the stamp (the geometric centre, a pixel corner for
-even stamps, as GalSim's ``drawImage`` does by default).
+The galaxies stay centred on the stamp (the geometric centre, a pixel corner for even stamps, as
+GalSim's ``drawImage`` does by default).
 
 Each galaxy is observed through its own PSF: with probability ``hst_psf_fraction`` one of the
 catalogue's 100 real HST/ACS PSF images (chosen at random, independent of the galaxy), else a
@@ -31,8 +29,7 @@ ground-based PSF of kind ``"moffat"`` (``beta ~ U(moffat_beta_range)``), ``"kolm
   noiseless ``observed`` image up to pixel-sampling and PSF-truncation errors;
 - ``magnitude``: the catalogue's F814W ``MAG_AUTO`` of the parent galaxy plus ``Δm`` (AB mag);
 - ``half_light_radius``: the circularised half-light radius of the PSF-free profile in arcsec
-  (each Sérsic component circularised, ``sqrt(a b)``, then the radius enclosing half the light
-  of their sum, solved from the Sérsic enclosed-flux function; times the dilation).
+  (the catalogue's, see :mod:`surrogate.simulators.cosmos`, times the dilation).
 
 Noise: by default each stamp gets its own noise level from a signal-to-noise ratio drawn from
 ``U(snr_range)``, with GalSim's definition ``SNR = sqrt(sum I_i^2) / sigma`` over the noiseless
@@ -40,8 +37,7 @@ observed image ``I`` (the optimal, matched-filter SNR; GalSim's ``addNoiseSNR``)
 ``noise_sigma`` instead for a fixed sky noise in counts per pixel (bright galaxies then have a
 very high SNR).
 
-Fluxes are in the normalisation of GalSim's ``COSMOSCatalog`` parametric galaxies (counts of a
-1 s HST/ACS exposure; a 22.5 mag galaxy has about 25 counts).
+Fluxes are those of the catalogue (counts of a 1 s HST/ACS exposure).
 
 GalSim spends most of its time in FFTs that it parallelises with OpenMP; on a machine with few
 shared cores run with ``OMP_NUM_THREADS=1`` in the environment (about 12x faster per stamp on a
@@ -55,8 +51,6 @@ References:
     Mandelbaum et al. (2012), "Precision simulation of ground-based lensing data using
     observations from space", arXiv:1107.4629 (the COSMOS catalogue and its parametric fits).
     Lanusse et al. (2021), arXiv:2008.03833 (the same catalogue as training data of a VAE).
-    Graham & Driver (2005), "A concise reference to (projected) Sérsic R^1/n quantities",
-    PASA 22, 118, arXiv:astro-ph/0503176 (enclosed light of a Sérsic profile).
 """
 
 from __future__ import annotations
@@ -65,165 +59,27 @@ import math
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from surrogate.checks import check_float, check_int
 from surrogate.data.galaxy import GalaxyWriter
+from surrogate.simulators.cosmos import CosmosParametricCatalog, _galsim, load_cosmos_catalog
 
 __all__ = [
-    "DEFAULT_CATALOG_DIR",
     "GALAXY_PSF_KINDS",
-    "CosmosParametricCatalog",
-    "load_cosmos_catalog",
     "galsim_omp_threads",
     "simulate_galaxies",
     "simulate_galaxies_from_recipe",
     "simulate_galaxies_to_file",
 ]
 
-DEFAULT_CATALOG_DIR = Path(__file__).resolve().parents[2] / "datasets" / "cosmos_example"
-"""``datasets/cosmos_example`` of a source checkout (the five FITS files of GalSim's example)."""
-
-CATALOG_FILE = "real_galaxy_catalog_23.5_example.fits"
 GALAXY_PSF_KINDS = ("moffat", "kolmogorov", "gaussian")
 """Ground-based PSF profiles the simulator can draw (plus the catalogue's HST PSFs)."""
 
 _CHUNK = 256  # stamps per batch handed to the writer
-
-
-def _galsim():
-    try:
-        import galsim
-    except ImportError as error:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            "the galaxy simulator needs GalSim: pip install 'physics-surrogate[galaxy]' (or pip install galsim)"
-        ) from error
-    return galsim
-
-
-@dataclass(frozen=True)
-class CosmosParametricCatalog:
-    """The parametric COSMOS galaxies and HST PSFs, ready to draw.
-
-    Build it with :func:`load_cosmos_catalog`.
-
-    Attributes:
-        directory: folder of the FITS files.
-        galaxies: one ``galsim.GSObject`` per catalogue galaxy (its parametric fit), fluxes in
-            counts of a 1 s HST exposure, sizes in arcsec.
-        hst_psf_images: one ``galsim.Image`` per galaxy: the HST/ACS PSF at its position (37-39
-            pixels of 0.03 arcsec).
-        magnitude: ``(G,)`` F814W ``MAG_AUTO`` of each galaxy, AB mag.
-        half_light_radius: ``(G,)`` circularised half-light radius of each PSF-free profile,
-            arcsec (see ``_half_light_radius``).
-        flux: ``(G,)`` total flux of each profile, counts.
-    """
-
-    directory: Path
-    galaxies: tuple
-    hst_psf_images: tuple
-    magnitude: np.ndarray
-    half_light_radius: np.ndarray
-    flux: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.galaxies)
-
-
-def _sersic_components(galaxy) -> list[tuple[float, float, float]] | None:
-    """``[(flux, n, circularised half-light radius in arcsec), ...]`` of a sum of transformed
-    Sérsic-family profiles (Sersic, DeVaucouleurs, Exponential, Gaussian = Sérsic n = 1/2);
-    ``None`` for anything else (e.g. truncated profiles)."""
-    galsim = _galsim()
-    if isinstance(galaxy, galsim.Sum):
-        parts = [_sersic_components(obj) for obj in galaxy.obj_list]
-        return None if any(p is None for p in parts) else [c for p in parts for c in p]
-    if isinstance(galaxy, galsim.Transformation):
-        inner = _sersic_components(galaxy.original)
-        if inner is None:
-            return None
-        det = abs(float(np.linalg.det(galaxy.jac))) if galaxy.jac is not None else 1.0
-        return [(f * galaxy.flux_ratio * det, n, r * math.sqrt(det)) for f, n, r in inner]
-    if isinstance(galaxy, galsim.Sersic):
-        return None if galaxy.trunc > 0 else [(galaxy.flux, galaxy.n, galaxy.half_light_radius)]
-    if isinstance(galaxy, galsim.Exponential):
-        return [(galaxy.flux, 1.0, galaxy.half_light_radius)]
-    if isinstance(galaxy, galsim.Gaussian):
-        return [(galaxy.flux, 0.5, galaxy.half_light_radius)]
-    return None
-
-
-def _half_light_radius(galaxy) -> float:
-    r"""Circularised half-light radius of a galaxy, arcsec.
-
-    Each Sérsic component (flux :math:`F_k`, index :math:`n_k`, half-light radius :math:`h_k`,
-    sheared, rotated or dilated by a Jacobian :math:`J_k`) is replaced by its circularised
-    version, of radius :math:`h_k \sqrt{|\det J_k|}` (a shear keeps the area of the isophotes),
-    and the radius :math:`R` with :math:`\sum_k F_k\, P(2 n_k, b_{n_k} (R / h_k)^{1/n_k})
-    = rac{1}{2} \sum_k F_k` is solved for, where :math:`P` is the regularised lower incomplete
-    gamma function and :math:`P(2n, b_n) = 1/2` (Graham & Driver 2005, eqs. 2-4). For one
-    component this is its own half-light radius; the circularised radius is what catalogues
-    usually quote (``sqrt(a b)``).
-
-    Raises:
-        ValueError: a profile that is not a sum of untruncated Sérsic-family components.
-    """
-    import scipy.optimize
-    import scipy.special
-
-    parts = _sersic_components(galaxy)
-    if not parts:
-        raise ValueError(f"cannot compute the half-light radius of {galaxy!r}: not a sum of Sérsic profiles")
-    flux = np.array([p[0] for p in parts])
-    index = np.array([p[1] for p in parts])
-    radius = np.array([p[2] for p in parts])
-    b = scipy.special.gammaincinv(2 * index, 0.5)
-
-    def excess(r: float) -> float:
-        return float((flux * scipy.special.gammainc(2 * index, b * (r / radius) ** (1 / index))).sum() - 0.5 * flux.sum())
-
-    return float(scipy.optimize.brentq(excess, radius.min() * 1e-3, radius.max() * 1e3, xtol=1e-10, rtol=1e-10))
-
-
-def load_cosmos_catalog(directory: str | os.PathLike | None = None) -> CosmosParametricCatalog:
-    """Loads GalSim's 100-galaxy COSMOS example catalogue with its parametric fits and PSFs.
-
-    Arguments:
-        directory: folder holding ``real_galaxy_catalog_23.5_example.fits`` and its companion
-            files (``_fits``, ``_selection``, ``real_galaxy_PSF_images.fits``); default
-            :data:`DEFAULT_CATALOG_DIR`.
-
-    Returns:
-        A :class:`CosmosParametricCatalog`.
-
-    Raises:
-        FileNotFoundError: the folder or the catalogue file is missing.
-        ImportError: GalSim is not installed.
-    """
-    galsim = _galsim()
-    folder = Path(directory) if directory is not None else DEFAULT_CATALOG_DIR
-    if not (folder / CATALOG_FILE).is_file():
-        raise FileNotFoundError(
-            f"COSMOS example catalogue not found: expected {folder / CATALOG_FILE} (with its _fits, _selection "
-            "and real_galaxy_PSF_images.fits files; a source checkout has them in datasets/cosmos_example)"
-        )
-    catalog = galsim.COSMOSCatalog(CATALOG_FILE, dir=str(folder), use_real=False, exclusion_level="none")
-    real = galsim.RealGalaxyCatalog(CATALOG_FILE, dir=str(folder))
-    params = catalog.param_cat
-    galaxies = tuple(catalog.makeGalaxy(i, gal_type="parametric") for i in range(catalog.nobjects))
-    psfs = tuple(real.getPSFImage(i) for i in range(catalog.nobjects))
-    hlr = np.array([_half_light_radius(g) for g in galaxies])
-    return CosmosParametricCatalog(
-        directory=folder,
-        galaxies=galaxies,
-        hst_psf_images=psfs,
-        magnitude=np.asarray(params["mag_auto"], dtype=float),
-        half_light_radius=hlr,
-        flux=np.array([g.flux for g in galaxies]),
-    )
 
 
 @contextmanager
@@ -350,49 +206,37 @@ class _Drawer:
 
 
 def _make_drawer(catalog: CosmosParametricCatalog | None, catalog_dir, **kw) -> _Drawer:
-    stamp_size, pixel_scale, psf_size = kw["stamp_size"], kw["pixel_scale"], kw["psf_size"]
-    if isinstance(stamp_size, bool) or not isinstance(stamp_size, (int, np.integer)) or stamp_size < 8:
-        raise ValueError(f"stamp_size must be an integer >= 8 (pixels), got {stamp_size!r}")
-    if isinstance(psf_size, bool) or not isinstance(psf_size, (int, np.integer)) or psf_size < 3 or psf_size % 2 == 0:
+    stamp_size = check_int("stamp_size", kw["stamp_size"], minimum=8)
+    psf_size = check_int("psf_size", kw["psf_size"], minimum=3)
+    if psf_size % 2 == 0:
         raise ValueError(f"psf_size must be an odd integer >= 3 (pixels; the PSF is centred on the middle pixel), got {psf_size!r}")
     if psf_size > stamp_size:
         raise ValueError(f"psf_size ({psf_size}) must be <= stamp_size ({stamp_size})")
-    if not (isinstance(pixel_scale, (int, float)) and 0 < pixel_scale < 10):
-        raise ValueError(f"pixel_scale must be in (0, 10) arcsec/pixel, got {pixel_scale!r}")
-    oversampling = kw["oversampling"]
-    if isinstance(oversampling, bool) or not isinstance(oversampling, (int, np.integer)) or oversampling < 1:
-        raise ValueError(f"oversampling must be an integer >= 1, got {oversampling!r}")
-    fraction = kw["hst_psf_fraction"]
-    if not 0.0 <= fraction <= 1.0:
-        raise ValueError(f"hst_psf_fraction must be in [0, 1], got {fraction!r}")
+    pixel_scale = check_float("pixel_scale", kw["pixel_scale"], minimum=0, maximum=10, exclusive_minimum=True,
+                              exclusive_maximum=True, unit="arcsec/pixel")
+    oversampling = check_int("oversampling", kw["oversampling"], minimum=1)
+    fraction = check_float("hst_psf_fraction", kw["hst_psf_fraction"], minimum=0, maximum=1)
     kinds = tuple(kw["psf_kinds"])
     unknown = [x for x in kinds if x not in GALAXY_PSF_KINDS]
     if unknown or (not kinds and fraction < 1.0):
         raise ValueError(f"psf_kinds must be a non-empty list of {GALAXY_PSF_KINDS}, got {list(kinds)!r}")
     fwhm = _check_range("fwhm_range (arcsec)", kw["fwhm_range"])
     beta = _check_range("moffat_beta_range", kw["moffat_beta_range"], low=1.1)
-    if not 0.0 <= kw["psf_shear_max"] < 1.0:
-        raise ValueError(f"psf_shear_max must be in [0, 1), got {kw['psf_shear_max']!r}")
-    if not 0.0 <= kw["size_jitter"] < 10:
-        raise ValueError(f"size_jitter must be in [0, 10), got {kw['size_jitter']!r}")
-    if not 0.0 <= kw["magnitude_jitter"] <= 5:
-        raise ValueError(f"magnitude_jitter must be in [0, 5] mag, got {kw['magnitude_jitter']!r}")
-    noise_sigma = kw["noise_sigma"]
-    snr = None
-    if noise_sigma is None:
-        snr = _check_range("snr_range", kw["snr_range"])
-    elif not (isinstance(noise_sigma, (int, float)) and 0 < noise_sigma < math.inf):
-        raise ValueError(f"noise_sigma must be > 0 counts per pixel (or None to use snr_range), got {noise_sigma!r}")
+    psf_shear_max = check_float("psf_shear_max", kw["psf_shear_max"], minimum=0, maximum=1, exclusive_maximum=True)
+    size_jitter = check_float("size_jitter", kw["size_jitter"], minimum=0, maximum=10, exclusive_maximum=True)
+    magnitude_jitter = check_float("magnitude_jitter", kw["magnitude_jitter"], minimum=0, maximum=5, unit="mag")
+    noise_sigma = check_float("noise_sigma", kw["noise_sigma"], minimum=0, exclusive_minimum=True,
+                              unit="counts per pixel", optional=True)
+    snr = _check_range("snr_range", kw["snr_range"]) if noise_sigma is None else None
     catalog = catalog if catalog is not None else load_cosmos_catalog(catalog_dir)
     indices = np.arange(len(catalog)) if kw["galaxy_indices"] is None else np.asarray(kw["galaxy_indices"], dtype=int)
     if indices.ndim != 1 or len(indices) == 0 or indices.min() < 0 or indices.max() >= len(catalog):
         raise ValueError(f"galaxy_indices must be a non-empty list of catalogue indices in [0, {len(catalog)}), got {kw['galaxy_indices']!r}")
     return _Drawer(
-        catalog, stamp_size=int(stamp_size), pixel_scale=float(pixel_scale), psf_size=int(psf_size),
-        oversampling=int(oversampling), hst_psf_fraction=float(fraction), psf_kinds=kinds, fwhm_range=fwhm,
-        moffat_beta_range=beta, psf_shear_max=float(kw["psf_shear_max"]), size_jitter=float(kw["size_jitter"]),
-        magnitude_jitter=float(kw["magnitude_jitter"]), snr_range=snr,
-        noise_sigma=None if noise_sigma is None else float(noise_sigma), indices=indices,
+        catalog, stamp_size=stamp_size, pixel_scale=pixel_scale, psf_size=psf_size, oversampling=oversampling,
+        hst_psf_fraction=fraction, psf_kinds=kinds, fwhm_range=fwhm, moffat_beta_range=beta,
+        psf_shear_max=psf_shear_max, size_jitter=size_jitter, magnitude_jitter=magnitude_jitter, snr_range=snr,
+        noise_sigma=noise_sigma, indices=indices,
     )
 
 
@@ -438,7 +282,7 @@ def simulate_galaxies(
     Arguments:
         n: number of stamps (>= 1).
         catalog: a loaded catalogue (saves ~1.5 s per call); else loaded from ``catalog_dir``.
-        catalog_dir: folder of the COSMOS example FITS files (default :data:`DEFAULT_CATALOG_DIR`).
+        catalog_dir: folder of the COSMOS example FITS files (default :data:`~surrogate.simulators.cosmos.DEFAULT_CATALOG_DIR`).
         stamp_size: stamps are ``stamp_size x stamp_size`` pixels.
         pixel_scale: arcsec per pixel.
         psf_size: odd side of the stored PSF stamp, pixels (<= ``stamp_size``).
@@ -475,8 +319,7 @@ def simulate_galaxies(
         >>> stamps["observed"].shape, stamps["psf"].shape
         ((2, 16, 16), (2, 9, 9))
     """
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-        raise ValueError(f"n must be an integer >= 1, got {n!r}")
+    check_int("n", n, minimum=1)
     drawer = _make_drawer(
         catalog, catalog_dir, stamp_size=stamp_size, pixel_scale=pixel_scale, psf_size=psf_size,
         oversampling=oversampling, hst_psf_fraction=hst_psf_fraction, psf_kinds=psf_kinds, fwhm_range=fwhm_range,
@@ -525,8 +368,7 @@ def simulate_galaxies_to_file(
     unknown = sorted(set(options) - set(_DEFAULTS))
     if unknown:
         raise ValueError(f"unknown simulation option(s) {unknown}; allowed: {sorted(_DEFAULTS)}")
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-        raise ValueError(f"n must be an integer >= 1, got {n!r}")
+    check_int("n", n, minimum=1)
     settings = {**_DEFAULTS, **options}
     drawer = _make_drawer(catalog, catalog_dir, **settings)
     record = {k: (list(v) if isinstance(v, (tuple, np.ndarray)) else v) for k, v in settings.items()}
@@ -596,8 +438,7 @@ def simulate_galaxies_from_recipe(
     n = table.get("n", 10000)
     seed = table.get("seed", 0)
     for name, value in (("n", n), ("seed", seed)):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"[simulate].{name} must be an integer, got {value!r}")
+        check_int(f"[simulate].{name}", value)
     return simulate_galaxies_to_file(
         path, n, catalog=catalog, catalog_dir=catalog_dir, seed=seed, progress=progress,
         compression=table.get("compression", "gzip"), omp_threads=table.get("omp_threads", 1), **options,

@@ -56,12 +56,8 @@ from collections.abc import Iterator
 import numpy as np
 from tqdm.auto import tqdm
 
-from surrogate.data.calo import (
-    CALOGAN_CELL_SIZE_MM,
-    CALOGAN_HALF_WIDTH_MM,
-    CALOGAN_LAYER_SHAPES,
-    CALOGAN_LAYERS,
-)
+from surrogate.checks import check_float, check_int
+from surrogate.geometry import CALOGAN, CaloLayer
 from surrogate.simulators.gflash_params import (
     CALOGAN_CALORIMETER,
     PHOTON_CONVERSION_LENGTH_X0,
@@ -147,15 +143,6 @@ def sample_longitudinal(
     }
 
 
-def _layer_geometry() -> list[tuple[str, int, int, float, float]]:
-    geometry = []
-    for name in CALOGAN_LAYERS:
-        ny, nx = CALOGAN_LAYER_SHAPES[name]
-        dy, dx = CALOGAN_CELL_SIZE_MM[name]
-        geometry.append((name, int(ny), int(nx), float(dy), float(dx)))
-    return geometry
-
-
 def simulate_batch(
     energy_gev: np.ndarray,
     rng: np.random.Generator,
@@ -184,14 +171,12 @@ def simulate_batch(
     Raises:
         ValueError: bad particle, energies, spot_scale, jitter or readout geometry.
     """
-    if not spot_scale > 0:
-        raise ValueError(f"spot_scale: expected > 0, got {spot_scale}")
-    if not impact_jitter_mm >= 0:
-        raise ValueError(f"impact_jitter_mm: expected >= 0 mm, got {impact_jitter_mm}")
-    geometry = _layer_geometry()
-    if len(calo.readout_ends) != len(geometry):
+    check_float("spot_scale", spot_scale, minimum=0, exclusive_minimum=True)
+    check_float("impact_jitter_mm", impact_jitter_mm, minimum=0, unit="mm")
+    layers = CALOGAN.layers
+    if len(calo.readout_ends) != len(layers):
         raise ValueError(
-            f"calo.readout_ends: expected {len(geometry)} readout layers, got {calo.readout_ends}"
+            f"calo.readout_ends: expected {len(layers)} readout layers, got {calo.readout_ends}"
         )
     long = sample_longitudinal(energy_gev, rng, particle=particle, calo=calo)
     energy_gev = np.asarray(energy_gev, dtype=np.float64)
@@ -212,50 +197,18 @@ def simulate_batch(
                if impact_jitter_mm > 0 else None)
 
     out: dict[str, np.ndarray] = {}
-    overflow = np.zeros((b, len(geometry)))
-    half = float(CALOGAN_HALF_WIDTH_MM)
-    for layer, (name, ny, nx, dy, dx) in enumerate(geometry):
-        lo = 0 if layer == 0 else calo.readout_ends[layer - 1]
-        hi = calo.readout_ends[layer]
-        cnt = counts[:, :, lo:hi]                                                  # (B, 2, K)
-        flat_counts = cnt.ravel()
-        n_cells = ny * nx
-        # per-spot scale R/sqrt(2) in mm, energy in MeV and first histogram bin of its shower
-        scale = np.repeat(radius_mm[:, :, lo:hi].ravel(), flat_counts)
-        weight = np.repeat(np.broadcast_to(spot_mev[:, None, lo:hi], cnt.shape).ravel(), flat_counts)
-        per_shower = cnt.sum(axis=(1, 2))
-        base = np.repeat(np.arange(b) * (n_cells + 1), per_shower)
-        # bivariate Student-t (2 dof): (x, y) = scale * (z1, z2) / sqrt(Exp(1))
-        s = rng.standard_exponential(scale.size, dtype=np.float32)
-        np.maximum(s, np.float32(1e-30), out=s)
-        np.sqrt(s, out=s)
-        np.divide(scale, s, out=s)
-        u = rng.standard_normal(scale.size, dtype=np.float32)  # x -> column coordinate
-        v = rng.standard_normal(scale.size, dtype=np.float32)  # y -> row coordinate
-        u *= s
-        v *= s
-        if offsets is not None:
-            u += np.repeat(offsets[0], per_shower)
-            v += np.repeat(offsets[1], per_shower)
-        u += np.float32(half)
-        u *= np.float32(1.0 / dx)
-        v += np.float32(half)
-        v *= np.float32(1.0 / dy)
-        inside = (u >= 0) & (u < nx) & (v >= 0) & (v < ny)
-        np.floor(u, out=u)
-        np.floor(v, out=v)
-        v *= np.float32(nx)
-        v += u
-        index = np.where(inside, v, np.float32(n_cells)).astype(np.intp)
-        index += base
-        deposit = np.bincount(index, weights=weight, minlength=b * (n_cells + 1)).reshape(b, n_cells + 1)
-        out[name] = deposit[:, :n_cells].reshape(b, ny, nx)
-        overflow[:, layer] = deposit[:, n_cells]
+    overflow = np.zeros((b, len(layers)))
+    for index, layer in enumerate(layers):
+        lo = 0 if index == 0 else calo.readout_ends[index - 1]
+        hi = calo.readout_ends[index]
+        out[layer.name], overflow[:, index] = _deposit_spots(
+            layer, counts[:, :, lo:hi], radius_mm[:, :, lo:hi], spot_mev[:, None, lo:hi], offsets, rng
+        )
     out["overflow"] = overflow
 
     # sampling fluctuations: Gamma(mean e, variance c^2 e) per cell, e in GeV (1000x for MeV)
     var_per_mev = 1000.0 * calo.resolution_term**2
-    for key in (*CALOGAN_LAYERS, "overflow"):
+    for key in (*CALOGAN.layer_names, "overflow"):
         values = out[key]
         if var_per_mev > 0:
             positive = values > 0
@@ -265,11 +218,69 @@ def simulate_batch(
     return out
 
 
+def _deposit_spots(
+    layer: CaloLayer,
+    counts: np.ndarray,
+    radius_mm: np.ndarray,
+    spot_mev: np.ndarray,
+    offsets: np.ndarray | None,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Places one readout layer's spots and histograms them into its cells (step 3 of the module docstring).
+
+    Arguments:
+        layer: The readout layer (cell grid and cell size).
+        counts: Spots per (shower, core/tail, sampling layer of this readout layer), int ``(B, 2, K)``.
+        radius_mm: Scale ``R/sqrt(2)`` of each spot's bivariate Student-t, mm, float32 ``(B, 2, K)``.
+        spot_mev: Energy of each spot, MeV, ``(B, 1, K)`` (the same for core and tail).
+        offsets: Shift of each shower's axis ``(x, y)`` in mm, float32 ``(2, B)``, or ``None``.
+        rng: numpy generator.
+
+    Returns:
+        ``(cells, overflow)``: float64 ``(B, ny, nx)`` deposits in MeV and ``(B,)`` MeV of the
+        spots outside the grid.
+    """
+    b = counts.shape[0]
+    ny, nx = layer.shape
+    dy, dx = layer.cell_size_mm
+    half_y, half_x = layer.half_size_mm
+    flat_counts = counts.ravel()
+    n_cells = ny * nx
+    # per-spot scale R/sqrt(2) in mm, energy in MeV and first histogram bin of its shower
+    scale = np.repeat(radius_mm.ravel(), flat_counts)
+    weight = np.repeat(np.broadcast_to(spot_mev, counts.shape).ravel(), flat_counts)
+    per_shower = counts.sum(axis=(1, 2))
+    base = np.repeat(np.arange(b) * (n_cells + 1), per_shower)
+    # bivariate Student-t (2 dof): (x, y) = scale * (z1, z2) / sqrt(Exp(1))
+    s = rng.standard_exponential(scale.size, dtype=np.float32)
+    np.maximum(s, np.float32(1e-30), out=s)
+    np.sqrt(s, out=s)
+    np.divide(scale, s, out=s)
+    u = rng.standard_normal(scale.size, dtype=np.float32)  # x -> column coordinate
+    v = rng.standard_normal(scale.size, dtype=np.float32)  # y -> row coordinate
+    u *= s
+    v *= s
+    if offsets is not None:
+        u += np.repeat(offsets[0], per_shower)
+        v += np.repeat(offsets[1], per_shower)
+    u += np.float32(half_x)
+    u *= np.float32(1.0 / dx)
+    v += np.float32(half_y)
+    v *= np.float32(1.0 / dy)
+    inside = (u >= 0) & (u < nx) & (v >= 0) & (v < ny)
+    np.floor(u, out=u)
+    np.floor(v, out=v)
+    v *= np.float32(nx)
+    v += u
+    index = np.where(inside, v, np.float32(n_cells)).astype(np.intp)
+    index += base
+    deposit = np.bincount(index, weights=weight, minlength=b * (n_cells + 1)).reshape(b, n_cells + 1)
+    return deposit[:, :n_cells].reshape(b, ny, nx), deposit[:, n_cells]
+
+
 def _check_run_arguments(n_events: int, energy_range_gev, batch_size: int) -> tuple[float, float]:
-    if isinstance(n_events, bool) or not isinstance(n_events, (int, np.integer)) or n_events < 1:
-        raise ValueError(f"n_events: expected a positive integer, got {n_events!r}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise ValueError(f"batch_size: expected a positive integer, got {batch_size!r}")
+    check_int("n_events", n_events, minimum=1)
+    check_int("batch_size", batch_size, minimum=1)
     try:
         low, high = (float(v) for v in energy_range_gev)
     except (TypeError, ValueError):

@@ -28,12 +28,16 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.special import gammainc
 
+from surrogate.checks import check_choice, check_float
+from surrogate.geometry import CALOGAN
+
 __all__ = [
     "Material",
     "LEAD",
     "LIQUID_ARGON",
     "SamplingCalorimeter",
     "CALOGAN_CALORIMETER",
+    "PARTICLES",
     "PHOTON_CONVERSION_LENGTH_X0",
     "fluctuated_longitudinal_parameters",
     "individual_profile_parameters",
@@ -94,9 +98,9 @@ LIQUID_ARGON = Material("LAr", 18.0, 39.948, 1.396, 19.55, 1.519)
 class SamplingCalorimeter:
     """A sampling calorimeter of identical passive+active layers, read out in groups of layers.
 
-    The default is the CaloGAN geometry: 80 layers of 2 mm Pb followed by 4 mm LAr (480 mm,
-    30.8 X0_eff), read out as 3 layers made of the first 15, the next 58 and the last 7 sampling
-    layers. The effective quantities follow hep-ex/0001020, section 3 / appendix A.2, with mass
+    The default is the CaloGAN geometry (:data:`surrogate.geometry.CALOGAN`): 80 layers of 2 mm
+    Pb followed by 4 mm LAr (480 mm, 30.8 X0_eff), read out as 3 layers made of the first 15, the
+    next 58 and the last 7 sampling layers. The effective quantities follow hep-ex/0001020, section 3 / appendix A.2, with mass
     weights ``w_i = rho_i d_i / sum_j rho_j d_j``.
 
     Arguments:
@@ -115,25 +119,22 @@ class SamplingCalorimeter:
 
     passive: Material = LEAD
     active: Material = LIQUID_ARGON
-    passive_thickness_mm: float = 2.0
-    active_thickness_mm: float = 4.0
-    readout_ends: tuple[int, ...] = (15, 73, 80)
+    passive_thickness_mm: float = CALOGAN.sampling_layer_mm[0]
+    active_thickness_mm: float = CALOGAN.sampling_layer_mm[1]
+    readout_ends: tuple[int, ...] = CALOGAN.sampling_layer_ends
     sampling_term: float | None = None
 
     def __post_init__(self) -> None:
-        if self.passive_thickness_mm <= 0 or self.active_thickness_mm <= 0:
-            raise ValueError(
-                "SamplingCalorimeter: thicknesses must be > 0 mm, got passive="
-                f"{self.passive_thickness_mm}, active={self.active_thickness_mm}"
-            )
+        for name in ("passive_thickness_mm", "active_thickness_mm"):
+            check_float(name, getattr(self, name), minimum=0, exclusive_minimum=True, unit="mm",
+                        where="SamplingCalorimeter")
         ends = np.asarray(self.readout_ends)
         if ends.ndim != 1 or ends.size == 0 or ends[0] <= 0 or np.any(np.diff(ends) <= 0):
             raise ValueError(
                 f"SamplingCalorimeter: readout_ends must be strictly increasing positive integers, "
                 f"got {self.readout_ends}"
             )
-        if self.sampling_term is not None and self.sampling_term < 0:
-            raise ValueError(f"SamplingCalorimeter: sampling_term must be >= 0, got {self.sampling_term}")
+        check_float("sampling_term", self.sampling_term, minimum=0, optional=True, where="SamplingCalorimeter")
 
     # --- geometry ---------------------------------------------------------------------------
     @property
@@ -464,6 +465,9 @@ def gamma_layer_fractions(
     return np.diff(cdf, axis=-1)
 
 
+PARTICLES = ("e+", "e-", "gamma")
+"""Incident particles the GFlash parametrization simulates (e- showers like e+)."""
+
+
 def _check_particle(particle: str) -> None:
-    if particle not in ("e+", "e-", "gamma"):
-        raise ValueError(f"particle: expected one of 'e+', 'e-', 'gamma', got {particle!r}")
+    check_choice("particle", particle, PARTICLES)

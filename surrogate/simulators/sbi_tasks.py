@@ -2,10 +2,10 @@
 
 Each task is a prior (a :class:`torch.distributions.Distribution`) and a stochastic simulator
 ``x = simulate(theta)``, written from the task definitions of sbibm (Lueckmann et al. 2021,
-arXiv:2101.04653; summarised in ``../shared/data/README.md``). The reference posterior samples of
-observations 1 to 10 are read from the sbibm files kept beside the repository in
-``../shared/data/sbibm`` (``<task>/num_observation_<n>/{observation.csv,true_parameters.csv,
-reference_posterior_samples.csv.bz2}``).
+arXiv:2101.04653, appendix T). The reference posterior samples of observations 1 to 10 are read
+from the copy of sbibm's files in the repository's ``datasets/sbibm``
+(``<task>/num_observation_<n>/{observation.csv,true_parameters.csv,
+reference_posterior_samples.csv.bz2}``; card in ``datasets/README.md``).
 
 All quantities are dimensionless.
 
@@ -28,6 +28,8 @@ import numpy as np
 import torch
 from torch import Tensor
 from torch.distributions import Distribution, Independent, MultivariateNormal, Uniform
+
+from surrogate.checks import check_int
 
 __all__ = [
     "ReferencePosterior",
@@ -216,8 +218,7 @@ def simulate_dataset(task: SBITask | str, num_simulations: int, *, seed: int = 0
         ``(theta (N, theta_dim), x (N, x_dim))``, float32.
     """
     task = get_task(task) if isinstance(task, str) else task
-    if num_simulations < 1:
-        raise ValueError(f"num_simulations must be >= 1, got {num_simulations}")
+    num_simulations = check_int("num_simulations", num_simulations, minimum=1)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         theta = task.prior.sample((num_simulations,))
@@ -246,8 +247,9 @@ class ReferencePosterior:
 
 
 def default_sbibm_root() -> Path:
-    """``<repository>/../shared/data/sbibm``, where the sbibm reference files are kept."""
-    return (Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "sbibm").resolve()
+    """``<repository>/datasets/sbibm``, the copy of the sbibm reference files that ships with the
+    repository (card in ``datasets/README.md``)."""
+    return (Path(__file__).resolve().parents[2] / "datasets" / "sbibm").resolve()
 
 
 def _read_csv(path: Path) -> np.ndarray:
@@ -273,10 +275,9 @@ def load_reference(task: str, num_observation: int, *, root: str | Path | None =
         FileNotFoundError: the files are missing (names the path and how to get it).
     """
     spec = get_task(task)
-    if not 1 <= int(num_observation) <= 10:
-        raise ValueError(f"num_observation must be in 1..10, got {num_observation}")
+    num_observation = check_int("num_observation", num_observation, minimum=1, maximum=10)
     base = Path(root) if root is not None else default_sbibm_root()
-    folder = base / task / f"num_observation_{int(num_observation)}"
+    folder = base / task / f"num_observation_{num_observation}"
     files = {
         "observation": folder / "observation.csv",
         "true_parameters": folder / "true_parameters.csv",
@@ -285,8 +286,8 @@ def load_reference(task: str, num_observation: int, *, root: str | Path | None =
     for path in files.values():
         if not path.is_file():
             raise FileNotFoundError(
-                f"sbibm reference file {path} not found; the sbibm data lives in ../shared/data/sbibm "
-                "beside the repository (pass root=... to point elsewhere)"
+                f"sbibm reference file {path} not found; the repository ships them in datasets/sbibm "
+                "(pass root=... to point elsewhere, e.g. to a clone of sbibm's reference files)"
             )
     arrays = {k: _read_csv(p) for k, p in files.items()}
     expected = {"observation": spec.x_dim, "true_parameters": spec.theta_dim, "samples": spec.theta_dim}

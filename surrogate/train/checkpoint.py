@@ -2,16 +2,25 @@
 
 A checkpoint is one ``torch.save`` file holding only tensors, numbers, strings, lists and dicts::
 
-    {"format": 1, "modules": {name: state_dict}, "optimizers": {name: state_dict},
-     "config": dict, "step": int, "epoch": int, "batch_in_epoch": int,
+    {"format": 2, "modules": {name: state_dict}, "step_state": dict, "config": dict,
+     "step": int, "epoch": int, "batch_in_epoch": int,
      "rng": {"torch": ByteTensor, "cuda": [ByteTensor, ...]}, "extra": dict}
 
+``modules`` holds the networks' weights (all that :func:`load_checkpoint` needs to rebuild a
+trained model from ``config``); ``step_state`` is the step's ``state_dict()`` (optimizer and
+learning-rate scheduler states, counters: see :mod:`surrogate.train.steps`), empty for a
+checkpoint of weights only. Format 1 (before step states) had ``"optimizers": {name:
+state_dict}`` instead of ``step_state``; such files still load (their weights can be used) but
+:func:`surrogate.train.fit` cannot resume from them.
+
 It is read back with ``torch.load(..., weights_only=True)``, which refuses arbitrary Python
-objects, so a checkpoint from an untrusted source cannot run code.
+objects, so a checkpoint from an untrusted source cannot run code; :func:`save_checkpoint`
+refuses to write anything else.
 """
 
 from __future__ import annotations
 
+import collections
 import os
 import re
 from pathlib import Path
@@ -24,6 +33,7 @@ from surrogate.data.hdf5 import atomic_output
 __all__ = [
     "CHECKPOINT_FORMAT",
     "checkpoint_path",
+    "find_checkpoint",
     "latest_checkpoint",
     "load_checkpoint",
     "rng_state",
@@ -31,9 +41,14 @@ __all__ = [
     "set_rng_state",
 ]
 
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2
 _NAME = re.compile(r"^step_(\d{8,})\.pt$")
-_REQUIRED = ("modules", "optimizers", "config", "step")
+_REQUIRED = ("modules", "config", "step")
+# what torch.load(weights_only=True) reads back: these exact types (numpy scalars, float
+# subclasses, are refused on load), tensors, and these containers
+_SCALARS = (type(None), bool, int, float, complex, str, bytes)
+_TORCH = (torch.Tensor, torch.dtype, torch.device)
+_CONTAINERS = (dict, collections.OrderedDict, list, tuple, torch.Size)
 
 
 def rng_state() -> dict[str, Any]:
@@ -56,13 +71,30 @@ def checkpoint_path(out_dir: str | os.PathLike, step: int) -> Path:
     return Path(out_dir) / "checkpoints" / f"step_{step:08d}.pt"
 
 
+def _unwrap(module: torch.nn.Module) -> torch.nn.Module:
+    return module.module if isinstance(module, torch.nn.parallel.DistributedDataParallel) else module
+
+
+def _check_plain(value: Any, where: str) -> None:
+    """Raises ``ValueError`` unless ``value`` is plain data that ``weights_only`` loading reads."""
+    if type(value) in _CONTAINERS:
+        for key, item in value.items() if isinstance(value, dict) else enumerate(value):
+            if type(key) not in (str, int):
+                raise ValueError(f"checkpoint entry {where} has a key of type {type(key).__name__}; "
+                                 "keys must be str or int")
+            _check_plain(item, f"{where}[{key!r}]")
+    elif type(value) not in _SCALARS and not isinstance(value, _TORCH):
+        raise ValueError(f"checkpoint entry {where} is a {type(value).__name__}: only dicts, lists, tuples, "
+                         "tensors, numbers and strings can be saved (and loaded with weights_only=True)")
+
+
 def save_checkpoint(
     path: str | os.PathLike,
     *,
     modules: Mapping[str, torch.nn.Module],
-    optimizers: Mapping[str, torch.optim.Optimizer],
     config: Mapping[str, Any] | None,
     step: int,
+    step_state: Mapping[str, Any] | None = None,
     epoch: int = 0,
     batch_in_epoch: int = 0,
     extra: Mapping[str, Any] | None = None,
@@ -72,22 +104,27 @@ def save_checkpoint(
     Arguments:
         path: destination file.
         modules: networks to save by name; a ``DistributedDataParallel`` wrapper is unwrapped.
-        optimizers: optimizers by name.
         config: the experiment configuration (plain TOML-like values), stored so that a
             checkpoint alone can rebuild its model (``surrogate generate CHECKPOINT``).
         step: optimisation steps done.
+        step_state: the training step's ``state_dict()`` (optimizer and scheduler states,
+            counters); ``None`` for a checkpoint of weights only.
         epoch, batch_in_epoch: position in the data stream, for an exact resume.
         extra: other plain values to keep.
 
     Returns:
         The path written.
+
+    Raises:
+        ValueError: ``step_state``, ``config`` or ``extra`` holds something other than plain
+            data (dicts, lists, tuples, tensors, numbers, strings), which could not be loaded
+            with ``weights_only=True``.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "format": CHECKPOINT_FORMAT,
-        "modules": {k: getattr(m, "module", m).state_dict() for k, m in modules.items()},
-        "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
+        "modules": {k: _unwrap(m).state_dict() for k, m in modules.items()},
+        "step_state": dict(step_state or {}),
         "config": dict(config or {}),
         "step": int(step),
         "epoch": int(epoch),
@@ -95,6 +132,9 @@ def save_checkpoint(
         "rng": rng_state(),
         "extra": dict(extra or {}),
     }
+    for key in ("step_state", "config", "extra"):
+        _check_plain(payload[key], key)
+    path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_output(path) as tmp:
         torch.save(payload, tmp)
     return path
@@ -137,3 +177,21 @@ def latest_checkpoint(out_dir: str | os.PathLike) -> Path | None:
         return None
     found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _NAME.match(p.name))]
     return max(found)[1] if found else None
+
+
+def find_checkpoint(path: str | os.PathLike) -> Path:
+    """A checkpoint file, or the latest checkpoint of a run folder (``path/checkpoints``,
+    else ``path/train/checkpoints``, the training stage of a pipeline's ``output_dir``).
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist, or a folder holds no checkpoint.
+    """
+    path = Path(path)
+    if path.is_file():
+        return path
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint or run folder {path} does not exist")
+    found = latest_checkpoint(path) or latest_checkpoint(path / "train")
+    if found is None:
+        raise FileNotFoundError(f"no checkpoint in {path}/checkpoints or {path}/train/checkpoints")
+    return found

@@ -35,6 +35,7 @@ use ``seed + rank``.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import socket
@@ -42,7 +43,7 @@ import sys
 import time
 import warnings
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import torch
 import torch.distributed as dist
@@ -58,6 +59,7 @@ __all__ = [
     "context",
     "discover_ranks",
     "init_distributed",
+    "main_rank_first",
     "rank_seed",
     "resolve_device",
     "shutdown",
@@ -334,6 +336,29 @@ def barrier(poll_s: float = 0.2) -> None:
         dist.barrier()
 
 
+@contextlib.contextmanager
+def main_rank_first() -> Iterator[None]:
+    """Runs the body on rank 0 first, then on the other ranks (a no-op in a single process).
+
+    For work that rank 0 does while the others wait, after which the others find its results
+    in place: rank 0 simulates a data set or writes a file, the others then reuse it. Ranks
+    other than 0 wait in :func:`barrier` before the body (no time limit, no CPU under MPI);
+    rank 0 passes that barrier after its body. If rank 0's body raises, rank 0 does not pass the
+    barrier: the exception ends the job (``python -m mpi4py`` calls ``MPI_Abort``) instead of
+    letting the others run the body on missing results.
+
+    Example:
+        >>> with main_rank_first():
+        ...     pass  # e.g. simulate the data set unless the file exists
+    """
+    ctx = context()
+    if ctx.distributed and not ctx.is_main:
+        barrier()
+    yield
+    if ctx.distributed and ctx.is_main:
+        barrier()
+
+
 def all_reduce_mean(values: Mapping[str, float]) -> dict[str, float]:
     """The mean over ranks of each value (float64; the same keys on every rank).
 
@@ -389,7 +414,9 @@ def wrap_ddp(module: torch.nn.Module, **kwargs: Any) -> torch.nn.Module:
     ``module`` itself otherwise. The module must already be on ``context().device``.
 
     DDP broadcasts rank 0's parameters and buffers at construction, so every rank starts from
-    the same weights, and averages gradients over ranks in ``backward``.
+    the same weights, and averages gradients over ranks in ``backward``. The steps of
+    :mod:`surrogate.train.steps` call it themselves on the plain modules they are given (the
+    one place where training wraps networks); call it only in a step of your own.
     """
     ctx = context()
     if not ctx.distributed:

@@ -1,30 +1,122 @@
 r"""Step functions: one optimisation step per batch, driven by :func:`surrogate.train.fit`.
 
-A step is a callable object with ``modules`` and ``optimizers`` dictionaries (saved in
-checkpoints) whose ``__call__(batch)`` moves the batch to the modules' device, does all the
-optimizer work and returns the metrics to log as floats. Noise is drawn from torch's global CPU
-generator (then moved to the device), so a run is reproducible from ``torch.manual_seed`` and a
+A step is a callable object that owns the optimizers (and learning-rate schedulers) of its
+networks. ``step(batch)`` moves the batch to the networks' device, does all the optimizer work
+for one batch and returns the metrics to log as floats; ``step.modules`` names the (plain,
+unwrapped) networks whose weights a checkpoint stores; ``step.state_dict()`` /
+``step.load_state_dict(state)`` save and restore everything else that a resumed run needs
+(optimizer and scheduler states, counters). Noise is drawn from torch's global CPU generator
+(then moved to the device), so a run is reproducible from ``torch.manual_seed`` and a
 checkpointed RNG state on any device.
 
 - :class:`LikelihoodStep`: one model, one optimizer, a scalar loss ``loss_fn(model, batch)``
   (maximum likelihood, ELBO, NPE ...).
-- :class:`CosineLikelihoodStep`: the same with a cosine learning-rate decay.
 - :class:`GANStep`: a conditional WGAN-GP (Gulrajani et al. arXiv:1704.00028) for
   calorimeter showers, the two optimizers inside.
+- :func:`make_lr_scheduler`: the learning-rate schedules the steps take (constant or cosine,
+  with an optional linear warm-up).
+
+**Data parallel, in one place.** Callers always pass plain modules, already on this rank's
+device. When :func:`surrogate.train.distributed.init_distributed` started several ranks, a
+step wraps what it needs in ``DistributedDataParallel`` itself (through
+:func:`surrogate.train.distributed.wrap_ddp`), so the gradients are averaged over ranks and the
+weights stay identical on every rank.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import Any, Callable, Mapping
 
 import torch
 from torch import Tensor, nn
+from torch.optim.lr_scheduler import LambdaLR, LRScheduler
 
-from surrogate.losses import gradient_penalty, wgan_critic_loss, wgan_generator_loss
+from surrogate import losses
 from surrogate.train import distributed
 
-__all__ = ["CosineLikelihoodStep", "GANStep", "LikelihoodStep", "cosine_factor"]
+__all__ = ["LR_SCHEDULES", "GANStep", "LikelihoodStep", "make_lr_scheduler"]
+
+LR_SCHEDULES = ("constant", "cosine")
+"""The learning-rate schedules of :func:`make_lr_scheduler`."""
+
+
+def make_lr_scheduler(
+    optimizer: torch.optim.Optimizer,
+    *,
+    schedule: str = "constant",
+    total_steps: int | None = None,
+    warmup_steps: int = 0,
+    final_lr_fraction: float = 0.0,
+) -> LambdaLR:
+    r"""A learning-rate schedule for a step: constant or cosine decay, with optional warm-up.
+
+    The rate of every parameter group is its base rate (the optimizer's ``lr`` when the
+    scheduler is built) times a factor of :math:`k`, the number of ``scheduler.step()`` calls
+    so far; call ``scheduler.step()`` after ``optimizer.step()`` (the steps of this module do).
+
+    - warm-up, :math:`k < w`: :math:`(k + 1) / (w + 1)`, rising linearly towards 1;
+    - ``"constant"``, :math:`k \ge w`: 1;
+    - ``"cosine"``, :math:`k \ge w`: :math:`m + (1 - m)\,(1 + \cos \pi t) / 2` with
+      :math:`t = \min((k - w) / (T - w), 1)`: from the base rate down to :math:`m` times it at
+      :math:`k = T`, then constant (Loshchilov & Hutter, without restarts).
+
+    Here :math:`w` is ``warmup_steps``, :math:`T` is ``total_steps`` (warm-up included) and
+    :math:`m` is ``final_lr_fraction``. The state (position, base rates) is saved by the
+    scheduler's ``state_dict``; the schedule itself is fixed by these arguments.
+
+    Arguments:
+        optimizer: the optimizer whose rates are scheduled.
+        schedule: ``"constant"`` or ``"cosine"`` (:data:`LR_SCHEDULES`).
+        total_steps: ``"cosine"``: scheduler steps until the rate reaches its final value,
+            warm-up included; ignored by ``"constant"``.
+        warmup_steps: scheduler steps of linear warm-up (0: none).
+        final_lr_fraction: ``"cosine"``: final rate as a fraction of the base rate, in [0, 1].
+
+    Returns:
+        A :class:`torch.optim.lr_scheduler.LambdaLR` (it sets the rate of step 0 when built).
+
+    Raises:
+        ValueError: an unknown ``schedule``; ``warmup_steps`` < 0; ``final_lr_fraction``
+            outside [0, 1]; ``"cosine"`` without ``total_steps`` > ``warmup_steps``.
+
+    References:
+        Loshchilov & Hutter (2017), "SGDR: Stochastic Gradient Descent with Warm Restarts",
+        arXiv:1608.03983.
+
+    Example:
+        >>> optimizer = torch.optim.SGD(torch.nn.Linear(2, 1).parameters(), lr=1.0)
+        >>> scheduler = make_lr_scheduler(optimizer, schedule="cosine", total_steps=4, warmup_steps=1)
+        >>> rates = []
+        >>> for _ in range(6):
+        ...     rates.append(round(optimizer.param_groups[0]["lr"], 3))
+        ...     optimizer.step()
+        ...     scheduler.step()
+        >>> rates
+        [0.5, 1.0, 0.75, 0.25, 0.0, 0.0]
+    """
+    if schedule not in LR_SCHEDULES:
+        raise ValueError(f"make_lr_scheduler: schedule must be one of {LR_SCHEDULES}, got {schedule!r}")
+    if int(warmup_steps) != warmup_steps or warmup_steps < 0:
+        raise ValueError(f"make_lr_scheduler: warmup_steps must be an integer >= 0, got {warmup_steps!r}")
+    if not 0.0 <= final_lr_fraction <= 1.0:
+        raise ValueError(f"make_lr_scheduler: final_lr_fraction must be in [0, 1], got {final_lr_fraction!r}")
+    if schedule == "cosine" and (total_steps is None or int(total_steps) != total_steps or total_steps <= warmup_steps):
+        raise ValueError(f"make_lr_scheduler: the cosine schedule needs an integer total_steps > warmup_steps "
+                         f"({warmup_steps}), got total_steps={total_steps!r}")
+    warmup, m = int(warmup_steps), float(final_lr_fraction)
+    decay = int(total_steps) - warmup if schedule == "cosine" else 0
+
+    def factor(k: int) -> float:  # a plain function: the scheduler's state_dict does not store it
+        if k < warmup:
+            return (k + 1) / (warmup + 1)
+        if decay == 0:
+            return 1.0
+        t = min((k - warmup) / decay, 1.0)
+        return m + (1 - m) * 0.5 * (1 + math.cos(math.pi * t))
+
+    return LambdaLR(optimizer, factor)
 
 
 def _device(module: nn.Module) -> torch.device:
@@ -37,12 +129,46 @@ def _to_device(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]
     return {k: v.to(device, non_blocking=True) if isinstance(v, Tensor) else v for k, v in batch.items()}
 
 
-def cosine_factor(calls: int, total: int, min_factor: float) -> float:
-    """Cosine decay factor after ``calls`` of ``total`` steps, from 1 to ``min_factor`` (then
-    constant): ``m + (1 - m) (1 + cos(pi t)) / 2`` with ``t = min(calls / total, 1)``
-    (Loshchilov & Hutter, arXiv:1608.03983, without restarts)."""
-    t = min(calls / total, 1.0)
-    return min_factor + (1 - min_factor) * 0.5 * (1 + math.cos(math.pi * t))
+def _parallel(module: nn.Module, owner: str) -> nn.Module:
+    """``module`` in ``DistributedDataParallel`` when several ranks run, else ``module``."""
+    if isinstance(module, nn.parallel.DistributedDataParallel):
+        raise ValueError(f"{owner}: pass the plain module, not a DistributedDataParallel wrapper: "
+                         "the step wraps it itself when several ranks run")
+    return distributed.wrap_ddp(module)
+
+
+def _check_scheduler(scheduler: LRScheduler | None, optimizer: torch.optim.Optimizer, name: str) -> None:
+    if scheduler is not None and scheduler.optimizer is not optimizer:
+        raise ValueError(f"{name} belongs to another optimizer: build it on the step's optimizer "
+                         "(make_lr_scheduler(optimizer, ...))")
+
+
+def _state(optimizers: Mapping[str, torch.optim.Optimizer], schedulers: Mapping[str, LRScheduler | None],
+           **counters: Any) -> dict[str, Any]:
+    """The plain-data state of a step: optimizer and scheduler states by name, and counters."""
+    return {
+        "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
+        "schedulers": {k: s.state_dict() for k, s in schedulers.items() if s is not None},
+        **counters,
+    }
+
+
+def _load_state(owner: str, state: Mapping[str, Any], optimizers: Mapping[str, torch.optim.Optimizer],
+                schedulers: Mapping[str, LRScheduler | None], counters: tuple[str, ...] = ()) -> None:
+    """Restores what :func:`_state` saved; refuses a state of a differently built step."""
+    expected = {"optimizers": sorted(optimizers),
+                "schedulers": sorted(k for k, s in schedulers.items() if s is not None)}
+    found = {key: sorted(state.get(key, {})) for key in expected}
+    missing = [c for c in counters if c not in state]
+    if found != expected or missing:
+        raise ValueError(f"{owner}.load_state_dict: the state has optimizers {found['optimizers']} and schedulers "
+                         f"{found['schedulers']}, this step has optimizers {expected['optimizers']} and schedulers "
+                         f"{expected['schedulers']}" + (f"; the state lacks counters {missing}" if missing else "")
+                         + ": was it saved by a step built differently (another family, another lr schedule)?")
+    for name, optimizer in optimizers.items():
+        optimizer.load_state_dict(state["optimizers"][name])
+    for name in expected["schedulers"]:
+        schedulers[name].load_state_dict(copy.deepcopy(dict(state["schedulers"][name])))
 
 
 class _ParallelLoss(nn.Module):
@@ -67,30 +193,40 @@ class _ParallelLoss(nn.Module):
 class LikelihoodStep:
     r"""Minimises a scalar loss of one model: ``loss = loss_fn(model, batch)``.
 
-    Data parallel: when :func:`surrogate.train.distributed.init_distributed` started several
-    ranks, the loss is computed through ``DistributedDataParallel`` over the optimizer's
-    parameters, so their gradients are averaged over ranks before clipping and the update: with
-    equal per-rank batches, ``W`` ranks with batch ``B`` take the same steps as one rank with
-    batch ``W B`` (tested). Buffers (e.g. z-scoring statistics) are not synchronised: compute
-    them from the same data on every rank.
+    Each call: forward, backward, optional clipping, ``optimizer.step()``, then
+    ``scheduler.step()`` when a scheduler is given.
+
+    Data parallel: when several ranks run, the loss is computed through
+    ``DistributedDataParallel`` over the optimizer's parameters, so their gradients are averaged
+    over ranks before clipping and the update: with equal per-rank batches, ``W`` ranks with
+    batch ``B`` take the same steps as one rank with batch ``W B`` (tested). Buffers (e.g.
+    z-scoring statistics) are not synchronised: compute them from the same data on every rank.
 
     Arguments:
-        model: the network.
-        optimizer: its optimizer.
+        model: the network, a plain module already on this rank's device.
+        optimizer: its optimizer (of the parameters to train, possibly a subset).
         loss_fn: ``loss_fn(model, batch) -> Tensor`` (a scalar), e.g. a negative
             log-likelihood; ``batch`` is a dict of tensors already on the model's device.
+        scheduler: optional learning-rate scheduler of ``optimizer`` (see
+            :func:`make_lr_scheduler`), stepped once per call.
         max_grad_norm: if given, gradients are clipped to this total 2-norm.
 
     Attributes:
         modules: ``{"model": model}``.
-        optimizers: ``{"model": optimizer}``.
+
+    Raises:
+        ValueError: ``model`` is already wrapped in ``DistributedDataParallel``, or
+            ``scheduler`` belongs to another optimizer.
 
     Example:
         >>> model = torch.nn.Linear(2, 1)
-        >>> step = LikelihoodStep(model, torch.optim.SGD(model.parameters(), lr=0.1),
-        ...                       lambda m, b: (m(b["x"]) - b["y"]).pow(2).mean())
+        >>> optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        >>> step = LikelihoodStep(model, optimizer, lambda m, b: (m(b["x"]) - b["y"]).pow(2).mean(),
+        ...                       scheduler=make_lr_scheduler(optimizer, schedule="cosine", total_steps=10))
         >>> sorted(step({"x": torch.ones(4, 2), "y": torch.zeros(4, 1)}))
-        ['loss']
+        ['loss', 'lr']
+        >>> sorted(step.state_dict())
+        ['optimizers', 'schedulers']
     """
 
     def __init__(
@@ -99,27 +235,30 @@ class LikelihoodStep:
         optimizer: torch.optim.Optimizer,
         loss_fn: Callable[[nn.Module, dict[str, Tensor]], Tensor],
         *,
+        scheduler: LRScheduler | None = None,
         max_grad_norm: float | None = None,
     ):
+        _check_scheduler(scheduler, optimizer, "LikelihoodStep: scheduler")
         self.model = model
         self.optimizer = optimizer
+        self.scheduler = scheduler
         self.loss_fn = loss_fn
         self.max_grad_norm = max_grad_norm
         self.modules = {"model": model}
-        self.optimizers = {"model": optimizer}
-        self._parallel = None
-        if distributed.context().distributed:
-            params = [p for group in optimizer.param_groups for p in group["params"] if p.requires_grad]
-            self._parallel = distributed.wrap_ddp(_ParallelLoss(model, loss_fn, params))
+        params = [p for group in optimizer.param_groups for p in group["params"] if p.requires_grad]
+        self._loss = _parallel(_ParallelLoss(model, loss_fn, params), "LikelihoodStep")
 
     def __call__(self, batch: Mapping[str, Tensor]) -> dict[str, float]:
-        """One optimizer step on ``batch``; returns ``{"loss": ...}`` (and ``"grad_norm"`` when clipping).
+        """One optimizer step on ``batch``.
+
+        Returns:
+            ``{"loss": ...}``, with ``"grad_norm"`` (before clipping) when clipping and
+            ``"lr"`` (the rate of this step, first parameter group) with a scheduler.
 
         Raises:
             ValueError: the loss is not a scalar.
         """
-        batch = _to_device(batch, _device(self.model))
-        loss = self._parallel(batch) if self._parallel is not None else self.loss_fn(self.model, batch)
+        loss = self._loss(_to_device(batch, _device(self.model)))
         if loss.dim() != 0:
             raise ValueError(f"LikelihoodStep: loss_fn must return a scalar, got shape {tuple(loss.shape)}")
         self.optimizer.zero_grad(set_to_none=True)
@@ -129,55 +268,24 @@ class LikelihoodStep:
             norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.max_grad_norm)
             metrics["grad_norm"] = float(norm)
         self.optimizer.step()
+        if self.scheduler is not None:
+            metrics["lr"] = float(self.optimizer.param_groups[0]["lr"])
+            self.scheduler.step()
         return metrics
 
+    def state_dict(self) -> dict[str, Any]:
+        """``{"optimizers": {"model": ...}, "schedulers": {"model": ...}}`` (no scheduler entry
+        without a scheduler); plain data that ``torch.load(weights_only=True)`` reads."""
+        return _state({"model": self.optimizer}, {"model": self.scheduler})
 
-def _scale_learning_rates(optimizer: torch.optim.Optimizer, initial_lrs: list[float], key: str, factor: float) -> None:
-    """Sets each parameter group's rate to its base rate times ``factor``. The base rate is kept
-    in the group under ``key``, so it is saved with the optimizer's state; a group without it (a
-    new optimizer, or a state from an older checkpoint) takes its rate from ``initial_lrs``."""
-    for group, initial_lr in zip(optimizer.param_groups, initial_lrs):
-        group["lr"] = group.setdefault(key, initial_lr) * factor
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restores a :meth:`state_dict`.
 
-
-class CosineLikelihoodStep(LikelihoodStep):
-    """:class:`~surrogate.train.steps.LikelihoodStep` with a per-step cosine learning-rate decay
-    from the optimizer's learning rate to ``min_factor`` times it over ``total_steps`` calls.
-
-    The number of calls so far and the base learning rate live in the optimizer's parameter
-    groups (``"cosine_calls"``, ``"cosine_base_lr"``), so a checkpoint of the optimizer resumes the
-    schedule exactly. An optimizer state without them (a checkpoint of a constant-rate run, whose
-    groups ``Optimizer.load_state_dict`` puts in place of this step's) starts the schedule at its
-    first call from the rates the optimizer had when this step was built.
-
-    Arguments:
-        model, optimizer, loss_fn, max_grad_norm: as for ``LikelihoodStep``.
-        total_steps: length of the decay; later calls keep the final learning rate.
-        min_factor: final learning rate as a fraction of the initial one.
-
-    References:
-        Loshchilov & Hutter (2017), "SGDR: Stochastic Gradient Descent with Warm Restarts",
-        arXiv:1608.03983.
-    """
-
-    def __init__(self, model, optimizer, loss_fn, *, total_steps: int, min_factor: float = 0.0,
-                 max_grad_norm: float | None = None):
-        super().__init__(model, optimizer, loss_fn, max_grad_norm=max_grad_norm)
-        if total_steps < 1 or not 0 <= min_factor <= 1:
-            raise ValueError(f"total_steps must be >= 1 and min_factor in [0, 1], got {total_steps}, {min_factor}")
-        self.total_steps, self.min_factor = int(total_steps), float(min_factor)
-        self._initial_lrs = [float(group["lr"]) for group in optimizer.param_groups]
-
-    def __call__(self, batch: Mapping[str, Tensor]) -> dict[str, float]:
-        """Sets the learning rate of this call, then one ``LikelihoodStep``; adds ``"lr"`` to the metrics."""
-        calls = int(self.optimizer.param_groups[0].get("cosine_calls", 0))
-        factor = cosine_factor(calls, self.total_steps, self.min_factor)
-        _scale_learning_rates(self.optimizer, self._initial_lrs, "cosine_base_lr", factor)
-        for group in self.optimizer.param_groups:
-            group["cosine_calls"] = calls + 1
-        metrics = super().__call__(batch)
-        metrics["lr"] = self.optimizer.param_groups[0]["lr"]
-        return metrics
+        Raises:
+            ValueError: the state was saved by a step with or without a scheduler where this
+                one differs.
+        """
+        _load_state("LikelihoodStep", state, {"model": self.optimizer}, {"model": self.scheduler})
 
 
 class GANStep:
@@ -202,6 +310,11 @@ class GANStep:
     reached the data's mean response within 1 % in every energy bin after 4,000 calls and
     stayed stable.
 
+    **Schedules.** The critic's scheduler steps on every call, the generator's on every
+    generator update: a cosine over ``max_steps`` calls for the critic is a cosine over
+    ``max_steps // n_critic`` steps for the generator
+    (``make_lr_scheduler(generator_optimizer, schedule="cosine", total_steps=max_steps // n_critic)``).
+
     If the critic has ``preprocess(showers, energy)`` and ``score(x, energy)`` methods and its
     ``forward`` accepts ``preprocessed=True`` (as
     :class:`~surrogate.models.calo_gan.CaloGANCritic` does), the penalty is taken with respect
@@ -210,40 +323,35 @@ class GANStep:
     high-energy cells and the energy sums. Otherwise the critic is called as
     ``critic(showers, energy)`` and the penalty is taken on the showers as given.
 
-    **Data parallel.** Both networks may be wrapped in ``DistributedDataParallel``. The critic
-    update scores real, generated and interpolated showers through the wrapper's ``forward``
-    (``preprocess`` has no parameters), so the critic's gradients, the penalty's included, are
-    averaged over ranks in its ``backward``; the generator update goes through the generator's
-    wrapper and scores with the unwrapped critic (whose parameters get no gradient there), and
-    the critic update's generated showers come from the unwrapped generator without gradients.
-    Every rank then applies the same averaged gradients and the weights stay identical.
-
-    The number of calls so far (which fixes where the generator updates fall) and the last
-    generator loss are kept in the critic optimizer's first parameter group
-    (``"gan_calls"``, ``"gan_last_generator_loss"``), so they are saved and restored with the
-    optimizer's ``state_dict`` and a resumed run keeps the schedule exactly; so are the cosine
-    schedule's base rates (``"gan_base_lr"`` in every group). A state without these keys (an
-    older checkpoint) counts calls from 0 and takes the rates the optimizers had when this step
-    was built.
+    **Data parallel.** When several ranks run, the step wraps both networks in
+    ``DistributedDataParallel`` itself. The critic update scores real, generated and
+    interpolated showers through the critic's wrapper (``preprocess`` has no parameters), so
+    the critic's gradients, the penalty's included, are averaged over ranks in its
+    ``backward``; the generator update goes through the generator's wrapper and scores with the
+    plain critic (whose parameters get no gradient there), and the critic update's generated
+    showers come from the plain generator without gradients. Every rank then applies the same
+    averaged gradients and the weights stay identical.
 
     Arguments:
-        generator: ``generator(z, energy) -> showers`` with a ``latent_dim`` attribute.
-        critic: ``critic(showers, energy) -> (B,)`` scores (see above).
+        generator: ``generator(z, energy) -> showers`` with a ``latent_dim`` attribute; a plain
+            module on this rank's device.
+        critic: ``critic(showers, energy) -> (B,)`` scores (see above); a plain module.
         generator_optimizer: optimizer of the generator's parameters.
         critic_optimizer: optimizer of the critic's parameters.
         n_critic: critic updates per generator update.
-        gp_weight: :math:`\lambda` of the gradient penalty.
-        cosine_calls: if given, both learning rates follow :func:`cosine_factor` over this many
-            calls (from the optimizers' initial rates to ``cosine_min_factor`` times them; the
-            schedule position is the restored call count, so a resumed run keeps it).
-        cosine_min_factor: final fraction of the learning rates.
+        gradient_penalty: :math:`\lambda`, the weight of the gradient penalty.
+        generator_scheduler: optional scheduler of ``generator_optimizer``, stepped after each
+            generator update.
+        critic_scheduler: optional scheduler of ``critic_optimizer``, stepped every call.
 
     Attributes:
         modules: ``{"generator": generator, "critic": critic}``.
-        optimizers: ``{"generator": generator_optimizer, "critic": critic_optimizer}``.
+        calls: calls (critic updates) so far; it fixes where the generator updates fall.
+        last_generator_loss: :math:`L_G` of the last generator update (NaN before the first).
 
     Raises:
-        ValueError: ``n_critic`` < 1 or ``gp_weight`` < 0.
+        ValueError: ``n_critic`` < 1, ``gradient_penalty`` < 0, a network already wrapped in
+            ``DistributedDataParallel``, or a scheduler of another optimizer.
 
     References:
         Gulrajani et al., "Improved Training of Wasserstein GANs", arXiv:1704.00028.
@@ -257,44 +365,36 @@ class GANStep:
         critic_optimizer: torch.optim.Optimizer,
         *,
         n_critic: int = 5,
-        gp_weight: float = 10.0,
-        cosine_calls: int | None = None,
-        cosine_min_factor: float = 0.0,
+        gradient_penalty: float = 10.0,
+        generator_scheduler: LRScheduler | None = None,
+        critic_scheduler: LRScheduler | None = None,
     ):
-        if cosine_calls is not None and (cosine_calls < 1 or not 0 <= cosine_min_factor <= 1):
-            raise ValueError(f"GANStep: need cosine_calls >= 1 and cosine_min_factor in [0, 1], got "
-                             f"{cosine_calls}, {cosine_min_factor}")
-        self.cosine_calls, self.cosine_min_factor = cosine_calls, float(cosine_min_factor)
         if int(n_critic) < 1:
             raise ValueError(f"GANStep: n_critic must be >= 1, got {n_critic}")
-        if not gp_weight >= 0:
-            raise ValueError(f"GANStep: gp_weight must be >= 0, got {gp_weight}")
-        self.generator = generator
-        self.critic = critic
-        self.generator_optimizer = generator_optimizer
-        self.critic_optimizer = critic_optimizer
+        if not gradient_penalty >= 0:
+            raise ValueError(f"GANStep: gradient_penalty must be >= 0, got {gradient_penalty}")
+        _check_scheduler(generator_scheduler, generator_optimizer, "GANStep: generator_scheduler")
+        _check_scheduler(critic_scheduler, critic_optimizer, "GANStep: critic_scheduler")
+        self.generator, self.critic = generator, critic
+        self.generator_optimizer, self.critic_optimizer = generator_optimizer, critic_optimizer
+        self.generator_scheduler, self.critic_scheduler = generator_scheduler, critic_scheduler
         self.n_critic = int(n_critic)
-        self.gp_weight = float(gp_weight)
+        self.gradient_penalty = float(gradient_penalty)
         self.modules = {"generator": generator, "critic": critic}
-        self.optimizers = {"generator": generator_optimizer, "critic": critic_optimizer}
-        self._initial_lrs = {name: [float(g["lr"]) for g in opt.param_groups] for name, opt in self.optimizers.items()}
-
-    @property
-    def calls(self) -> int:
-        """Number of calls (critic updates) so far, restored with the critic optimizer's state."""
-        return int(self.critic_optimizer.param_groups[0].get("gan_calls", 0))
+        self.calls = 0
+        self.last_generator_loss = math.nan
+        self._generator = _parallel(generator, "GANStep")
+        self._critic = _parallel(critic, "GANStep")
 
     def _critic_fns(self):
-        """(preprocess, score through the wrapper, score of the unwrapped critic)."""
-        unwrapped = getattr(self.critic, "module", self.critic)  # DistributedDataParallel
-        if hasattr(unwrapped, "preprocess") and hasattr(unwrapped, "score"):
-            return (unwrapped.preprocess, lambda x, energy: self.critic(x, energy, preprocessed=True),
-                    unwrapped.score)
-        return (lambda showers, energy: showers), self.critic, unwrapped
+        """(preprocess, score through the wrapper, score of the plain critic)."""
+        critic, wrapped = self.critic, self._critic
+        if hasattr(critic, "preprocess") and hasattr(critic, "score"):
+            return critic.preprocess, (lambda x, energy: wrapped(x, energy, preprocessed=True)), critic.score
+        return (lambda showers, energy: showers), wrapped, critic
 
     def _noise(self, batch: int, device: torch.device) -> Tensor:
-        latent_dim = getattr(self.generator, "module", self.generator).latent_dim
-        return torch.randn(batch, latent_dim).to(device)
+        return torch.randn(batch, self.generator.latent_dim).to(device)
 
     def __call__(self, batch: Mapping[str, Tensor]) -> dict[str, float]:
         """One critic update (and a generator update every ``n_critic`` calls).
@@ -306,7 +406,8 @@ class GANStep:
         Returns:
             ``{"loss_critic": L_D with the penalty, "loss_generator": the last L_G (NaN before
             the first generator update), "gradient_penalty": GP without lambda,
-            "wasserstein": E[D(x)] - E[D(G(z))]}``.
+            "wasserstein": E[D(x)] - E[D(G(z))]}``, with ``"lr_critic"`` and
+            ``"lr_generator"`` (the current rates) for the networks that have a scheduler.
 
         Raises:
             ValueError: ``batch`` lacks ``"energy"`` (the networks check the shapes).
@@ -317,40 +418,63 @@ class GANStep:
         batch = _to_device(batch, device)
         energy = batch["energy"]
         real = {k: v for k, v in batch.items() if k != "energy"}
-        preprocess, score, score_unwrapped = self._critic_fns()
-        if self.cosine_calls is not None:
-            factor = cosine_factor(self.calls, self.cosine_calls, self.cosine_min_factor)
-            for name, optimizer in self.optimizers.items():
-                _scale_learning_rates(optimizer, self._initial_lrs[name], "gan_base_lr", factor)
+        preprocess, score, score_plain = self._critic_fns()
+        metrics = {}
+        if self.critic_scheduler is not None:
+            metrics["lr_critic"] = float(self.critic_optimizer.param_groups[0]["lr"])
+        if self.generator_scheduler is not None:
+            metrics["lr_generator"] = float(self.generator_optimizer.param_groups[0]["lr"])
 
         # Critic update.
         with torch.no_grad():
-            fake = getattr(self.generator, "module", self.generator)(self._noise(energy.shape[0], device), energy)
+            fake = self.generator(self._noise(energy.shape[0], device), energy)
         real_u = preprocess(real, energy)
         fake_u = preprocess(fake, energy)
-        real_scores = score(real_u, energy)
-        fake_scores = score(fake_u, energy)
-        loss_w = wgan_critic_loss(real_scores, fake_scores)
-        gp = gradient_penalty(score, real_u, fake_u, energy)
-        loss_critic = loss_w + self.gp_weight * gp
+        loss_w = losses.wgan_critic_loss(score(real_u, energy), score(fake_u, energy))
+        gp = losses.gradient_penalty(score, real_u, fake_u, energy)
+        loss_critic = loss_w + self.gradient_penalty * gp
         self.critic_optimizer.zero_grad(set_to_none=True)
         loss_critic.backward()
         self.critic_optimizer.step()
+        if self.critic_scheduler is not None:
+            self.critic_scheduler.step()
 
-        group = self.critic_optimizer.param_groups[0]
-        group["gan_calls"] = calls = self.calls + 1
-        if calls % self.n_critic == 0:
+        self.calls += 1
+        if self.calls % self.n_critic == 0:
             # Generator update; only the generator's parameters receive gradients.
-            fake_g = self.generator(self._noise(energy.shape[0], device), energy)
-            fake_scores_g = score_unwrapped(preprocess(fake_g, energy), energy)
-            loss_generator = wgan_generator_loss(fake_scores_g)
+            fake_g = self._generator(self._noise(energy.shape[0], device), energy)
+            loss_generator = losses.wgan_generator_loss(score_plain(preprocess(fake_g, energy), energy))
             self.generator_optimizer.zero_grad(set_to_none=True)
             loss_generator.backward(inputs=list(self.generator.parameters()))
             self.generator_optimizer.step()
-            group["gan_last_generator_loss"] = float(loss_generator.detach())
+            if self.generator_scheduler is not None:
+                self.generator_scheduler.step()
+            self.last_generator_loss = float(loss_generator.detach())
         return {
             "loss_critic": float(loss_critic.detach()),
-            "loss_generator": float(group.get("gan_last_generator_loss", math.nan)),
+            "loss_generator": self.last_generator_loss,
             "gradient_penalty": float(gp.detach()),
             "wasserstein": float(-loss_w.detach()),
+            **metrics,
         }
+
+    def _parts(self) -> tuple[dict[str, torch.optim.Optimizer], dict[str, LRScheduler | None]]:
+        return ({"generator": self.generator_optimizer, "critic": self.critic_optimizer},
+                {"generator": self.generator_scheduler, "critic": self.critic_scheduler})
+
+    def state_dict(self) -> dict[str, Any]:
+        """``{"optimizers": {"generator", "critic"}, "schedulers": {...those given},
+        "calls": int, "last_generator_loss": float}``; plain data that
+        ``torch.load(weights_only=True)`` reads."""
+        return _state(*self._parts(), calls=self.calls, last_generator_loss=self.last_generator_loss)
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restores a :meth:`state_dict` (optimizers, schedulers and the call counter, so a
+        resumed run keeps the generator updates on the same calls).
+
+        Raises:
+            ValueError: the state lacks the counters or was saved with other schedulers.
+        """
+        _load_state("GANStep", state, *self._parts(), counters=("calls", "last_generator_loss"))
+        self.calls = int(state["calls"])
+        self.last_generator_loss = float(state["last_generator_loss"])

@@ -17,7 +17,6 @@ import torch
 import surrogate.data as data
 from surrogate.data import (
     CALOGAN_KEYS,
-    CALOGAN_LAYER_SHAPES,
     CaloChallengeWriter,
     CaloGANWriter,
     CaloShowerDataset,
@@ -28,6 +27,7 @@ from surrogate.data import (
     write_calochallenge,
     write_calogan,
 )
+from surrogate.geometry import CALOGAN_LAYER_SHAPES
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -103,7 +103,7 @@ def test_bad_batches_are_named(tmp_path, rng, change, match):
 @pytest.mark.parametrize("kwargs, match", [
     (dict(psf_size=4), "psf_size must be odd"),
     (dict(psf_size=13), "psf_size must be odd and <= stamp_size"),
-    (dict(pixel_scale=0.0), "pixel_scale must be > 0"),
+    (dict(pixel_scale=0.0), "pixel_scale must be a finite number > 0 arcsec/pixel"),
     (dict(compression="zip"), "compression must be one of"),
 ])
 def test_bad_writer_arguments(tmp_path, kwargs, match):

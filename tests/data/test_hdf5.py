@@ -1,4 +1,4 @@
-"""atomic_output, checked opening of HDF5 files, chunk choice and the files our writers produce."""
+"""atomic_output and checked opening of HDF5 files."""
 
 from __future__ import annotations
 
@@ -6,15 +6,7 @@ import h5py
 import numpy as np
 import pytest
 
-from surrogate.data.hdf5 import (
-    CHUNK_MAX_EVENTS,
-    CHUNK_TARGET_BYTES,
-    EventWriter,
-    Field,
-    atomic_output,
-    chunk_events_for,
-    open_hdf5,
-)
+from surrogate.data.hdf5 import atomic_output, open_hdf5
 
 
 def test_atomic_output_renames_on_success(tmp_path):
@@ -83,38 +75,3 @@ def test_open_hdf5_truncated_file(tmp_path):
         with open_hdf5(truncated) as f:
             f["x"][:]
     assert str(truncated) in str(info.value)
-
-
-@pytest.mark.parametrize("event_shape", [(3, 96), (12, 12), (12, 6), (1,), (3,), (40500,), (300_000,)])
-@pytest.mark.parametrize("n_events", [1, 5, 100_000])
-def test_chunk_events_for(event_shape, n_events):
-    chunk = chunk_events_for(event_shape, n_events)
-    event_bytes = 4 * int(np.prod(event_shape))
-    assert 1 <= chunk <= min(n_events, CHUNK_MAX_EVENTS)
-    if chunk == n_events and chunk < CHUNK_MAX_EVENTS:
-        return  # clamped to the file's length
-    assert chunk & (chunk - 1) == 0, "power of two"
-    assert chunk == 1 or chunk * event_bytes <= CHUNK_TARGET_BYTES
-    # the largest such power of two: doubling it would break the size target or the cap
-    assert 2 * chunk * event_bytes > CHUNK_TARGET_BYTES or 2 * chunk > CHUNK_MAX_EVENTS
-
-
-@pytest.mark.parametrize("compression", ["gzip", "lzf", None])
-def test_event_writer_storage(tmp_path, compression):
-    fields = (Field("a", (4, 5), "MeV"), Field("e", (1,), "GeV", positive=True))
-    path = tmp_path / "f.h5"
-    n = 3000
-    shapes = {"a": (4, 5), "e": (1,)}
-    with EventWriter(path, n, fields=fields, event_shapes=shapes, compression=compression, attrs={"layout": "test"}) as w:
-        for lo in range(0, n, 700):  # batches not aligned with chunks
-            m = min(700, n - lo)
-            w.write({"a": np.full((m, 4, 5), 2.0), "e": np.arange(lo + 1, lo + m + 1, dtype=np.float64)[:, None]})
-    with h5py.File(path) as f:
-        assert f.attrs["layout"] == "test"
-        assert f["a"].attrs["unit"] == "MeV" and f["e"].attrs["unit"] == "GeV"
-        assert f["a"].dtype == np.float32 and f["a"].shape == (n, 4, 5)
-        assert f["a"].chunks == (chunk_events_for((4, 5), n), 4, 5)
-        assert f["a"].compression == compression
-        if compression == "gzip":
-            assert f["a"].compression_opts == 4
-        np.testing.assert_array_equal(f["e"][:, 0], np.arange(1, n + 1))

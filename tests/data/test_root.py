@@ -13,7 +13,9 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from surrogate.data.root import RootHitDataset, RootHitMapping, read_root_flat, read_root_hits, root_hits_to_hdf5
+from surrogate.data.root import read_root_flat
+from surrogate.data.root_hits import RootHitDataset, read_root_hits, root_hits_to_hdf5
+from surrogate.data.root_mapping import RootHitMapping
 from surrogate.train import fit
 from surrogate.train.steps import LikelihoodStep
 

@@ -11,7 +11,7 @@ import torch
 from surrogate.metrics.c2st import c2st
 from surrogate.simulators.sbi_tasks import load_reference
 
-LOCAL_SBIBM = Path(__file__).resolve().parents[1] / "data" / "sbibm"
+LOCAL_SBIBM = Path(__file__).resolve().parents[2] / "datasets" / "sbibm"
 
 
 @pytest.fixture(scope="module")
@@ -47,9 +47,9 @@ def test_deterministic_and_affine_invariant(rng):
 
 
 @pytest.mark.slow
-def test_full_size_sbibm_setting(shared_data):
+def test_full_size_sbibm_setting():
     """10,000 vs 10,000 samples as in sbibm: observation 1 against observation 2 reference."""
-    root = shared_data / "sbibm"
+    root = LOCAL_SBIBM
     first = load_reference("two_moons", 1, root=root).samples
     second = load_reference("two_moons", 2, root=root).samples
     assert c2st(first, second) > 0.99

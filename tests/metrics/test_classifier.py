@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from surrogate.data.calo import CALOGAN_LAYER_SHAPES, CALOGAN_LAYERS
+from surrogate.geometry import CALOGAN_LAYER_SHAPES, CALOGAN_LAYERS
 from surrogate.metrics.classifier import calo_cell_features, calo_high_level_features, classifier_auc
 from surrogate.metrics.showers import OBSERVABLE_UNITS, shower_observables
 

@@ -8,10 +8,9 @@ import warnings
 import numpy as np
 import pytest
 
-from surrogate.data.calo import CALOGAN_CELL_SIZE_MM, CALOGAN_LAYER_SHAPES, CALOGAN_LAYERS
+from surrogate.geometry import CALOGAN, CALOGAN_LAYER_SHAPES, CALOGAN_LAYERS
 from surrogate.metrics.showers import (
     OBSERVABLE_UNITS,
-    cell_centres_mm,
     histogram_edges,
     separation_power,
     shower_observables,
@@ -33,19 +32,6 @@ def random_showers(rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
         showers[layer] = (rng.exponential(50.0, shape) * (rng.random(shape) < 0.3)).astype(np.float32)
     showers["energy"] = rng.uniform(1.0, 100.0, (n, 1)).astype(np.float32)
     return showers
-
-
-def test_cell_centres_follow_the_spec_convention():
-    for layer in CALOGAN_LAYERS:
-        y, x = cell_centres_mm(layer)
-        dy, dx = CALOGAN_CELL_SIZE_MM[layer]
-        assert y.shape == (CALOGAN_LAYER_SHAPES[layer][0],) and x.shape == (CALOGAN_LAYER_SHAPES[layer][1],)
-        # symmetric about the shower axis, half a cell inside the +-240 mm edges
-        np.testing.assert_allclose(x, -x[::-1], atol=1e-12)
-        np.testing.assert_allclose(y, -y[::-1], atol=1e-12)
-        assert x[0] == pytest.approx(-240.0 + dx / 2) and y[-1] == pytest.approx(240.0 - dy / 2)
-    with pytest.raises(ValueError, match="layer_3"):
-        cell_centres_mm("layer_3")
 
 
 def test_all_energy_in_one_cell_of_layer_1():
@@ -127,7 +113,7 @@ def test_observables_match_a_per_event_reference_computation(rng):
         assert obs["depth_width"][k] == pytest.approx(math.sqrt(max((e[1] + 4 * e[2]) / total - d * d, 0.0)), abs=1e-9)
         for i, layer in enumerate(CALOGAN_LAYERS):
             cells = showers[layer][k].astype(np.float64)
-            y, x = cell_centres_mm(layer)
+            y, x = CALOGAN.cell_centres_mm(layer)
             yy, xx = np.meshgrid(y, x, indexing="ij")
             if cells.sum() > 0:
                 width = math.sqrt(np.cov(xx.ravel(), aweights=cells.ravel(), ddof=0))

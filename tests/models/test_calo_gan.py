@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from surrogate.data.calo import CALOGAN_LAYER_SHAPES, CALOGAN_LAYERS
+from surrogate.geometry import CALOGAN_LAYER_SHAPES, CALOGAN_LAYERS
 from surrogate.losses import gradient_penalty, wgan_critic_loss, wgan_generator_loss
 from surrogate.models.calo_gan import (
     CaloGANCritic,

@@ -8,7 +8,8 @@ import pytest
 import torch
 from torch.distributions import Independent
 
-from surrogate.models.galaxy_vae import FlowPrior, GalaxyVAE, encode_dataset, flow_prior_loss, galaxy_vae_loss
+from surrogate.losses import flow_prior_loss, galaxy_vae_loss
+from surrogate.models.galaxy_vae import FlowPrior, GalaxyVAE, encode_dataset
 from surrogate.nn.psf import fft_convolve
 
 CONFIGS = [

@@ -7,7 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from surrogate.data.calo import CALOGAN_LAYER_SHAPES, CALOGAN_LAYERS, write_calogan
+from surrogate.data.calo import write_calogan
+from surrogate.geometry import CALOGAN_LAYER_SHAPES, CALOGAN_LAYERS
 from surrogate.metrics.showers import OBSERVABLE_UNITS
 from surrogate.pipelines.fastsim import validate_calo
 

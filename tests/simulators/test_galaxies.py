@@ -13,11 +13,9 @@ galsim = pytest.importorskip("galsim")
 from surrogate.data.galaxy import galaxy_file_info, read_galaxies  # noqa: E402
 from surrogate.simulators import galaxies  # noqa: E402
 from surrogate.nn.psf import fft_convolve  # noqa: E402
+from surrogate.simulators.cosmos import DEFAULT_CATALOG_DIR, _half_light_radius, load_cosmos_catalog  # noqa: E402
 from surrogate.simulators.galaxies import (  # noqa: E402
-    DEFAULT_CATALOG_DIR,
-    _half_light_radius,
     galsim_omp_threads,
-    load_cosmos_catalog,
     simulate_galaxies,
     simulate_galaxies_from_recipe,
     simulate_galaxies_to_file,
@@ -144,12 +142,12 @@ def test_file_recipe_and_attributes(tmp_path, catalog):
 @pytest.mark.parametrize("kwargs, match", [
     (dict(psf_size=24), "psf_size must be an odd integer"),
     (dict(psf_size=33), r"psf_size \(33\) must be <= stamp_size"),
-    (dict(pixel_scale=-0.1), "pixel_scale must be in"),
+    (dict(pixel_scale=-0.1), r"pixel_scale must be a finite number in \(0, 10\) arcsec/pixel"),
     (dict(psf_kinds=["airy"]), "psf_kinds must be a non-empty list"),
     (dict(fwhm_range=(0.9, 0.5)), "fwhm_range"),
     (dict(snr_range=(0.0, 10.0)), "snr_range"),
     (dict(hst_psf_fraction=1.5), "hst_psf_fraction"),
-    (dict(noise_sigma=-1.0), "noise_sigma must be > 0"),
+    (dict(noise_sigma=-1.0), "noise_sigma must be a finite number > 0 counts per pixel or None"),
     (dict(galaxy_indices=[0, 100]), "galaxy_indices"),
 ])
 def test_bad_parameters(catalog, kwargs, match):

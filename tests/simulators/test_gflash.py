@@ -9,7 +9,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from surrogate.data.calo import CALOGAN_LAYER_SHAPES, CALOGAN_LAYERS, read_calogan
+from surrogate.data.calo import read_calogan
+from surrogate.geometry import CALOGAN_LAYER_SHAPES, CALOGAN_LAYERS
 from surrogate.simulators.gflash import (
     iter_calogan_batches,
     sample_longitudinal,

@@ -1,10 +1,13 @@
-"""Checkpoints never unpickle code and reject damaged files with the file's name."""
+"""Checkpoints hold weights and the step's state as plain data, never unpickle code, refuse to
+write objects, and reject damaged files with the file's name."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
+from surrogate.train import LikelihoodStep, make_lr_scheduler
 from surrogate.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 
 
@@ -15,16 +18,36 @@ class Payload:
 
 def _save(path):
     model = torch.nn.Linear(2, 2)
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    return save_checkpoint(path, modules={"m": model}, optimizers={"m": opt}, config={"a": 1}, step=3), model
+    opt = torch.optim.Adam(model.parameters(), lr=0.1)
+    step = LikelihoodStep(model, opt, lambda m, b: m(b["x"]).sum(), scheduler=make_lr_scheduler(opt, warmup_steps=2))
+    step({"x": torch.ones(1, 2)})
+    path = save_checkpoint(path, modules=step.modules, step_state=step.state_dict(), config={"a": 1}, step=3)
+    return path, model
 
 
 def test_round_trip(tmp_path):
     path, model = _save(tmp_path / "c.pt")
     ckpt = load_checkpoint(path)
     for k, v in model.state_dict().items():
-        torch.testing.assert_close(ckpt["modules"]["m"][k], v, rtol=0, atol=0)
-    assert ckpt["step"] == 3 and ckpt["config"] == {"a": 1}
+        torch.testing.assert_close(ckpt["modules"]["model"][k], v, rtol=0, atol=0)
+    assert ckpt["step"] == 3 and ckpt["config"] == {"a": 1} and ckpt["format"] == 2
+    assert set(ckpt["step_state"]) == {"optimizers", "schedulers"}
+    assert ckpt["step_state"]["schedulers"]["model"]["last_epoch"] == 1
+
+
+def test_weights_only_checkpoint_has_an_empty_step_state(tmp_path):
+    path = save_checkpoint(tmp_path / "model.pt", modules={"m": torch.nn.Linear(2, 1)}, config=None, step=0)
+    assert load_checkpoint(path)["step_state"] == {}
+
+
+def test_refuses_to_write_objects_that_would_not_load(tmp_path):
+    with pytest.raises(ValueError, match=r"step_state\['sampler'\] is a Payload"):
+        save_checkpoint(tmp_path / "c.pt", modules={}, config={}, step=0, step_state={"sampler": Payload()})
+    with pytest.raises(ValueError, match="config"):
+        save_checkpoint(tmp_path / "c.pt", modules={}, config={"out": tmp_path}, step=0)
+    with pytest.raises(ValueError, match=r"extra\['loss'\] is a float64"):  # a float subclass that would not load
+        save_checkpoint(tmp_path / "c.pt", modules={}, config={}, step=0, extra={"loss": np.float64(0.5)})
+    assert not list(tmp_path.iterdir())
 
 
 def test_refuses_pickled_objects(tmp_path):

@@ -1,9 +1,13 @@
 """Training across MPI-launched ranks: ``mpiexec -n 2 python -m mpi4py`` with the MPICH wheel.
 
-Every model family trains on 2 ranks and ends with bit-identical parameters on both; NPE (a
-deterministic model) on 2 ranks with per-rank batch B matches 1 rank with batch 2B; a 2-rank
-job killed mid-run resumes on 1 rank; a rank that raises ends the job within seconds; a launch
-whose task count disagrees with MPI's world size is refused.
+Every model family trains on 2 ranks (the steps wrapping their plain modules themselves) and ends
+with bit-identical parameters on both; NPE (a deterministic model) on 2 ranks with per-rank
+batch B matches 1 rank with batch 2B; a stop signal stops both ranks at the same step with a
+checkpoint and status 75 and a 2-rank job killed mid-run resumes on 1 rank (both through the
+``surrogate train`` command under ``mpiexec``); a rank that raises ends the job within seconds;
+``main_rank_first`` lets rank 0 write before the others read; a launch whose task count
+disagrees with MPI's world size is refused. The other jobs (``mpi_job.py``) use only public
+``surrogate.train``, ``surrogate.models`` and ``surrogate.losses`` pieces.
 """
 
 from __future__ import annotations
@@ -49,7 +53,7 @@ def _params(folder: Path, rank: int) -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize("family", ["calo", "galaxy", "npe"])
 def test_two_ranks_end_with_bit_identical_parameters(tmp_path, family):
-    proc = _launch(2, JOB, family, tmp_path, "--batch", "16", "--steps", "10" if family != "npe" else "2")
+    proc = _launch(2, JOB, family, tmp_path, "--batch", "16", "--steps", "10" if family != "npe" else "1")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads((tmp_path / "done.json").read_text())["world_size"] == 2
     rank0, rank1 = _params(tmp_path, 0), _params(tmp_path, 1)
@@ -89,6 +93,7 @@ def _calo_config(folder: Path, showers: Path, max_steps: int) -> Path:
     config = folder / "calo.toml"
     config.write_text(f"""
 [run]
+pipeline = "calo_gan"
 output_dir = "{folder / 'run'}"
 seed = 5
 device = "cpu"
@@ -114,7 +119,8 @@ block_size = 64
 
 
 def _start_two_rank_training(tmp_path: Path) -> tuple[subprocess.Popen, Path, Path]:
-    """A 2-rank calo training job of 600 steps, returned once it has a checkpoint at step >= 20."""
+    """``mpiexec -n 2 ... surrogate train`` of a 600-step CaloGAN pipeline file, returned once it
+    has a checkpoint at step >= 20: the whole stack (CLI, config, family registry, pipeline)."""
     from surrogate.simulators.gflash import simulate_to_file
 
     showers = simulate_to_file(tmp_path / "showers.h5", 512, energy_range_gev=(5.0, 50.0), seed=1, progress=False)
@@ -132,29 +138,39 @@ def _start_two_rank_training(tmp_path: Path) -> tuple[subprocess.Popen, Path, Pa
             time.sleep(0.05)
         assert job.poll() is None, "the 2-rank job ended too early:\n" + job.stderr.read().decode()[-2000:]
     except BaseException:
-        os.killpg(job.pid, signal.SIGKILL)
-        job.wait(timeout=30)
+        _kill(job)
         raise
     return job, config, run
 
 
+def _kill(job: subprocess.Popen) -> None:
+    try:
+        os.killpg(job.pid, signal.SIGKILL)
+    except ProcessLookupError:  # already gone
+        pass
+    job.wait(timeout=30)
+
+
 def test_stop_signal_ends_a_two_rank_job_with_a_checkpoint_and_status_75(tmp_path):
     """Slurm's SIGUSR1 ahead of the time limit (forwarded by the launcher): both ranks stop at the
-    same step, rank 0 writes a checkpoint, and the launcher exits 75, which the sbatch templates
-    requeue on (not MPI_Abort's status)."""
+    same step (they agree at the next logging step), rank 0 writes a checkpoint, and the launcher
+    exits 75, which the sbatch templates requeue on (not MPI_Abort's status)."""
     job, config, run = _start_two_rank_training(tmp_path)
     job.send_signal(signal.SIGUSR1)
-    _, err = job.communicate(timeout=60)
+    try:
+        _, err = job.communicate(timeout=60)
+    finally:
+        _kill(job)
     assert job.returncode == 75, err.decode()[-2000:]
     assert err.decode().count("stopped by SIGUSR1") == 2
     stopped = load_checkpoint(latest_checkpoint(run))
-    assert 20 <= stopped["step"] < 600 and stopped["extra"]["world_size"] == 2
+    assert 20 <= stopped["step"] < 600 and stopped["step"] % 10 == 0 and stopped["extra"]["world_size"] == 2
+    assert stopped["step_state"]["calls"] == stopped["step"]
 
 
 def test_kill_a_two_rank_job_and_resume_it_on_one_rank(tmp_path):
     job, config, run = _start_two_rank_training(tmp_path)
-    os.killpg(job.pid, signal.SIGKILL)
-    job.wait(timeout=30)
+    _kill(job)
     killed_at = load_checkpoint(latest_checkpoint(run))
     assert killed_at["extra"]["world_size"] == 2 and 20 <= killed_at["step"] < 600
 
@@ -164,8 +180,32 @@ def test_kill_a_two_rank_job_and_resume_it_on_one_rank(tmp_path):
     assert "written by 2 ranks" in proc.stdout
     final = load_checkpoint(latest_checkpoint(run))
     assert final["step"] == 600 and final["extra"]["world_size"] == 1
+    assert final["step_state"]["calls"] == 600 and final["step_state"]["schedulers"]["critic"]["last_epoch"] == 600
     for path in sorted((run / "checkpoints").glob("step_*.pt")):  # every complete file loads
         assert load_checkpoint(path)["step"] > 0
+
+
+def test_main_rank_first_lets_rank_0_write_before_the_others_read(tmp_path):
+    """Rank 0 runs the body (here: writes a file after a second) while rank 1 waits, then rank 1
+    runs it and finds the file in place."""
+    code = f"""
+import sys, time
+from pathlib import Path
+from surrogate.train import distributed
+ctx = distributed.init_distributed("cpu")
+path = Path({str(tmp_path / "data.txt")!r})
+with distributed.main_rank_first():
+    if not path.exists():
+        time.sleep(1.0)
+        path.write_text(f"written by rank {{ctx.rank}}")
+    seen = path.read_text()
+sys.stdout.write(f"rank {{ctx.rank}}: {{seen}}\\n")
+distributed.shutdown()
+"""
+    proc = subprocess.run([_mpiexec(), "-n", "2", sys.executable, "-m", "mpi4py", "-c", code], capture_output=True,
+                          text=True, env=ENV, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert sorted(proc.stdout.splitlines()) == ["rank 0: written by rank 0", "rank 1: written by rank 0"]
 
 
 def test_a_launch_whose_task_count_disagrees_with_mpi_is_refused(tmp_path):
@@ -237,3 +277,5 @@ def test_single_process_context_and_collectives_are_identities():
     module = torch.nn.Linear(2, 2)
     assert distributed.wrap_ddp(module) is module
     assert distributed.rank_seed(7) == 7
+    with distributed.main_rank_first():
+        pass

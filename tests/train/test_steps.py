@@ -1,4 +1,5 @@
-"""Step functions: WGAN-GP losses, GANStep schedule and determinism, LikelihoodStep, a toy GAN fit."""
+"""Step functions: WGAN-GP losses, learning-rate schedules, GANStep schedule, state and determinism,
+LikelihoodStep, a toy GAN fit."""
 
 from __future__ import annotations
 
@@ -8,23 +9,42 @@ import math
 import pytest
 import torch
 
-from surrogate.data.calo import CALOGAN_LAYER_SHAPES, CALOGAN_LAYERS
 from surrogate.losses import gradient_penalty, wgan_critic_loss, wgan_generator_loss
 from surrogate.models.calo_gan import CaloGANCritic, CaloGANGenerator
-from surrogate.train.steps import CosineLikelihoodStep, GANStep, LikelihoodStep, cosine_factor
+from surrogate.train.steps import GANStep, LikelihoodStep, make_lr_scheduler
 
+LAYER_SHAPES = {"layer_0": (3, 96), "layer_1": (12, 12), "layer_2": (12, 6)}  # the CaloGAN geometry
 SMALL_G = {"latent_dim": 4, "channels": 2, "attention_hidden": 4}
 SMALL_D = {"channels": (2,), "hidden": 8}
 
 
-def make_step(n_critic: int = 5, lr: float = 1e-4, **kwargs) -> GANStep:
+def make_step(n_critic: int = 5, lr: float = 1e-4, schedule: dict | None = None, **kwargs) -> GANStep:
+    """A small GANStep; ``schedule`` = make_lr_scheduler arguments of the critic (over calls)
+    and, with ``total_steps // n_critic``, of the generator (over generator updates)."""
     g, d = CaloGANGenerator(**SMALL_G), CaloGANCritic(**SMALL_D)
-    return GANStep(
-        g, d,
-        torch.optim.Adam(g.parameters(), lr=lr, betas=(0.5, 0.9)),
-        torch.optim.Adam(d.parameters(), lr=lr, betas=(0.5, 0.9)),
-        n_critic=n_critic, **kwargs,
-    )
+    g_opt = torch.optim.Adam(g.parameters(), lr=lr, betas=(0.5, 0.9))
+    d_opt = torch.optim.Adam(d.parameters(), lr=lr, betas=(0.5, 0.9))
+    if schedule is not None:
+        g_schedule = {**schedule, "total_steps": schedule["total_steps"] // n_critic}
+        kwargs["generator_scheduler"] = make_lr_scheduler(g_opt, schedule="cosine", **g_schedule)
+        kwargs["critic_scheduler"] = make_lr_scheduler(d_opt, schedule="cosine", **schedule)
+    return GANStep(g, d, g_opt, d_opt, n_critic=n_critic, **kwargs)
+
+
+def cosine(k: int, total: int, final: float, warmup: int = 0) -> float:
+    """The closed-form factor of make_lr_scheduler's cosine schedule after k scheduler steps."""
+    if k < warmup:
+        return (k + 1) / (warmup + 1)
+    t = min((k - warmup) / (total - warmup), 1.0)
+    return final + (1 - final) * 0.5 * (1 + math.cos(math.pi * t))
+
+
+def round_trip(state: dict) -> dict:
+    """``state`` through torch.save and a weights_only load, as a checkpoint stores it."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    buffer.seek(0)
+    return torch.load(buffer, weights_only=True)
 
 
 def toy_batch(batch: int, response: float = 0.5) -> dict[str, torch.Tensor]:
@@ -32,8 +52,7 @@ def toy_batch(batch: int, response: float = 0.5) -> dict[str, torch.Tensor]:
     energy = 1.0 + 99.0 * torch.rand(batch, 1)
     out = {}
     weights = {"layer_0": 0.2, "layer_1": 0.7, "layer_2": 0.1}
-    for key in CALOGAN_LAYERS:
-        ny, nx = CALOGAN_LAYER_SHAPES[key]
+    for key, (ny, nx) in LAYER_SHAPES.items():
         y = torch.arange(ny).view(-1, 1) - (ny - 1) / 2
         x = torch.arange(nx).view(1, -1) - (nx - 1) / 2
         shape = torch.exp(-(x**2 + y**2) / 4.0)
@@ -47,7 +66,7 @@ def toy_batch(batch: int, response: float = 0.5) -> dict[str, torch.Tensor]:
 def response(generator: CaloGANGenerator, energy: torch.Tensor) -> float:
     with torch.no_grad():
         showers = generator(torch.randn(len(energy), generator.latent_dim), energy)
-    total = sum(showers[k].flatten(1).sum(1) for k in CALOGAN_LAYERS)
+    total = sum(showers[k].flatten(1).sum(1) for k in LAYER_SHAPES)
     return float((total / (1000.0 * energy[:, 0])).mean())
 
 
@@ -112,12 +131,54 @@ def test_gradient_penalty_bad_input():
         gradient_penalty(lambda x: x, torch.zeros(2, 3), torch.zeros(2, 3))
 
 
+# ----------------------------------------------------------------------------- schedules
+
+
+@pytest.mark.parametrize("warmup", [0, 3])
+def test_cosine_schedule_with_warmup_follows_the_closed_form(warmup):
+    """Step k of the optimizer uses base * factor(k); after total_steps the rate stays final."""
+    model = torch.nn.Linear(2, 1)
+    optimizer = torch.optim.SGD([{"params": [model.weight], "lr": 0.2}, {"params": [model.bias], "lr": 0.05}])
+    scheduler = make_lr_scheduler(optimizer, schedule="cosine", total_steps=10, warmup_steps=warmup,
+                                  final_lr_fraction=0.1)
+    for k in range(14):
+        for group, base in zip(optimizer.param_groups, (0.2, 0.05)):
+            assert group["lr"] == pytest.approx(base * cosine(k, 10, 0.1, warmup), rel=1e-12)
+        optimizer.step()
+        scheduler.step()
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.02)
+
+
+def test_constant_schedule_with_warmup_rises_linearly_then_stays():
+    optimizer = torch.optim.SGD(torch.nn.Linear(2, 1).parameters(), lr=1.0)
+    scheduler = make_lr_scheduler(optimizer, warmup_steps=3)
+    rates = []
+    for _ in range(5):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert rates == pytest.approx([0.25, 0.5, 0.75, 1.0, 1.0])
+
+
+@pytest.mark.parametrize("kwargs, name", [
+    ({"schedule": "linear"}, "schedule"),
+    ({"schedule": "cosine"}, "total_steps"),
+    ({"schedule": "cosine", "total_steps": 5, "warmup_steps": 5}, "total_steps"),
+    ({"warmup_steps": -1}, "warmup_steps"),
+    ({"schedule": "cosine", "total_steps": 5, "final_lr_fraction": 1.5}, "final_lr_fraction"),
+])
+def test_lr_scheduler_bad_arguments_name_the_argument(kwargs, name):
+    optimizer = torch.optim.SGD(torch.nn.Linear(2, 1).parameters(), lr=1.0)
+    with pytest.raises(ValueError, match=name):
+        make_lr_scheduler(optimizer, **kwargs)
+
+
 # ----------------------------------------------------------------------------- GANStep
 
 
 def test_gan_step_metrics_and_generator_schedule(seed):
     step = make_step(n_critic=3)
-    assert set(step.modules) == {"generator", "critic"} and set(step.optimizers) == {"generator", "critic"}
+    assert set(step.modules) == {"generator", "critic"}
     g_before = [p.detach().clone() for p in step.generator.parameters()]
     d_before = [p.detach().clone() for p in step.critic.parameters()]
     for call in range(1, 4):
@@ -128,20 +189,25 @@ def test_gan_step_metrics_and_generator_schedule(seed):
         assert g_changed == (call == 3), f"generator updated at call {call}"
         assert math.isnan(metrics["loss_generator"]) == (call < 3)
     assert any(not torch.equal(a, p) for a, p in zip(d_before, step.critic.parameters()))
-    assert step.calls == 3
+    assert step.calls == 3 and step.last_generator_loss == metrics["loss_generator"]
 
 
-def test_gan_step_schedule_survives_optimizer_state_dict(seed):
-    """The call counter lives in the critic optimizer's state, so a resumed run keeps the schedule."""
-    step = make_step(n_critic=4)
+def test_gan_step_state_dict_round_trip_keeps_the_schedule(seed):
+    """The call counter, the last generator loss, optimizer and scheduler states survive a
+    weights_only round trip, so a resumed run keeps the generator updates on the same calls."""
+    step = make_step(n_critic=4, lr=1e-3, schedule={"total_steps": 16})
     for _ in range(6):
         step(toy_batch(4))
-    buffer = io.BytesIO()
-    torch.save(step.critic_optimizer.state_dict(), buffer)
-    buffer.seek(0)
-    resumed = make_step(n_critic=4)
-    resumed.critic_optimizer.load_state_dict(torch.load(buffer, weights_only=True))
-    assert resumed.calls == 6
+    state = round_trip(step.state_dict())
+    assert set(state) == {"optimizers", "schedulers", "calls", "last_generator_loss"}
+    assert set(state["optimizers"]) == set(state["schedulers"]) == {"generator", "critic"}
+    resumed = make_step(n_critic=4, lr=1.0, schedule={"total_steps": 16})  # other rates: the state wins
+    resumed.modules["generator"].load_state_dict(step.generator.state_dict())
+    resumed.modules["critic"].load_state_dict(step.critic.state_dict())
+    resumed.load_state_dict(state)
+    assert resumed.calls == 6 and resumed.last_generator_loss == step.last_generator_loss
+    for name in ("generator_optimizer", "critic_optimizer"):
+        assert getattr(resumed, name).param_groups[0]["lr"] == getattr(step, name).param_groups[0]["lr"]
     g_before = [p.detach().clone() for p in resumed.generator.parameters()]
     resumed(toy_batch(4))  # call 7: critic only
     assert all(torch.equal(a, p) for a, p in zip(g_before, resumed.generator.parameters()))
@@ -149,25 +215,27 @@ def test_gan_step_schedule_survives_optimizer_state_dict(seed):
     assert any(not torch.equal(a, p) for a, p in zip(g_before, resumed.generator.parameters()))
 
 
-def test_gan_step_cosine_schedule_follows_the_call_count_and_resumes(seed):
-    """Call k uses lr0 * cosine_factor(k - 1, total, m) for both networks; restored optimizer
-    states (the base rates and the call count) continue the schedule."""
-    step = make_step(n_critic=2, lr=1e-3, cosine_calls=4, cosine_min_factor=0.1)
-    for _ in range(3):
-        step(toy_batch(4))
-    expected = 1e-3 * cosine_factor(2, 4, 0.1)
-    assert step.generator_optimizer.param_groups[0]["lr"] == pytest.approx(expected)
-    assert step.critic_optimizer.param_groups[0]["lr"] == pytest.approx(expected)
-    resumed = make_step(n_critic=2, lr=1.0, cosine_calls=4, cosine_min_factor=0.1)  # other initial rates
-    resumed.generator_optimizer.load_state_dict(step.generator_optimizer.state_dict())
-    resumed.critic_optimizer.load_state_dict(step.critic_optimizer.state_dict())
-    for _ in range(3):  # calls 4, 5, 6: the last two are past the end of the decay
-        resumed(toy_batch(4))
-    for opt in (resumed.generator_optimizer, resumed.critic_optimizer):
-        assert opt.param_groups[0]["lr"] == pytest.approx(1e-4)
-    assert cosine_factor(0, 4, 0.1) == 1.0 and cosine_factor(2, 4, 0.1) == pytest.approx(0.55)
-    with pytest.raises(ValueError, match="cosine_calls"):
-        make_step(cosine_calls=0)
+def test_gan_step_generator_scheduler_steps_only_on_generator_updates(seed):
+    """The critic's rate follows the cosine over calls, the generator's over its updates
+    (calls // n_critic); the metrics report the rates used by this call."""
+    step = make_step(n_critic=2, lr=1e-3, schedule={"total_steps": 8, "final_lr_fraction": 0.1})
+    for call in range(1, 10):
+        metrics = step(toy_batch(4))
+        updates_before = (call - 1) // 2
+        assert metrics["lr_critic"] == pytest.approx(1e-3 * cosine(call - 1, 8, 0.1))
+        assert metrics["lr_generator"] == pytest.approx(1e-3 * cosine(updates_before, 4, 0.1))
+        assert step.critic_scheduler.last_epoch == call
+        assert step.generator_scheduler.last_epoch == call // 2
+    assert step.critic_optimizer.param_groups[0]["lr"] == pytest.approx(1e-4)
+    assert step.generator_optimizer.param_groups[0]["lr"] == pytest.approx(1e-4)
+
+
+def test_gan_step_refuses_a_state_with_other_schedulers(seed):
+    state = make_step(n_critic=2).state_dict()
+    with pytest.raises(ValueError, match="schedulers"):
+        make_step(n_critic=2, schedule={"total_steps": 8}).load_state_dict(state)
+    with pytest.raises(ValueError, match="calls"):
+        make_step(n_critic=2).load_state_dict({k: v for k, v in state.items() if k != "calls"})
 
 
 def test_gan_step_is_deterministic():
@@ -187,8 +255,14 @@ def test_gan_step_is_deterministic():
 def test_gan_step_bad_arguments():
     with pytest.raises(ValueError, match="n_critic"):
         make_step(n_critic=0)
+    with pytest.raises(ValueError, match="gradient_penalty"):
+        make_step(gradient_penalty=-1.0)
     with pytest.raises(ValueError, match="energy"):
         make_step()({"layer_0": torch.zeros(2, 3, 96)})
+    g, d = CaloGANGenerator(**SMALL_G), CaloGANCritic(**SMALL_D)
+    g_opt, d_opt = torch.optim.Adam(g.parameters()), torch.optim.Adam(d.parameters())
+    with pytest.raises(ValueError, match="another optimizer"):
+        GANStep(g, d, g_opt, d_opt, generator_scheduler=make_lr_scheduler(d_opt))
 
 
 def test_gan_step_training_moves_response_toward_data():
@@ -223,52 +297,48 @@ def test_likelihood_step_fits_linear_regression(seed):
     torch.testing.assert_close(model.weight.detach(), true_w, atol=0.02, rtol=0)
 
 
-def test_likelihood_step_rejects_non_scalar_loss():
+def test_likelihood_step_rejects_non_scalar_loss_and_foreign_scheduler():
     model = torch.nn.Linear(2, 1)
-    step = LikelihoodStep(model, torch.optim.SGD(model.parameters(), lr=0.1), lambda m, b: m(b["x"]))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    step = LikelihoodStep(model, optimizer, lambda m, b: m(b["x"]))
     with pytest.raises(ValueError, match="scalar"):
         step({"x": torch.zeros(3, 2)})
+    other = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match="another optimizer"):
+        LikelihoodStep(model, optimizer, lambda m, b: m(b["x"]).sum(), scheduler=make_lr_scheduler(other))
 
 
-def test_cosine_step_schedule_survives_optimizer_state_round_trip():
+def _cosine_step(model: torch.nn.Module, lr: float = 1.0) -> LikelihoodStep:
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    return LikelihoodStep(model, optimizer, lambda m, b: m(b["x"]).square().mean(),
+                          scheduler=make_lr_scheduler(optimizer, schedule="cosine", total_steps=4))
+
+
+def test_likelihood_step_cosine_schedule_survives_state_dict_round_trip():
+    """The rates of the former per-step cosine decay; a new step loading the state continues them."""
     model = torch.nn.Linear(2, 1)
-    loss_fn = lambda m, b: m(b["x"]).square().mean()
-    optimizer = torch.optim.Adam(model.parameters(), lr=1.0)
-    step = CosineLikelihoodStep(model, optimizer, loss_fn, total_steps=4)
+    step = _cosine_step(model)
     batch = {"x": torch.ones(3, 2)}
     lrs = [step(batch)["lr"] for _ in range(2)]
     assert lrs == pytest.approx([1.0, 0.5 * (1 + math.cos(math.pi / 4))])
-    # a new step built on an optimizer restored from a checkpoint continues the schedule
-    fresh = torch.optim.Adam(model.parameters(), lr=1.0)
-    fresh.load_state_dict(optimizer.state_dict())
-    resumed = CosineLikelihoodStep(model, fresh, loss_fn, total_steps=4)
+    state = round_trip(step.state_dict())
+    assert set(state) == {"optimizers", "schedulers"} and set(state["schedulers"]) == {"model"}
+    resumed = _cosine_step(model, lr=0.3)  # another configured rate: the saved base rate wins
+    resumed.load_state_dict(state)
     lrs = [resumed(batch)["lr"] for _ in range(3)]
     assert lrs == pytest.approx([0.5, 0.5 * (1 + math.cos(3 * math.pi / 4)), 0.0], abs=1e-12)
+    assert int(resumed.optimizer.state_dict()["state"][0]["step"]) == 5  # Adam's moments came along
 
 
-def _strip(state: dict, *keys: str) -> dict:
-    """An optimizer state as an older checkpoint (or a constant-rate run) wrote it."""
-    for group in state["param_groups"]:
-        for key in keys:
-            group.pop(key, None)
-    return state
-
-
-def test_cosine_steps_resume_optimizer_states_without_their_keys(seed):
-    """A checkpoint whose optimizer groups lack the schedule's keys (written by a constant-rate
-    step or an older version) resumes: the schedule restarts from the configured rates."""
+def test_likelihood_step_state_round_trip_without_scheduler_and_mismatch(seed):
     model = torch.nn.Linear(2, 1)
     loss_fn = lambda m, b: m(b["x"]).square().mean()
-    old = torch.optim.Adam(model.parameters(), lr=0.5)
-    LikelihoodStep(model, old, loss_fn)({"x": torch.ones(3, 2)})
-    optimizer = torch.optim.Adam(model.parameters(), lr=0.5)
-    step = CosineLikelihoodStep(model, optimizer, loss_fn, total_steps=2)
-    optimizer.load_state_dict(_strip(old.state_dict(), "cosine_calls", "cosine_base_lr"))
-    assert [step({"x": torch.ones(3, 2)})["lr"] for _ in range(3)] == pytest.approx([0.5, 0.25, 0.0])
-
-    gan = make_step(n_critic=2, lr=1e-3, cosine_calls=4)
-    for name, opt in gan.optimizers.items():
-        opt.load_state_dict(_strip(opt.state_dict(), "gan_base_lr", "gan_calls", "gan_last_generator_loss"))
-    metrics = gan(toy_batch(4))
-    assert math.isnan(metrics["loss_generator"]) and gan.calls == 1
-    assert gan.generator_optimizer.param_groups[0]["lr"] == pytest.approx(1e-3)
+    step = LikelihoodStep(model, torch.optim.Adam(model.parameters(), lr=0.1), loss_fn)
+    step({"x": torch.randn(3, 2)})
+    state = round_trip(step.state_dict())
+    assert state["schedulers"] == {}
+    fresh = LikelihoodStep(model, torch.optim.Adam(model.parameters(), lr=0.5), loss_fn)
+    fresh.load_state_dict(state)
+    assert fresh.optimizer.param_groups[0]["lr"] == 0.1 and fresh.optimizer.state_dict()["state"][0]["step"] == 1
+    with pytest.raises(ValueError, match="schedulers"):
+        _cosine_step(model).load_state_dict(state)

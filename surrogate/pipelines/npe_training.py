@@ -1,0 +1,350 @@
+"""Training NPE on simulations from Python: :func:`train_npe` and its pieces.
+
+- :func:`check_simulations`: shape checks of paired simulations, non-finite rows dropped (or
+  refused) and counted.
+- :class:`EpochBatchSampler`: shuffled mini-batches whose order depends only on
+  ``(seed, epoch)``, split across ranks.
+- :func:`train_npe`: checks the simulations, splits off a validation set, builds the flow
+  (:func:`surrogate.models.npe.build_npe_flow`) and trains it with :func:`surrogate.train.fit`,
+  :class:`surrogate.train.steps.LikelihoodStep` and :func:`surrogate.losses.npe_loss`, with early
+  stopping on the validation loss; returns an :class:`NPEResult` holding the
+  :class:`~surrogate.models.npe.NeuralPosterior`.
+
+The pipeline file's stages (``surrogate run pipelines/npe_two_moons.toml``) are in
+:mod:`surrogate.pipelines.npe`.
+
+**Invalid simulations.** Rows of ``(theta, x)`` with a NaN or infinite value in ``theta`` or
+``x`` are dropped before training and counted (``NPEResult.num_dropped``, and in the pipeline
+report); with ``drop_invalid=False`` they raise ``ValueError`` instead. NPE of the posterior
+restricted to valid simulations equals the true posterior only if failures do not depend on
+``theta`` in a way that matters; report the count.
+
+Example:
+    >>> import torch
+    >>> from surrogate.simulators.sbi_tasks import get_task, simulate_dataset
+    >>> task = get_task("two_moons")
+    >>> theta, x = simulate_dataset(task, 500, seed=0)
+    >>> result = train_npe(theta, x, prior=task.prior, max_epochs=2, progress=False,
+    ...                    flow_kwargs={"hidden_features": 16, "num_transforms": 2})
+    >>> result.posterior.sample((10,), x=x[:3]).shape
+    torch.Size([10, 3, 2])
+    >>> result.posterior.log_prob(theta[:4], x=x[0]).shape
+    torch.Size([4])
+
+References:
+    Papamakarios & Murray (2016), arXiv:1605.06376; Greenberg, Nonnenmacher & Macke (2019),
+    arXiv:1905.07488. Lueckmann et al. (2021), sbibm, arXiv:2101.04653.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Mapping
+
+import torch
+from torch import Tensor, nn
+from torch.distributions import Distribution
+
+from surrogate.losses import npe_loss
+from surrogate.models.npe import NeuralPosterior, build_npe_flow
+from surrogate.train import distributed
+from surrogate.train.loop import FitResult, fit
+from surrogate.train.steps import LikelihoodStep, make_lr_scheduler
+
+__all__ = ["EpochBatchSampler", "NPEResult", "check_simulations", "train_npe"]
+
+
+def check_simulations(theta: Tensor, x: Tensor, *, drop_invalid: bool = True) -> tuple[Tensor, Tensor, int]:
+    """Validates paired simulations and removes the non-finite ones.
+
+    Arguments:
+        theta: parameters ``(N, D)``.
+        x: simulator outputs ``(N, *x_shape)``.
+        drop_invalid: drop rows with NaN/inf in ``theta`` or ``x`` (and count them); if
+            ``False`` such rows raise.
+
+    Returns:
+        ``(theta, x, num_dropped)`` as float32 tensors.
+
+    Raises:
+        ValueError: ``theta`` not 2-D, ``x`` without a batch dimension, different lengths,
+            non-finite rows with ``drop_invalid=False``, or no valid row left.
+    """
+    theta = torch.as_tensor(theta, dtype=torch.float32)
+    x = torch.as_tensor(x, dtype=torch.float32)
+    if theta.ndim != 2:
+        raise ValueError(f"theta must have shape (N, D), got {tuple(theta.shape)}")
+    if x.ndim < 2:
+        raise ValueError(f"x must have shape (N, *x_shape) with at least one feature axis, got {tuple(x.shape)}")
+    if theta.shape[0] != x.shape[0]:
+        raise ValueError(
+            f"theta and x must have the same number of simulations, got {theta.shape[0]} and {x.shape[0]}"
+        )
+    finite = torch.isfinite(theta).all(1) & torch.isfinite(x.reshape(x.shape[0], -1)).all(1)
+    dropped = int((~finite).sum())
+    if dropped and not drop_invalid:
+        raise ValueError(f"{dropped} of {theta.shape[0]} simulations contain NaN or inf (pass drop_invalid=True to drop them)")
+    if dropped == theta.shape[0]:
+        raise ValueError(f"all {dropped} simulations contain NaN or inf; nothing to train on")
+    return theta[finite], x[finite], dropped
+
+
+class EpochBatchSampler(torch.utils.data.Sampler):
+    """Yields index tensors of shuffled mini-batches; the order of an epoch depends only on
+    ``(seed, epoch)`` (``set_epoch`` is called by :func:`surrogate.train.fit`), so resuming is exact.
+
+    With ``world_size`` ranks, the epoch's permutation is cut into global batches of
+    ``batch_size * world_size`` indices and rank ``r`` yields slice ``r`` of each: the ranks
+    together see exactly the batches of one rank with ``batch_size * world_size``. An incomplete
+    last global batch is dropped when ``world_size > 1`` (every rank must take the same number of
+    steps, with equal shares); a single rank keeps it.
+
+    Arguments:
+        num_items: dataset size ``N``.
+        batch_size: indices per batch and rank.
+        seed: shuffling seed (the same on every rank).
+        rank, world_size: this rank and the number of ranks.
+
+    Raises:
+        ValueError: non-positive sizes, a bad rank, or fewer items than one global batch.
+    """
+
+    def __init__(self, num_items: int, batch_size: int, *, seed: int = 0, rank: int = 0, world_size: int = 1):
+        if num_items < 1 or batch_size < 1:
+            raise ValueError(f"num_items and batch_size must be >= 1, got {num_items} and {batch_size}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"need 0 <= rank < world_size, got rank {rank} and world_size {world_size}")
+        if world_size > 1 and num_items < batch_size * world_size:
+            raise ValueError(f"{num_items} items are fewer than one global batch of {batch_size} x {world_size} ranks")
+        self.num_items, self.batch_size, self.seed, self.epoch = num_items, batch_size, seed, 0
+        self.rank, self.world_size = rank, world_size
+
+    def set_epoch(self, epoch: int) -> None:
+        """Selects the permutation of epoch ``epoch``."""
+        self.epoch = int(epoch)
+
+    def __iter__(self) -> Iterator[Tensor]:
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        order = torch.randperm(self.num_items, generator=generator)
+        if self.world_size == 1:
+            return iter(order.split(self.batch_size))
+        step = self.batch_size * self.world_size
+        lo, hi = self.rank * self.batch_size, (self.rank + 1) * self.batch_size
+        return iter([order[start + lo : start + hi] for start in range(0, len(self) * step, step)])
+
+    def __len__(self) -> int:
+        if self.world_size == 1:
+            return math.ceil(self.num_items / self.batch_size)
+        return self.num_items // (self.batch_size * self.world_size)
+
+
+class _PairDataset(torch.utils.data.Dataset):
+    """In-memory ``(theta, x)`` indexed by a tensor of indices (a whole batch at once)."""
+
+    def __init__(self, theta: Tensor, x: Tensor):
+        self.theta, self.x = theta, x
+
+    def __len__(self) -> int:
+        return self.theta.shape[0]
+
+    def __getitem__(self, index: Tensor) -> dict[str, Tensor]:
+        return {"theta": self.theta[index], "x": self.x[index]}
+
+
+@dataclass
+class NPEResult:
+    """What :func:`train_npe` returns.
+
+    Attributes:
+        posterior: the trained :class:`~surrogate.models.npe.NeuralPosterior`.
+        fit: the :class:`surrogate.train.FitResult` (steps, history, early stopping).
+        num_train, num_validation: simulations used for training and validation.
+        num_dropped: simulations dropped for NaN/inf values.
+        epochs: epochs trained (fractional at the end).
+        train_seconds: wall time of the training loop, in s.
+        train_cpu_seconds: CPU time of this process during training, in s (all threads).
+        best_validation_loss: lowest validation ``-mean log q``.
+        validation_index: indices ``(num_validation,)`` of the held-out simulations among the
+            valid (kept) ones.
+        history: the logged rows of :func:`surrogate.train.fit`.
+    """
+
+    posterior: NeuralPosterior
+    fit: FitResult
+    num_train: int
+    num_validation: int
+    num_dropped: int
+    epochs: float
+    train_seconds: float
+    train_cpu_seconds: float
+    best_validation_loss: float | None
+    validation_index: Tensor | None = None
+    history: list[dict] = field(default_factory=list)
+
+
+def _check_arguments(n: int, prior: Distribution, theta_dim: int, *, validation_fraction: float, batch_size: int,
+                     patience: int | None, max_epochs: int | None, max_steps: int | None, lr_schedule: str) -> int:
+    """Checks the training arguments; returns the size of the validation set."""
+    if tuple(prior.event_shape) != (theta_dim,):
+        raise ValueError(f"prior event shape {tuple(prior.event_shape)} does not match theta dimension {theta_dim}")
+    if not 0 < validation_fraction < 1:
+        raise ValueError(f"validation_fraction must be in (0, 1), got {validation_fraction}")
+    n_val = max(1, int(round(validation_fraction * n)))
+    if n - n_val < 1:
+        raise ValueError(f"{n} valid simulations are too few to split off a validation set")
+    if batch_size < 1 or (patience is not None and patience < 1):
+        raise ValueError(f"batch_size and patience must be >= 1, got {batch_size} and {patience}")
+    if max_epochs is None and max_steps is None:
+        raise ValueError("set max_epochs or max_steps (or both: training stops at the first)")
+    if any(limit is not None and limit < 1 for limit in (max_epochs, max_steps)):
+        raise ValueError(f"max_epochs and max_steps must be >= 1, got {max_epochs} and {max_steps}")
+    if lr_schedule not in ("constant", "cosine"):
+        raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {lr_schedule!r}")
+    return n_val
+
+
+def _validation_loss(flow: nn.Module, theta: Tensor, x: Tensor, chunk: int = 8192) -> Callable[[], float]:
+    """``-mean log q(theta | x)`` over the held-out set, in chunks (a function for ``fit``)."""
+
+    def validation() -> float:
+        total = 0.0
+        for start in range(0, theta.shape[0], chunk):
+            batch = {"theta": theta[start : start + chunk], "x": x[start : start + chunk]}
+            total += float(npe_loss(flow, batch)) * batch["theta"].shape[0]
+        return total / theta.shape[0]
+
+    return validation
+
+
+def train_npe(
+    theta: Tensor,
+    x: Tensor,
+    *,
+    prior: Distribution,
+    kind: str = "nsf",
+    flow_kwargs: Mapping[str, Any] | None = None,
+    embedding_net: nn.Module | None = None,
+    z_score_theta: bool = True,
+    z_score_x: str = "independent",
+    batch_size: int = 256,
+    learning_rate: float = 1e-3,
+    weight_decay: float = 0.0,
+    max_grad_norm: float | None = 5.0,
+    validation_fraction: float = 0.1,
+    patience: int | None = 20,
+    max_epochs: int | None = 1000,
+    max_steps: int | None = None,
+    lr_schedule: str = "constant",
+    warmup_steps: int = 0,
+    final_lr_fraction: float = 0.0,
+    drop_invalid: bool = True,
+    min_acceptance: float = 1e-3,
+    seed: int = 0,
+    out_dir: str | os.PathLike | None = None,
+    resume: bool = False,
+    checkpoint_every: int | None = None,
+    log_every: int | None = None,
+    num_workers: int = 0,
+    config: Mapping[str, Any] | None = None,
+    progress: bool = True,
+    device: str | torch.device = "cpu",
+) -> NPEResult:
+    """Trains NPE on simulations ``(theta_i, x_i)`` drawn from the prior and the simulator.
+
+    Validation: a random ``validation_fraction`` of the simulations is held out; its mean
+    ``-log q(theta | x)`` is evaluated after every epoch, training stops after ``patience``
+    epochs without improvement (or ``max_epochs`` epochs / ``max_steps`` steps, whichever
+    comes first) and the best weights are restored.
+
+    Arguments:
+        theta: parameters ``(N, D)`` drawn from ``prior``.
+        x: simulator outputs ``(N, *x_shape)``.
+        prior: the prior (:class:`torch.distributions.Distribution`, event shape ``(D,)``).
+        kind: flow family (``"nsf"``, ``"maf"``, ``"maf_rqs"``).
+        flow_kwargs: more :func:`surrogate.models.flows.build_flow` arguments
+            (``hidden_features``, ``num_transforms``, ``num_bins`` ...).
+        embedding_net: optional summary network for ``x`` (see
+            :func:`~surrogate.models.npe.build_npe_flow`).
+        z_score_theta, z_score_x: z-scoring, see :func:`~surrogate.models.npe.build_npe_flow`.
+        batch_size: simulations per optimizer step and rank (see :class:`EpochBatchSampler`
+            for several ranks: every rank holds all simulations and trains on its slice of each
+            global batch; gradients are averaged by ``LikelihoodStep``).
+        learning_rate: AdamW learning rate.
+        weight_decay: AdamW weight decay.
+        max_grad_norm: gradient clipping (total 2-norm), ``None`` for none.
+        validation_fraction: held-out fraction in (0, 1).
+        patience: epochs without validation improvement before stopping (``None``: never).
+        max_epochs, max_steps: upper bounds on epochs and optimizer steps (``None``: no bound;
+            at least one must be set).
+        lr_schedule: ``"constant"``, or ``"cosine"``: decay to ``final_lr_fraction`` times the
+            rate over the run's steps (:func:`surrogate.train.steps.make_lr_scheduler`).
+        warmup_steps: linear learning-rate warm-up steps.
+        final_lr_fraction: final rate of the cosine schedule as a fraction of the initial one.
+        drop_invalid: drop (and count) simulations with NaN/inf; ``False`` raises on them.
+        min_acceptance: passed to :class:`~surrogate.models.npe.NeuralPosterior`.
+        seed: seeds the split, initialisation, shuffling and training (torch's global generator
+            is restored afterwards).
+        out_dir: if given, checkpoints and ``log.csv`` of :func:`surrogate.train.fit` go here.
+        resume: continue from the latest checkpoint in ``out_dir``.
+        checkpoint_every: steps between checkpoints (``None``: only the final one).
+        log_every: steps per logged row (``None``: one row per epoch).
+        num_workers: ``DataLoader`` worker processes.
+        config: plain data stored in the checkpoints (default: the flow and optimizer settings).
+        progress: progress bar.
+        device: where to train (under :func:`surrogate.train.distributed.init_distributed` with
+            several ranks, each rank's own device).
+
+    Returns:
+        An :class:`NPEResult`.
+
+    Raises:
+        ValueError: bad shapes, lengths, NaN with ``drop_invalid=False``, a prior whose event
+            shape does not match ``theta``, a validation split leaving an empty set, bad
+            training settings.
+    """
+    theta, x, dropped = check_simulations(theta, x, drop_invalid=drop_invalid)
+    n = theta.shape[0]
+    n_val = _check_arguments(n, prior, theta.shape[1], validation_fraction=validation_fraction, batch_size=batch_size,
+                             patience=patience, max_epochs=max_epochs, max_steps=max_steps, lr_schedule=lr_schedule)
+    flow_kwargs = dict(flow_kwargs or {})
+    ctx = distributed.context()
+    device = distributed.resolve_device(str(device))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        perm = torch.randperm(n)
+        val_idx, train_idx = perm[:n_val], perm[n_val:]
+        theta_tr, x_tr = theta[train_idx], x[train_idx]
+        flow = build_npe_flow(theta_tr, x_tr, kind=kind, embedding_net=embedding_net, z_score_theta=z_score_theta,
+                              z_score_x=z_score_x, seed=seed, **flow_kwargs).to(device)
+        sampler = EpochBatchSampler(theta_tr.shape[0], batch_size, seed=seed, rank=ctx.rank, world_size=ctx.world_size)
+        loader = torch.utils.data.DataLoader(_PairDataset(theta_tr, x_tr), sampler=sampler, batch_size=None,
+                                             num_workers=num_workers)
+        steps_per_epoch = len(sampler)
+        limits = [max_epochs * steps_per_epoch] if max_epochs is not None else []
+        total = min(limits + ([max_steps] if max_steps is not None else []))  # optimizer steps of the run
+        optimizer = torch.optim.AdamW(flow.parameters(), lr=learning_rate, weight_decay=weight_decay)
+        scheduler = make_lr_scheduler(optimizer, schedule=lr_schedule, total_steps=total, warmup_steps=warmup_steps,
+                                      final_lr_fraction=final_lr_fraction)
+        step = LikelihoodStep(flow, optimizer, npe_loss, scheduler=scheduler, max_grad_norm=max_grad_norm)
+        if config is None:
+            config = {"kind": kind, "flow_kwargs": flow_kwargs, "batch_size": batch_size,
+                      "learning_rate": learning_rate, "seed": seed}
+        t0, c0 = time.perf_counter(), time.process_time()
+        result = fit(
+            step, loader, max_steps=total, out_dir=out_dir, checkpoint_every=checkpoint_every, resume=resume,
+            seed=seed + 1, progress=progress, log_every=log_every or steps_per_epoch,
+            validation=_validation_loss(flow, theta[val_idx].to(device), x[val_idx].to(device)),
+            validate_every=steps_per_epoch, patience=patience, config=config,
+        )
+        seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - c0
+    flow.eval()
+    posterior = NeuralPosterior(flow, prior, tuple(x.shape[1:]), min_acceptance=min_acceptance)
+    return NPEResult(
+        posterior=posterior, fit=result, num_train=int(theta_tr.shape[0]), num_validation=n_val,
+        num_dropped=dropped, epochs=result.steps / steps_per_epoch, train_seconds=seconds,
+        train_cpu_seconds=cpu_seconds, best_validation_loss=result.best_validation, validation_index=val_idx,
+        history=result.history,
+    )
