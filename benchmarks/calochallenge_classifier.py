@@ -39,7 +39,8 @@ def main() -> None:
 
     import torch
 
-    from surrogate.metrics.calochallenge import calochallenge_classifier, calochallenge_features
+    from surrogate.metrics.calochallenge import calochallenge_classifier
+    from surrogate.metrics.calochallenge_features import calochallenge_features
     from surrogate.simulators.gflash import simulate_calogan_showers
 
     torch.set_num_threads(args.threads)

@@ -25,7 +25,7 @@ and a fixed batch per rank (weak scaling: the global batch is ``W`` times the pe
 - ``npe``: a neural spline flow (:func:`surrogate.models.npe.build_npe_flow`, the
   ``pipelines/npe_two_moons.toml`` defaults: 5 transforms, 50 hidden, 10 bins) trained with
   :func:`~surrogate.losses.npe_loss` and ``LikelihoodStep`` (AdamW lr 1e-3, clipping
-  at 5) on 10,000 two_moons simulations, :class:`~surrogate.pipelines.npe_training.EpochBatchSampler`;
+  at 5) on 10,000 two_moons simulations, :func:`~surrogate.pipelines.npe_training.epoch_batches`;
   batch 256 per rank.
 
 Each rank runs ``--warmup`` steps, then ``--steps`` timed steps (one batch each, data loading
@@ -156,7 +156,7 @@ def _galaxy(ctx, batch: int, args):
 def _npe(ctx, batch: int, args):
     from surrogate.losses import npe_loss
     from surrogate.models.npe import build_npe_flow
-    from surrogate.pipelines.npe_training import EpochBatchSampler
+    from surrogate.pipelines.npe_training import epoch_batches
     from surrogate.simulators.sbi_tasks import get_task, simulate_dataset
     from surrogate.train.steps import LikelihoodStep
 
@@ -173,9 +173,9 @@ def _npe(ctx, batch: int, args):
     flow = build_npe_flow(theta, x, kind="nsf", hidden_features=50, num_transforms=5, num_blocks=2,
                           num_bins=10).to(ctx.device)
     step = LikelihoodStep(flow, torch.optim.AdamW(flow.parameters(), lr=1e-3), npe_loss, max_grad_norm=5.0)
-    sampler = EpochBatchSampler(len(theta), batch, seed=0, rank=ctx.rank, world_size=ctx.world_size)
+    sampler = epoch_batches(len(theta), batch, seed=0, rank=ctx.rank, world_size=ctx.world_size)
     loader = torch.utils.data.DataLoader(Pairs(), sampler=sampler, batch_size=None)
-    return step, _cycle(loader, sampler)
+    return step, _cycle(loader, sampler.sampler)
 
 
 def worker(args) -> None:

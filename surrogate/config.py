@@ -300,6 +300,8 @@ class SimulateConfig:
         n_events: number of showers.
         energy_min_gev, energy_max_gev: incident energies are uniform in this range, GeV.
         seed: random seed.
+        threshold_mev: readout threshold in MeV: cells below it are written as 0 (default
+            0.01 MeV, :data:`surrogate.simulators.gflash.READOUT_THRESHOLD_MEV`; 0: no threshold).
         output: HDF5 file to write (relative to the current working directory).
     """
 
@@ -309,6 +311,7 @@ class SimulateConfig:
     energy_min_gev: float = setting(1.0, gt=0)
     energy_max_gev: float = setting(100.0, gt=0)
     seed: int = setting(0, ge=0)
+    threshold_mev: float = setting(0.01, ge=0)
     output: Path = Path("data/showers.h5")
 
     def __post_init__(self):

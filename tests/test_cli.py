@@ -118,6 +118,18 @@ def test_generate_and_validate(tmp_path, showers):
     assert "report.json" in proc.stdout
 
 
+@pytest.mark.parametrize(("extra", "expected"), [([], {}), (["--threshold-mev", "0"], {"threshold_mev": 0.0})])
+def test_validate_passes_the_readout_threshold(monkeypatch, tmp_path, extra, expected):
+    """``--threshold-mev`` reaches validate_calo; without it validate_calo's default (0.01 MeV) holds."""
+    import surrogate.pipelines.fastsim as fastsim
+    from surrogate.cli import main
+
+    calls = []
+    monkeypatch.setattr(fastsim, "validate_calo", lambda *args, **kwargs: calls.append(kwargs))
+    assert main(["--no-progress", "validate", "ref.h5", "gen.h5", "--out", str(tmp_path), *extra]) == 0
+    assert {k: v for k, v in calls[0].items() if k == "threshold_mev"} == expected
+
+
 def test_clear_errors(tmp_path, showers):
     config = _config(tmp_path, showers)
     config.write_text(config.read_text().replace("max_steps", "max_stepz"))

@@ -45,6 +45,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -180,6 +181,8 @@ class CaloGANWriter(EventWriter):
             to read, h5py only) or ``None``; measurements in :mod:`surrogate.data.event_writer`.
         chunk_events: Events per chunk; ``None`` chooses per dataset (at most 512 KiB and 1024
             events per chunk).
+        attrs: Further file attributes to store next to ``layout = "calogan"`` (e.g. the
+            simulator's ``{"readout_threshold_mev": 0.01}``).
 
     Raises:
         ValueError: Naming the file and key, for a bad batch (see :meth:`write`: the five keys
@@ -192,11 +195,12 @@ class CaloGANWriter(EventWriter):
     """
 
     def __init__(
-        self, path: str | os.PathLike, n_events: int, *, compression: str | None = "gzip", chunk_events: int | None = None
+        self, path: str | os.PathLike, n_events: int, *, compression: str | None = "gzip",
+        chunk_events: int | None = None, attrs: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__(
             path, n_events, fields=CALOGAN_FIELDS, event_shapes={f.name: f.shape for f in CALOGAN_FIELDS},
-            compression=compression, chunk_events=chunk_events, attrs={"layout": "calogan"},
+            compression=compression, chunk_events=chunk_events, attrs={**(attrs or {}), "layout": "calogan"},
         )
 
     def __enter__(self) -> CaloGANWriter:

@@ -33,7 +33,7 @@ from threadpoolctl import threadpool_limits
 
 from surrogate.checks import check_float, check_int
 from surrogate.geometry import CALOGAN_LAYERS
-from surrogate.metrics.showers import shower_observables
+from surrogate.metrics.showers import shower_observables, zero_suppress
 
 __all__ = ["calo_cell_features", "calo_high_level_features", "classifier_auc"]
 
@@ -44,7 +44,10 @@ _MIN_EVENTS_PER_CLASS = 10
 
 
 def calo_high_level_features(
-    showers: Mapping[str, np.ndarray], observables: Mapping[str, np.ndarray] | None = None
+    showers: Mapping[str, np.ndarray],
+    observables: Mapping[str, np.ndarray] | None = None,
+    *,
+    threshold_mev: float = 0.0,
 ) -> tuple[np.ndarray, list[str]]:
     """High-level classifier features of CaloGAN showers.
 
@@ -54,7 +57,10 @@ def calo_high_level_features(
 
     Arguments:
         showers: CaloGAN layout (``"layer_*"`` in MeV, ``"energy"`` (N, 1) in GeV).
-        observables: Precomputed ``shower_observables(showers)``, to avoid recomputing them.
+        observables: Precomputed ``shower_observables(showers, threshold_mev=...)``, to avoid
+            recomputing them (they carry their own threshold; ``threshold_mev`` is then unused).
+        threshold_mev: Readout threshold in MeV (>= 0) for computing the observables: cells
+            below it are empty (see :func:`~surrogate.metrics.showers.shower_observables`).
 
     Returns:
         ``(features, names)``: float64 array (N, F) and the F feature names.
@@ -63,7 +69,7 @@ def calo_high_level_features(
         ValueError: As :func:`~surrogate.metrics.showers.shower_observables`.
     """
     if observables is None:
-        observables = shower_observables(showers)
+        observables = shower_observables(showers, threshold_mev=threshold_mev)
     energy_gev = np.asarray(showers["energy"], dtype=np.float64)[:, 0]
     columns = [np.log10(np.clip(energy_gev, 1e-12, None))]
     names = ["log10_E_inc"]
@@ -78,19 +84,23 @@ def calo_high_level_features(
     return np.stack(columns, axis=1), names
 
 
-def calo_cell_features(showers: Mapping[str, np.ndarray]) -> np.ndarray:
+def calo_cell_features(showers: Mapping[str, np.ndarray], *, threshold_mev: float = 0.0) -> np.ndarray:
     """Low-level classifier features of CaloGAN showers (CaloChallenge preprocessing).
 
     Arguments:
         showers: CaloGAN layout: ``"layer_0"`` (N, 3, 96), ``"layer_1"`` (N, 12, 12),
             ``"layer_2"`` (N, 12, 6) in MeV and ``"energy"`` (N, 1) in GeV.
+        threshold_mev: Readout threshold in MeV (>= 0): cells below it are set to 0 first
+            (:func:`~surrogate.metrics.showers.zero_suppress`; the CaloChallenge's
+            ``evaluate.py`` does the same to both samples); default 0: the cells as given.
 
     Returns:
         float64 array (N, 505): the 504 cell energies (layers in order, row-major) divided by the
         incident energy in MeV, followed by ``log10(E_inc / GeV)``.
 
     Raises:
-        ValueError: If a key is missing or the incident energy is not positive.
+        ValueError: If a key is missing, the incident energy is not positive or
+            ``threshold_mev`` is negative.
 
     References:
         Krause et al., arXiv:2410.21611 (low-level classifier inputs: voxels / E_inc, log E_inc).
@@ -98,6 +108,7 @@ def calo_cell_features(showers: Mapping[str, np.ndarray]) -> np.ndarray:
     for key in (*CALOGAN_LAYERS, "energy"):
         if key not in showers:
             raise ValueError(f"showers is missing key {key!r}; got keys {tuple(showers)}")
+    showers = zero_suppress(showers, threshold_mev)
     energy_gev = np.asarray(showers["energy"], dtype=np.float64).reshape(-1)
     if not np.all(energy_gev > 0):
         raise ValueError("showers['energy'] must be > 0 GeV for every event to normalize the cells")

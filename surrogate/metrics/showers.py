@@ -17,7 +17,7 @@ name                   unit   definition
 ``width_x_i``          mm     energy-weighted RMS of the cell-centre x coordinate in layer ``i``
 ``width_y_i``          mm     same along y, for layers 1 and 2 only (see below)
 ``E_ratio_i``          1      ``(E_max1 - E_max2) / (E_max1 + E_max2)`` of the two hottest cells
-``sparsity_i``         1      fraction of the cells of layer ``i`` with energy above a threshold
+``sparsity_i``         1      fraction of the cells of layer ``i`` that are hit (``E > 0``)
 =====================  =====  ==================================================================
 
 Conventions:
@@ -29,7 +29,14 @@ Conventions:
   coordinate (two-pass formula, so a single hot cell gives exactly 0).
 * ``width_y_0`` is not computed: layer 0 has three 160 mm rows, much wider than the Moliere
   radius, so nearly all the energy is in the central row and its y width carries no information.
-* Sparsity counts cells with ``E > sparsity_threshold_mev`` (default 0 MeV: non-empty cells).
+* **Readout threshold.** With ``threshold_mev = t`` every cell with ``E < t`` is set to 0 before
+  any observable is computed (:func:`zero_suppress`; ``E >= t`` is kept), as a zero-suppressed
+  readout does and as CaloFlow (arXiv:2106.05285, threshold 0.01 MeV on the CaloGAN geometry) and
+  the CaloChallenge evaluation (arXiv:2410.21611) do; so ``sparsity_i`` is the fraction of
+  cells at or above the threshold, and the energies, widths and ratios ignore the cells below
+  it. The default ``t = 0`` takes the cells as given (sparsity: non-empty cells). To compare
+  two samples, give both the same threshold
+  (:func:`surrogate.pipelines.fastsim.validate_calo` does, default 0.01 MeV).
 * Empty showers or layers (zero energy) never produce NaN: every ratio whose denominator is
   zero is defined as 0 (``f_i``, ``depth``, ``depth_width``, widths and ``E_ratio_i``).
   A layer with a single non-empty cell has ``E_ratio = 1``.
@@ -46,7 +53,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from surrogate.checks import check_int
+from surrogate.checks import check_float, check_int
 from surrogate.geometry import CALOGAN, CALOGAN_LAYER_SHAPES, CALOGAN_LAYERS
 
 __all__ = [
@@ -54,6 +61,7 @@ __all__ = [
     "histogram_edges",
     "separation_power",
     "shower_observables",
+    "zero_suppress",
 ]
 
 #: Names of the observables returned by :func:`shower_observables`, in order, with their units
@@ -112,8 +120,43 @@ def _check_showers(showers: Mapping[str, np.ndarray]) -> int:
     return int(n_events)
 
 
+def zero_suppress(showers: Mapping[str, np.ndarray], threshold_mev: float) -> dict[str, np.ndarray]:
+    """Applies a readout threshold: cells below ``threshold_mev`` become exactly 0.
+
+    The comparison is done in each array's own precision (a float32 cell equal to
+    ``float32(threshold_mev)`` is kept), so it agrees with the reference simulator's
+    (:func:`surrogate.simulators.gflash.simulate_batch`) on the cells it wrote.
+
+    Arguments:
+        showers: CaloGAN layout; the layers ``"layer_0"``, ``"layer_1"``, ``"layer_2"`` (cell
+            energies in MeV, any shape ``(N, ...)``) are thresholded; every other key (``"energy"``,
+            ``"overflow"``, which is not a readout cell) is passed through unchanged.
+        threshold_mev: The threshold in MeV (>= 0); 0 returns the cells as they are.
+
+    Returns:
+        A new dict with the same keys; thresholded layers are new arrays of the same dtype, the
+        input is not modified.
+
+    Raises:
+        ValueError: If ``threshold_mev`` is negative or not finite.
+
+    Example:
+        >>> cells = {"layer_2": np.array([[0.004, 0.01, 2.0]], np.float32)}
+        >>> zero_suppress(cells, 0.01)["layer_2"].tolist()
+        [[0.0, 0.009999999776482582, 2.0]]
+    """
+    threshold_mev = check_float("threshold_mev", threshold_mev, minimum=0.0, unit="MeV")
+    out = dict(showers)
+    if threshold_mev > 0:
+        for layer in CALOGAN_LAYERS:
+            if layer in out:
+                cells = np.asarray(out[layer])
+                out[layer] = np.where(cells < threshold_mev, cells.dtype.type(0), cells)
+    return out
+
+
 def shower_observables(
-    showers: Mapping[str, np.ndarray], *, sparsity_threshold_mev: float = 0.0
+    showers: Mapping[str, np.ndarray], *, threshold_mev: float = 0.0
 ) -> dict[str, np.ndarray]:
     """CaloGAN observables of a batch of showers.
 
@@ -121,21 +164,32 @@ def shower_observables(
         showers: CaloGAN layout: ``"layer_0"`` (N, 3, 96), ``"layer_1"`` (N, 12, 12),
             ``"layer_2"`` (N, 12, 6) cell energies in MeV and ``"energy"`` (N, 1) incident energy
             in GeV (other keys, e.g. ``"overflow"``, are ignored).
-        sparsity_threshold_mev: A cell counts as hit for ``sparsity_i`` if its energy is strictly
-            above this value, in MeV (default 0: any non-empty cell).
+        threshold_mev: Readout threshold in MeV (>= 0): cells below it count as empty for
+            ``sparsity_i`` and are set to 0 before every other observable
+            (:func:`zero_suppress`); default 0: the cells as given.
 
     Returns:
         Dict from the names in :data:`OBSERVABLE_UNITS` (same order) to float64 arrays (N,);
         definitions, units and the conventions for empty layers in the module docstring.
 
     Raises:
-        ValueError: If a key is missing, a shape or the number of events disagrees, or a value is
-            not finite.
+        ValueError: If a key is missing, a shape or the number of events disagrees, a value is
+            not finite, or ``threshold_mev`` is negative.
+
+    Example:
+        >>> showers = {"layer_0": np.zeros((1, 3, 96)), "layer_1": np.zeros((1, 12, 12)),
+        ...            "layer_2": np.zeros((1, 12, 6)), "energy": np.array([[10.0]])}
+        >>> showers["layer_2"][0, 0, :4] = (0.005, 0.01, 0.5, 3.0)
+        >>> float(shower_observables(showers)["sparsity_2"][0] * 72)
+        4.0
+        >>> float(shower_observables(showers, threshold_mev=0.01)["sparsity_2"][0] * 72)
+        3.0
 
     References:
         Paganini, de Oliveira, Nachman, arXiv:1705.02355 and arXiv:1712.10321.
     """
     _check_showers(showers)
+    showers = zero_suppress(showers, threshold_mev)
     energy_mev = np.asarray(showers["energy"], dtype=np.float64)[:, 0] * 1000.0
     out: dict[str, np.ndarray] = {}
 
@@ -153,7 +207,7 @@ def shower_observables(
         flat = cells.reshape(n_events, -1)
         top2 = -np.partition(-flat, 1, axis=1)[:, :2]  # (N, 2): hottest, second hottest
         e_ratio[i] = _safe_divide(top2[:, 0] - top2[:, 1], top2[:, 0] + top2[:, 1])
-        sparsity[i] = (flat > sparsity_threshold_mev).mean(axis=1)
+        sparsity[i] = (flat > 0).mean(axis=1)
 
     e_tot = layer_energy[0] + layer_energy[1] + layer_energy[2]
     for i in range(3):

@@ -2,6 +2,8 @@
 
 * :mod:`surrogate.models.calo_gan`: the CaloGAN-style conditional generator and critic
   (arXiv:1705.02355, 1712.10321), trained with WGAN-GP.
+* :mod:`surrogate.models.calo_flow`: the CaloFlow-style pair of conditional spline flows over
+  a calorimeter's cells with an exact likelihood (arXiv:2106.05285).
 * :mod:`surrogate.models.galaxy_vae`: the PSF-aware galaxy VAE with a conditional latent flow
   prior (after arXiv:2008.03833); its objectives are in :mod:`surrogate.losses`.
 * :mod:`surrogate.models.forward`: the differentiable forward model galaxy -> PSF -> pixel
@@ -20,6 +22,7 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {
+    "CaloFlow": "calo_flow",
     "CaloGANCritic": "calo_gan",
     "CaloGANGenerator": "calo_gan",
     "FlowPrior": "galaxy_vae",

@@ -47,6 +47,7 @@ class Family:
 
 FAMILIES: dict[str, str] = {
     "calo_gan": "surrogate.pipelines.calo_gan",
+    "calo_flow": "surrogate.pipelines.calo_flow",
     "galaxy_vae": "surrogate.pipelines.galaxy_vae",
     "npe": "surrogate.pipelines.npe",
 }

@@ -14,7 +14,7 @@ Sections of the file (every key optional unless marked)::
     [train]     the shared knobs (surrogate.config.TrainConfig) and critic_learning_rate,
                 beta1, beta2, n_critic, gradient_penalty, block_size
     [generate]  n_events, energy_min_gev, energy_max_gev, batch_size
-    [validate]  energy_bins_gev
+    [validate]  energy_bins_gev, threshold_mev
 """
 
 from __future__ import annotations
@@ -26,11 +26,19 @@ from typing import Any, Mapping
 
 import torch
 
-from surrogate.config import PipelineConfig, SimulateConfig, TrainConfig, check_kwargs, load_simulate_recipe, setting
-from surrogate.data.calo import CaloShowerDataset, validate_calogan
+from surrogate.config import PipelineConfig, TrainConfig, check_kwargs, setting
 from surrogate.models.calo_gan import CaloGANCritic, CaloGANGenerator
 from surrogate.pipelines import Family
-from surrogate.pipelines.showers import ShowerSampler, generate_showers_distributed
+from surrogate.pipelines.showers import (
+    CaloDataConfig,
+    GenerateConfig,
+    ShowerSampler,
+    ValidateConfig,
+    data_files,
+    generate_showers_distributed,
+    run_shower_pipeline,
+    shower_loader,
+)
 from surrogate.train import distributed
 from surrogate.train.checkpoint import find_checkpoint, load_checkpoint
 from surrogate.train.loop import FitResult, fit
@@ -38,45 +46,20 @@ from surrogate.train.steps import GANStep, make_lr_scheduler
 
 __all__ = [
     "FAMILY",
-    "CaloDataConfig",
     "CaloGANConfig",
     "CaloGANModelConfig",
     "GANTrainConfig",
-    "GenerateConfig",
-    "ValidateConfig",
     "build_calo_gan",
-    "data_files",
     "gan_sampler",
     "generate",
     "load_generator",
     "run",
-    "simulate",
     "train",
 ]
 
 
 # --------------------------------------------------------------------------------------------
 # The pipeline file
-
-
-@dataclass(frozen=True)
-class CaloDataConfig:
-    """``[data]``: the training and reference (held-out) showers.
-
-    Either give existing CaloGAN-layout files (``train_file``, ``reference_file``; e.g.
-    CaloGAN's Geant4 files) or dataset recipes to simulate them into ``output_dir/data/`` (a
-    simulated file that already exists is reused).
-    """
-
-    train_file: Path | None = None
-    reference_file: Path | None = None
-    train_recipe: Path | None = None
-    reference_recipe: Path | None = None
-
-    def __post_init__(self):
-        for kind in ("train", "reference"):
-            if (getattr(self, f"{kind}_file") is None) == (getattr(self, f"{kind}_recipe") is None):
-                raise ValueError(f"give exactly one of {kind}_file and {kind}_recipe")
 
 
 @dataclass(frozen=True)
@@ -114,32 +97,6 @@ class GANTrainConfig(TrainConfig):
 
 
 @dataclass(frozen=True)
-class GenerateConfig:
-    """``[generate]``: showers generated for validation (incident energies uniform, GeV)."""
-
-    n_events: int = setting(10000, ge=1)
-    energy_min_gev: float = setting(1.0, gt=0)
-    energy_max_gev: float = setting(100.0, gt=0)
-    batch_size: int = setting(1024, ge=1)
-
-    def __post_init__(self):
-        if self.energy_max_gev < self.energy_min_gev:
-            raise ValueError(f"energy_max_gev {self.energy_max_gev} < energy_min_gev {self.energy_min_gev}")
-
-
-@dataclass(frozen=True)
-class ValidateConfig:
-    """``[validate]``: incident-energy bins ``[low, high]`` in GeV of the report."""
-
-    energy_bins_gev: tuple[tuple[float, float], ...] = ((1.0, 10.0), (10.0, 30.0), (30.0, 60.0), (60.0, 100.0))
-
-    def __post_init__(self):
-        for low, high in self.energy_bins_gev:
-            if not 0 <= low < high:
-                raise ValueError(f"energy_bins_gev: each bin is [low, high] with 0 <= low < high, got {[low, high]}")
-
-
-@dataclass(frozen=True)
 class CaloGANConfig(PipelineConfig):
     """A whole CaloGAN pipeline file (sections in the module documentation)."""
 
@@ -153,62 +110,6 @@ class CaloGANConfig(PipelineConfig):
 
 # --------------------------------------------------------------------------------------------
 # Stages
-
-
-def simulate(recipe: SimulateConfig, *, output: str | os.PathLike | None = None, progress: bool = True) -> Path:
-    """Runs the reference simulator of a dataset recipe and writes its HDF5 file atomically.
-
-    Arguments:
-        recipe: the ``[simulate]`` table of a dataset recipe.
-        output: overrides ``recipe.output``.
-        progress: show a progress bar.
-
-    Returns:
-        The file written.
-    """
-    from surrogate.simulators.gflash import simulate_to_file
-
-    path = Path(output if output is not None else recipe.output)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    simulate_to_file(
-        path, recipe.n_events, particle=recipe.particle,
-        energy_range_gev=(recipe.energy_min_gev, recipe.energy_max_gev), seed=recipe.seed, progress=progress,
-    )
-    return path
-
-
-def data_files(cfg: CaloGANConfig, *, progress: bool = True) -> tuple[Path, Path]:
-    """The training and reference files: given (and checked), reused, or simulated.
-
-    With several ranks, rank 0 simulates while the others wait, then they find the files in
-    place (:func:`~surrogate.train.distributed.main_rank_first`).
-
-    Returns:
-        ``(train_file, reference_file)``.
-
-    Raises:
-        ValueError: a given file is not a valid CaloGAN-layout file.
-    """
-    main = distributed.context().is_main
-    with distributed.main_rank_first():
-        out = []
-        for kind in ("train", "reference"):
-            given = getattr(cfg.data, f"{kind}_file")
-            if given is not None:
-                validate_calogan(given)
-                out.append(Path(given))
-                continue
-            recipe = load_simulate_recipe(getattr(cfg.data, f"{kind}_recipe"))
-            path = cfg.run.output_dir / "data" / Path(recipe.output).name
-            if path.exists():
-                validate_calogan(path)
-                if main:
-                    print(f"[simulate] reusing {path}")
-            else:
-                print(f"[simulate] {recipe.n_events} {recipe.particle} showers -> {path}")
-                simulate(recipe, output=path, progress=progress)
-            out.append(path)
-    return out[0], out[1]
 
 
 def build_calo_gan(model: CaloGANModelConfig) -> tuple[CaloGANGenerator, CaloGANCritic]:
@@ -238,10 +139,7 @@ def train(cfg: CaloGANConfig, *, resume: bool = True, progress: bool = True) -> 
     ctx = distributed.context()
     device = distributed.resolve_device(cfg.run.device)
     t = cfg.train
-    dataset = CaloShowerDataset(train_file, layout="calogan", block_size=t.block_size, shuffle=True, seed=cfg.run.seed,
-                                rank=ctx.rank, world_size=ctx.world_size, drop_last=ctx.distributed)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=t.batch_size, num_workers=t.num_workers, drop_last=True,
-                                         persistent_workers=False, pin_memory=device.type == "cuda")
+    loader = shower_loader(train_file, t, seed=cfg.run.seed, device=device)
     total = t.total_steps(len(loader) if t.max_epochs is not None else None)
     torch.manual_seed(cfg.run.seed)  # identical initial weights for the same seed, on every rank
     generator, critic = (m.to(device) for m in build_calo_gan(cfg.model))
@@ -320,30 +218,9 @@ def generate(checkpoint: str | os.PathLike, output: str | os.PathLike, n_events:
 
 
 def run(cfg: CaloGANConfig, *, progress: bool = True) -> Path:
-    """simulate (or read) -> train (resuming) -> generate -> validate. Returns the report path.
-
-    Across ranks: rank 0 simulates while the others wait, all ranks train, all generate their
-    shard of the showers, and rank 0 validates while the others wait.
-    """
-    from surrogate.pipelines.fastsim import validate_calo
-
-    out = cfg.run.output_dir
-    out.mkdir(parents=True, exist_ok=True)
-    _, reference_file = data_files(cfg, progress=progress)
-    result = train(cfg, resume=True, progress=progress)
-    generated = out / "generated.h5"
-    g = cfg.generate
-    main = distributed.context().is_main
-    if main:
-        print(f"[generate] {g.n_events} showers -> {generated}")
-    generate(result.checkpoint, generated, g.n_events, energy_range_gev=(g.energy_min_gev, g.energy_max_gev),
-             batch_size=g.batch_size, seed=cfg.run.seed + 1, device=cfg.run.device, progress=progress)
-    with distributed.main_rank_first():
-        if main:
-            print(f"[validate] {reference_file} vs {generated}")
-            validate_calo(reference_file, generated, out / "report", energy_bins_gev=cfg.validate.energy_bins_gev,
-                          seed=cfg.run.seed, progress=progress)
-    return out / "report" / "report.json"
+    """simulate (or read) -> train (resuming) -> generate -> validate
+    (:func:`~surrogate.pipelines.showers.run_shower_pipeline`). Returns the report path."""
+    return run_shower_pipeline(cfg, train=train, generate=generate, progress=progress)
 
 
 FAMILY = Family(name="calo_gan", config=CaloGANConfig, train=train, run=run, generate=generate)

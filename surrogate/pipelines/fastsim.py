@@ -3,25 +3,39 @@
 :func:`validate_calo` compares two CaloGAN-layout HDF5 files (reference, e.g. Geant4 or the GFlash
 stand-in, and generated, e.g. by the CaloGAN surrogate) with the CaloGAN observables in bins of
 incident energy, the CaloChallenge separation power of each observable, the mean energy
-response, and classifier two-sample tests; it writes PNG plots and a JSON report.
+response, and classifier two-sample tests; it writes PNG plots and a JSON report. Both files
+are read through the same readout threshold (zero suppression, default
+:data:`~surrogate.simulators.gflash.READOUT_THRESHOLD_MEV` = 0.01 MeV, CaloFlow's), so that
+sparsity means "cells at or above the threshold" for a reference, a GAN and a flow alike.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
+from surrogate.checks import check_choice, check_float
 from surrogate.data.calo import read_calogan
+from surrogate.data.hdf5 import open_hdf5
 from surrogate.geometry import CALOGAN_LAYERS
 from surrogate.metrics.classifier import calo_cell_features, calo_high_level_features, classifier_auc
 from surrogate.metrics.report import write_report
-from surrogate.metrics.showers import OBSERVABLE_UNITS, separation_power, shower_observables
+from surrogate.metrics.showers import OBSERVABLE_UNITS, separation_power, shower_observables, zero_suppress
+from surrogate.simulators.gflash import READOUT_THRESHOLD_MEV
 
-__all__ = ["DEFAULT_ENERGY_BINS_GEV", "validate_calo"]
+__all__ = ["CLASSIFIER_PROTOCOLS", "DEFAULT_ENERGY_BINS_GEV", "validate_calo"]
+
+CLASSIFIER_PROTOCOLS = ("fast", "calochallenge")
+"""Classifier tests of :func:`validate_calo`: ``"fast"``
+(:func:`surrogate.metrics.classifier.classifier_auc`, seconds; for main jobs and tests) or
+``"calochallenge"`` (the CaloChallenge 2022 evaluation's DNN and protocol,
+:func:`surrogate.metrics.calochallenge.calochallenge_classifier`; about 15 CPU minutes per
+feature set at 10k vs 10k showers on one core)."""
 
 #: Default incident-energy bins (low, high) in GeV for :func:`validate_calo`.
 DEFAULT_ENERGY_BINS_GEV: tuple[tuple[float, float], ...] = ((1, 10), (10, 30), (30, 60), (60, 100))
@@ -96,6 +110,13 @@ def _take(arrays: Mapping[str, np.ndarray], index: np.ndarray) -> dict[str, np.n
     return {key: values[index] for key, values in arrays.items()}
 
 
+def _recorded_threshold(path: str | os.PathLike) -> float | None:
+    """The file's ``readout_threshold_mev`` attribute (written by the reference simulator), or None."""
+    with open_hdf5(path) as f:
+        value = f.attrs.get("readout_threshold_mev")
+    return None if value is None else float(value)
+
+
 def validate_calo(
     reference_path: str | os.PathLike,
     generated_path: str | os.PathLike,
@@ -107,8 +128,15 @@ def validate_calo(
     min_events_per_bin: int = 50,
     classifier_max_events: int = 20000,
     plots: bool = True,
+    threshold_mev: float = READOUT_THRESHOLD_MEV,
+    classifier_protocol: str = "fast",
 ) -> dict:
     """Compares generated with reference calorimeter showers; writes PNGs and ``report.json``.
+
+    Both samples are first read through the same readout threshold: every cell below
+    ``threshold_mev`` is set to 0 (:func:`~surrogate.metrics.showers.zero_suppress`), in both
+    files, before the observables, the classifier features and the plots; ``sparsity_i`` is
+    therefore the fraction of cells at or above the threshold in either sample.
 
     For the selection "all" and for each incident-energy bin ``[low, high)`` (the bin ending at
     the largest upper edge also includes that edge) the report gives the event counts, the mean
@@ -117,10 +145,12 @@ def validate_calo(
     :func:`~surrogate.metrics.showers.shower_observables` (40 equal-width bins over the reference's
     range plus under- and overflow, :func:`~surrogate.metrics.showers.separation_power`). A
     selection with fewer than ``min_events_per_bin`` events in either sample is reported as
-    ``"skipped"`` with the reason instead. Two classifier tests
-    (:func:`~surrogate.metrics.classifier.classifier_auc`) are run on all energies together (at
-    most ``classifier_max_events`` random events per sample): on the high-level features and on
-    the cell energies; their held-out ROC AUC is reported (0.5 = indistinguishable). Both files
+    ``"skipped"`` with the reason instead. Two classifier tests of the chosen protocol
+    (:data:`CLASSIFIER_PROTOCOLS`) are run on all energies together (at most
+    ``classifier_max_events`` random events per sample): on the high-level features and on the
+    cell energies; their held-out ROC AUC is reported (0.5 = indistinguishable) with the
+    protocol that produced it (``"protocol"`` in each entry, ``classifier_protocol`` in the
+    settings and the summary); the CaloChallenge protocol also reports its JSD. Both files
     are read into memory whole (about 2 kB per event).
 
     Files written to ``out_dir`` (created if needed), each atomically:
@@ -129,9 +159,10 @@ def validate_calo(
     ``mean_response.png`` (mean response per energy bin and the ratio; only if a bin was
     evaluated) and ``report.json``, whose structure is::
 
-        {"reference": {"path", "n_events"}, "generated": {"path", "n_events"},
+        {"reference": {"path", "n_events", "readout_threshold_mev"},
+         "generated": {"path", "n_events", "readout_threshold_mev"},
          "settings": {"energy_bins_gev", "seed", "min_events_per_bin", "n_bins_separation_power",
-                      "classifier_max_events", "sparsity_threshold_mev"},
+                      "classifier_max_events", "readout_threshold_mev", "classifier_protocol"},
          "observables": {name: unit},
          "energy_bins": {"all" | "<low>-<high> GeV": {
              "range_gev": [low, high] | null, "n_reference", "n_generated",
@@ -140,10 +171,11 @@ def validate_calo(
                                "ratio", "ratio_error"},
              "separation_power": {name: S}, "mean_separation_power": float,
              "separation_power_floor": float}},
-         "classifier": {"high_level" | "cells": {"status": "ok", "auc", "n_per_class", "n_train",
-                        "n_test", "n_features", "n_epochs", "seed"} | {"status": "skipped", "reason"}},
+         "classifier": {"high_level" | "cells": {"status": "ok", "protocol", "auc", ... (the
+                        protocol's result)} | {"status": "skipped", "protocol", "reason"}},
          "summary": {"auc_high_level", "auc_cells", "max_abs_response_deviation",
-                     "mean_separation_power", "worst_observable"},
+                     "mean_separation_power", "worst_observable", "readout_threshold_mev",
+                     "classifier_protocol"},
          "plots": {"observables": {name: file}, "average_images": file | null,
                    "mean_response": file | null}}
 
@@ -153,7 +185,12 @@ def validate_calo(
     estimate, as not all 40 bins are occupied), so values near it are consistent with noise.
     ``max_abs_response_deviation`` is ``max |ratio - 1|`` over the evaluated energy bins (null if
     none); ``mean_separation_power`` and ``worst_observable`` refer to the selection "all".
-    File names in ``"plots"`` are relative to ``out_dir``.
+    File names in ``"plots"`` are relative to ``out_dir``. ``settings.readout_threshold_mev``
+    (repeated in ``summary``) is the threshold applied here; ``reference.readout_threshold_mev``
+    and ``generated.readout_threshold_mev`` are the thresholds the files record in their
+    attribute of that name (the reference simulator writes it; ``null`` if absent). A file
+    recorded with a higher threshold than the one applied here lacks cells the other sample
+    keeps, which biases the comparison: a :class:`UserWarning` says so.
 
     Arguments:
         reference_path: CaloGAN-layout HDF5 file of reference showers.
@@ -166,23 +203,30 @@ def validate_calo(
         classifier_max_events: At most this many events per sample enter each classifier test.
         plots: Write the PNG figures (a fraction of a second each); with ``False`` only
             ``report.json`` is written and ``"plots"`` lists nothing.
+        threshold_mev: Readout threshold in MeV (>= 0) applied to both files (default
+            :data:`~surrogate.simulators.gflash.READOUT_THRESHOLD_MEV` = 0.01 MeV, the CaloFlow
+            value for the CaloGAN geometry; 0 compares the cells as stored).
+        classifier_protocol: ``"fast"`` or ``"calochallenge"`` (:data:`CLASSIFIER_PROTOCOLS`).
 
     Returns:
         The report (the dict written to ``report.json``).
 
     Raises:
         ValueError: If a file is not a valid CaloGAN-layout file (raised by
-            :func:`surrogate.data.calo.read_calogan`) or an energy bin is malformed.
+            :func:`surrogate.data.calo.read_calogan`), an energy bin is malformed,
+            ``threshold_mev`` is negative or ``classifier_protocol`` unknown.
 
     References:
         Paganini, de Oliveira, Nachman, arXiv:1705.02355, arXiv:1712.10321 (observables);
         Krause et al., arXiv:2410.21611 (separation power, classifier metric).
     """
     bins = _check_energy_bins(energy_bins_gev)
+    threshold_mev = check_float("threshold_mev", threshold_mev, minimum=0.0, unit="MeV")
+    classifier_protocol = check_choice("classifier_protocol", classifier_protocol, CLASSIFIER_PROTOCOLS)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     names = list(OBSERVABLE_UNITS)
-    steps = ["read", "observables", "separation powers", "classifier (high_level)", "classifier (cells)",
+    steps = ["read", "observables", "separation powers", "classifiers",
              *(f"plot {name}" for name in names), "plot average images", "plot mean response", "report"]
     with tqdm(total=len(steps), desc="validate", unit="step", disable=not progress) as bar:
 
@@ -192,41 +236,29 @@ def validate_calo(
             bar.set_postfix_str(description)
 
         step("read")
-        reference = read_calogan(reference_path)
-        generated = read_calogan(generated_path)
+        recorded = {}
+        for kind, path in (("reference", reference_path), ("generated", generated_path)):
+            recorded[kind] = _recorded_threshold(path)
+            if recorded[kind] is not None and recorded[kind] > threshold_mev:
+                warnings.warn(f"{path} was written with readout threshold {recorded[kind]} MeV, above the "
+                              f"{threshold_mev} MeV applied to both files: its sparsity is biased low",
+                              UserWarning, stacklevel=2)
+        # one readout for both samples: cells below the threshold are empty everywhere below
+        reference = zero_suppress(read_calogan(reference_path), threshold_mev)
+        generated = zero_suppress(read_calogan(generated_path), threshold_mev)
         step("observables")
-        ref_obs = shower_observables(reference)
-        gen_obs = shower_observables(generated)
+        ref_obs = shower_observables(reference, threshold_mev=threshold_mev)
+        gen_obs = shower_observables(generated, threshold_mev=threshold_mev)
         ref_energy = np.asarray(reference["energy"], dtype=np.float64)[:, 0]
         gen_energy = np.asarray(generated["energy"], dtype=np.float64)[:, 0]
 
         step("separation powers")
         energy_bins, evaluated = _compare_selections(ref_obs, gen_obs, ref_energy, gen_energy, bins, min_events_per_bin)
 
-        classifier = {}
-        too_few = min(ref_energy.size, gen_energy.size) < min_events_per_bin
-        for kind in ("high_level", "cells"):
-            step(f"classifier ({kind})")
-            if too_few:
-                classifier[kind] = {
-                    "status": "skipped",
-                    "reason": f"fewer than {min_events_per_bin} events: {ref_energy.size} reference, "
-                    f"{gen_energy.size} generated",
-                }
-                continue
-            # features of at most classifier_max_events events per sample (bounded memory)
-            ref_take, gen_take = (
-                _sample_indices(n, classifier_max_events, seed + offset)
-                for offset, n in enumerate((ref_energy.size, gen_energy.size))
-            )
-            if kind == "high_level":
-                ref_x = calo_high_level_features(_take(reference, ref_take), _take(ref_obs, ref_take))[0]
-                gen_x = calo_high_level_features(_take(generated, gen_take), _take(gen_obs, gen_take))[0]
-            else:
-                ref_x = calo_cell_features(_take(reference, ref_take))
-                gen_x = calo_cell_features(_take(generated, gen_take))
-            result = classifier_auc(ref_x, gen_x, seed=seed, max_events=classifier_max_events)
-            classifier[kind] = {"status": "ok", **result}
+        step("classifiers")
+        classifier = _classifier_tests(reference, generated, ref_obs, gen_obs, protocol=classifier_protocol,
+                                       seed=seed, max_events=classifier_max_events, min_events=min_events_per_bin,
+                                       threshold_mev=threshold_mev, progress=progress)
 
         figures = _write_plots(out, reference, generated, energy_bins, evaluated, step if plots else None)
 
@@ -239,15 +271,18 @@ def validate_calo(
         ]
         overall = energy_bins["all"]
         report = {
-            "reference": {"path": str(reference_path), "n_events": int(ref_energy.size)},
-            "generated": {"path": str(generated_path), "n_events": int(gen_energy.size)},
+            "reference": {"path": str(reference_path), "n_events": int(ref_energy.size),
+                          "readout_threshold_mev": recorded["reference"]},
+            "generated": {"path": str(generated_path), "n_events": int(gen_energy.size),
+                          "readout_threshold_mev": recorded["generated"]},
             "settings": {
                 "energy_bins_gev": [list(b) for b in bins],
                 "seed": int(seed),
                 "min_events_per_bin": int(min_events_per_bin),
                 "n_bins_separation_power": _N_BINS,
                 "classifier_max_events": int(classifier_max_events),
-                "sparsity_threshold_mev": 0.0,
+                "readout_threshold_mev": threshold_mev,
+                "classifier_protocol": classifier_protocol,
             },
             "observables": dict(OBSERVABLE_UNITS),
             "energy_bins": energy_bins,
@@ -261,12 +296,48 @@ def validate_calo(
                     max(overall["separation_power"], key=overall["separation_power"].get)
                     if overall["status"] == "ok" else None
                 ),
+                "readout_threshold_mev": threshold_mev,
+                "classifier_protocol": classifier_protocol,
             },
             "plots": figures,
         }
         write_report(out / "report.json", report)
         bar.update(len(steps) - bar.n)
     return report
+
+
+def _classifier_tests(reference: Mapping[str, np.ndarray], generated: Mapping[str, np.ndarray],
+                      ref_obs: Mapping[str, np.ndarray], gen_obs: Mapping[str, np.ndarray], *, protocol: str,
+                      seed: int, max_events: int, min_events: int, threshold_mev: float,
+                      progress: bool) -> dict[str, dict]:
+    """The report's ``"classifier"`` entry: high-level and cell classifiers of one protocol."""
+    n_ref, n_gen = len(reference["energy"]), len(generated["energy"])
+    if min(n_ref, n_gen) < min_events:
+        reason = f"fewer than {min_events} events: {n_ref} reference, {n_gen} generated"
+        return {kind: {"status": "skipped", "reason": reason, "protocol": protocol} for kind in ("high_level", "cells")}
+    # features of at most max_events events per sample (bounded memory)
+    ref_take, gen_take = (_sample_indices(n, max_events, seed + offset) for offset, n in enumerate((n_ref, n_gen)))
+    ref, gen = _take(reference, ref_take), _take(generated, gen_take)
+    out = {}
+    for kind in ("high_level", "cells"):
+        if protocol == "calochallenge":
+            from surrogate.metrics.calochallenge import calochallenge_classifier
+            from surrogate.metrics.calochallenge_features import calochallenge_features
+
+            level = "high" if kind == "high_level" else "low"
+            result = calochallenge_classifier(calochallenge_features(ref, kind=level, threshold_mev=threshold_mev),
+                                              calochallenge_features(gen, kind=level, threshold_mev=threshold_mev),
+                                              seed=seed, progress=progress)
+        else:
+            if kind == "high_level":
+                ref_x = calo_high_level_features(ref, _take(ref_obs, ref_take))[0]
+                gen_x = calo_high_level_features(gen, _take(gen_obs, gen_take))[0]
+            else:
+                ref_x = calo_cell_features(ref, threshold_mev=threshold_mev)
+                gen_x = calo_cell_features(gen, threshold_mev=threshold_mev)
+            result = classifier_auc(ref_x, gen_x, seed=seed, max_events=max_events)
+        out[kind] = {"status": "ok", "protocol": protocol, **result}
+    return out
 
 
 def _compare_selections(

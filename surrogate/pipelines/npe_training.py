@@ -2,8 +2,8 @@
 
 - :func:`check_simulations`: shape checks of paired simulations, non-finite rows dropped (or
   refused) and counted.
-- :class:`EpochBatchSampler`: shuffled mini-batches whose order depends only on
-  ``(seed, epoch)``, split across ranks.
+- :func:`epoch_batches`: shuffled mini-batches whose order depends only on ``(seed, epoch)``,
+  split across ranks (torch's ``DistributedSampler`` and ``BatchSampler``).
 - :func:`train_npe`: checks the simulations, splits off a validation set, builds the flow
   (:func:`surrogate.models.npe.build_npe_flow`) and trains it with :func:`surrogate.train.fit`,
   :class:`surrogate.train.steps.LikelihoodStep` and :func:`surrogate.losses.npe_loss`, with early
@@ -38,15 +38,15 @@ References:
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution
+from torch.utils.data import BatchSampler, DistributedSampler
 
 from surrogate.losses import npe_loss
 from surrogate.models.npe import NeuralPosterior, build_npe_flow
@@ -54,7 +54,7 @@ from surrogate.train import distributed
 from surrogate.train.loop import FitResult, fit
 from surrogate.train.steps import LikelihoodStep, make_lr_scheduler
 
-__all__ = ["EpochBatchSampler", "NPEResult", "check_simulations", "train_npe"]
+__all__ = ["NPEResult", "check_simulations", "epoch_batches", "train_npe"]
 
 
 def check_simulations(theta: Tensor, x: Tensor, *, drop_invalid: bool = True) -> tuple[Tensor, Tensor, int]:
@@ -92,15 +92,17 @@ def check_simulations(theta: Tensor, x: Tensor, *, drop_invalid: bool = True) ->
     return theta[finite], x[finite], dropped
 
 
-class EpochBatchSampler(torch.utils.data.Sampler):
-    """Yields index tensors of shuffled mini-batches; the order of an epoch depends only on
-    ``(seed, epoch)`` (``set_epoch`` is called by :func:`surrogate.train.fit`), so resuming is exact.
+def epoch_batches(num_items: int, batch_size: int, *, seed: int = 0, rank: int = 0,
+                  world_size: int = 1) -> BatchSampler:
+    """Shuffled mini-batches of indices for in-memory data, with torch's samplers: a
+    ``DistributedSampler`` (the epoch's permutation drawn from ``seed + epoch``; rank ``r`` takes
+    every ``W``-th index from ``r``) cut into batches by a ``BatchSampler``.
 
-    With ``world_size`` ranks, the epoch's permutation is cut into global batches of
-    ``batch_size * world_size`` indices and rank ``r`` yields slice ``r`` of each: the ranks
-    together see exactly the batches of one rank with ``batch_size * world_size``. An incomplete
-    last global batch is dropped when ``world_size > 1`` (every rank must take the same number of
-    steps, with equal shares); a single rank keeps it.
+    :func:`surrogate.train.fit` calls ``set_epoch`` on the inner ``DistributedSampler``, so the
+    order depends only on ``(seed, epoch)`` and a resume is exact. Batch ``k`` of the ``W`` ranks
+    together holds exactly batch ``k`` of one rank with ``batch_size * W`` (the permutation does
+    not depend on ``W``). With several ranks the incomplete last batch is dropped (every rank
+    must take the same number of steps with equal shares); a single rank keeps it.
 
     Arguments:
         num_items: dataset size ``N``.
@@ -108,41 +110,26 @@ class EpochBatchSampler(torch.utils.data.Sampler):
         seed: shuffling seed (the same on every rank).
         rank, world_size: this rank and the number of ranks.
 
+    Returns:
+        A ``BatchSampler`` yielding lists of ``batch_size`` indices (for ``DataLoader(...,
+        sampler=..., batch_size=None)`` over a dataset indexed by a whole batch).
+
     Raises:
         ValueError: non-positive sizes, a bad rank, or fewer items than one global batch.
     """
-
-    def __init__(self, num_items: int, batch_size: int, *, seed: int = 0, rank: int = 0, world_size: int = 1):
-        if num_items < 1 or batch_size < 1:
-            raise ValueError(f"num_items and batch_size must be >= 1, got {num_items} and {batch_size}")
-        if not 0 <= rank < world_size:
-            raise ValueError(f"need 0 <= rank < world_size, got rank {rank} and world_size {world_size}")
-        if world_size > 1 and num_items < batch_size * world_size:
-            raise ValueError(f"{num_items} items are fewer than one global batch of {batch_size} x {world_size} ranks")
-        self.num_items, self.batch_size, self.seed, self.epoch = num_items, batch_size, seed, 0
-        self.rank, self.world_size = rank, world_size
-
-    def set_epoch(self, epoch: int) -> None:
-        """Selects the permutation of epoch ``epoch``."""
-        self.epoch = int(epoch)
-
-    def __iter__(self) -> Iterator[Tensor]:
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        order = torch.randperm(self.num_items, generator=generator)
-        if self.world_size == 1:
-            return iter(order.split(self.batch_size))
-        step = self.batch_size * self.world_size
-        lo, hi = self.rank * self.batch_size, (self.rank + 1) * self.batch_size
-        return iter([order[start + lo : start + hi] for start in range(0, len(self) * step, step)])
-
-    def __len__(self) -> int:
-        if self.world_size == 1:
-            return math.ceil(self.num_items / self.batch_size)
-        return self.num_items // (self.batch_size * self.world_size)
+    if num_items < 1 or batch_size < 1:
+        raise ValueError(f"num_items and batch_size must be >= 1, got {num_items} and {batch_size}")
+    if not 0 <= rank < world_size:
+        raise ValueError(f"need 0 <= rank < world_size, got rank {rank} and world_size {world_size}")
+    if world_size > 1 and num_items < batch_size * world_size:
+        raise ValueError(f"{num_items} items are fewer than one global batch of {batch_size} x {world_size} ranks")
+    sampler = DistributedSampler(range(num_items), num_replicas=world_size, rank=rank, shuffle=True, seed=seed,
+                                 drop_last=world_size > 1)
+    return BatchSampler(sampler, batch_size, drop_last=world_size > 1)
 
 
 class _PairDataset(torch.utils.data.Dataset):
-    """In-memory ``(theta, x)`` indexed by a tensor of indices (a whole batch at once)."""
+    """In-memory ``(theta, x)`` indexed by a list of indices (a whole batch at once)."""
 
     def __init__(self, theta: Tensor, x: Tensor):
         self.theta, self.x = theta, x
@@ -150,7 +137,8 @@ class _PairDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return self.theta.shape[0]
 
-    def __getitem__(self, index: Tensor) -> dict[str, Tensor]:
+    def __getitem__(self, index: list[int]) -> dict[str, Tensor]:
+        index = torch.as_tensor(index)
         return {"theta": self.theta[index], "x": self.x[index]}
 
 
@@ -269,7 +257,7 @@ def train_npe(
         embedding_net: optional summary network for ``x`` (see
             :func:`~surrogate.models.npe.build_npe_flow`).
         z_score_theta, z_score_x: z-scoring, see :func:`~surrogate.models.npe.build_npe_flow`.
-        batch_size: simulations per optimizer step and rank (see :class:`EpochBatchSampler`
+        batch_size: simulations per optimizer step and rank (see :func:`epoch_batches`
             for several ranks: every rank holds all simulations and trains on its slice of each
             global batch; gradients are averaged by ``LikelihoodStep``).
         learning_rate: AdamW learning rate.
@@ -319,7 +307,7 @@ def train_npe(
         theta_tr, x_tr = theta[train_idx], x[train_idx]
         flow = build_npe_flow(theta_tr, x_tr, kind=kind, embedding_net=embedding_net, z_score_theta=z_score_theta,
                               z_score_x=z_score_x, seed=seed, **flow_kwargs).to(device)
-        sampler = EpochBatchSampler(theta_tr.shape[0], batch_size, seed=seed, rank=ctx.rank, world_size=ctx.world_size)
+        sampler = epoch_batches(theta_tr.shape[0], batch_size, seed=seed, rank=ctx.rank, world_size=ctx.world_size)
         loader = torch.utils.data.DataLoader(_PairDataset(theta_tr, x_tr), sampler=sampler, batch_size=None,
                                              num_workers=num_workers)
         steps_per_epoch = len(sampler)

@@ -18,7 +18,7 @@ __all__ = ["SIMULATORS", "simulate_recipe"]
 
 
 def _showers(path: Path, table: Mapping[str, Any], *, output, n, seed, progress) -> tuple[Path, str]:
-    from surrogate.pipelines.calo_gan import simulate
+    from surrogate.pipelines.showers import simulate
 
     recipe = load_simulate_recipe(path)
     changes = {k: v for k, v in (("n_events", n), ("seed", seed)) if v is not None}

@@ -1,6 +1,10 @@
-"""Shower generation shared by every calorimeter family: energies in, a CaloGAN-layout file out.
+"""What every calorimeter-shower family shares: the ``[data]``, ``[generate]`` and ``[validate]``
+sections of its pipeline file, the reference data (simulated or given), the training loader,
+generation into CaloGAN-layout files, and the whole ``run`` (train -> generate -> validate).
+The families (:mod:`surrogate.pipelines.calo_gan`, :mod:`surrogate.pipelines.calo_flow`) add
+their model, its ``[model]`` and ``[train]`` sections and ``train`` / ``generate`` stages.
 
-A family hands over a *sampler*, ``sample(energy, generator) -> {"layer_0": (B, 3, 96),
+**Generation.** A family hands over a *sampler*, ``sample(energy, generator) -> {"layer_0": (B, 3, 96),
 "layer_1": (B, 12, 12), "layer_2": (B, 12, 6)}`` (cell energies in MeV, tensors on any device)
 for incident energies ``energy`` of shape ``(B, 1)`` in GeV, drawing its noise from the CPU
 ``torch.Generator`` it is given; :func:`generate_showers` draws the energies, calls it batch by
@@ -11,6 +15,7 @@ over ranks and joins the shards.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -19,11 +24,172 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from surrogate.data.calo import CaloGANWriter
+from surrogate.config import PipelineConfig, SimulateConfig, TrainConfig, load_simulate_recipe, setting
+from surrogate.data.calo import CaloGANWriter, CaloShowerDataset, validate_calogan
 from surrogate.geometry import CALOGAN_LAYERS
+from surrogate.simulators.gflash import READOUT_THRESHOLD_MEV
 from surrogate.train import distributed
+from surrogate.train.loop import FitResult
 
-__all__ = ["ShowerSampler", "generate_showers", "generate_showers_distributed"]
+__all__ = [
+    "CaloDataConfig",
+    "GenerateConfig",
+    "ShowerSampler",
+    "ValidateConfig",
+    "data_files",
+    "generate_showers",
+    "generate_showers_distributed",
+    "run_shower_pipeline",
+    "shower_loader",
+    "simulate",
+]
+
+
+# --------------------------------------------------------------------------------------------
+# Sections shared by the shower families' pipeline files
+
+
+@dataclass(frozen=True)
+class CaloDataConfig:
+    """``[data]``: the training and reference (held-out) showers.
+
+    Either give existing CaloGAN-layout files (``train_file``, ``reference_file``; e.g.
+    CaloGAN's Geant4 files) or dataset recipes to simulate them into ``output_dir/data/`` (a
+    simulated file that already exists is reused).
+    """
+
+    train_file: Path | None = None
+    reference_file: Path | None = None
+    train_recipe: Path | None = None
+    reference_recipe: Path | None = None
+
+    def __post_init__(self):
+        for kind in ("train", "reference"):
+            if (getattr(self, f"{kind}_file") is None) == (getattr(self, f"{kind}_recipe") is None):
+                raise ValueError(f"give exactly one of {kind}_file and {kind}_recipe")
+
+
+@dataclass(frozen=True)
+class GenerateConfig:
+    """``[generate]``: showers generated for validation (incident energies uniform, GeV)."""
+
+    n_events: int = setting(10000, ge=1)
+    energy_min_gev: float = setting(1.0, gt=0)
+    energy_max_gev: float = setting(100.0, gt=0)
+    batch_size: int = setting(1024, ge=1)
+
+    def __post_init__(self):
+        if self.energy_max_gev < self.energy_min_gev:
+            raise ValueError(f"energy_max_gev {self.energy_max_gev} < energy_min_gev {self.energy_min_gev}")
+
+
+@dataclass(frozen=True)
+class ValidateConfig:
+    """``[validate]``: incident-energy bins ``[low, high]`` in GeV of the report, and the readout
+    threshold ``threshold_mev`` in MeV applied to both files (cells below it are empty; default
+    0.01 MeV, :data:`~surrogate.simulators.gflash.READOUT_THRESHOLD_MEV`)."""
+
+    energy_bins_gev: tuple[tuple[float, float], ...] = ((1.0, 10.0), (10.0, 30.0), (30.0, 60.0), (60.0, 100.0))
+    threshold_mev: float = setting(READOUT_THRESHOLD_MEV, ge=0)
+
+    def __post_init__(self):
+        for low, high in self.energy_bins_gev:
+            if not 0 <= low < high:
+                raise ValueError(f"energy_bins_gev: each bin is [low, high] with 0 <= low < high, got {[low, high]}")
+
+
+# --------------------------------------------------------------------------------------------
+# Data
+
+
+def simulate(recipe: SimulateConfig, *, output: str | os.PathLike | None = None, progress: bool = True) -> Path:
+    """Runs the reference simulator of a dataset recipe and writes its HDF5 file atomically.
+
+    Arguments:
+        recipe: the ``[simulate]`` table of a dataset recipe.
+        output: overrides ``recipe.output``.
+        progress: show a progress bar.
+
+    Returns:
+        The file written.
+    """
+    from surrogate.simulators.gflash import simulate_to_file
+
+    path = Path(output if output is not None else recipe.output)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    simulate_to_file(
+        path, recipe.n_events, particle=recipe.particle,
+        energy_range_gev=(recipe.energy_min_gev, recipe.energy_max_gev), seed=recipe.seed, progress=progress,
+        threshold_mev=recipe.threshold_mev,
+    )
+    return path
+
+
+def data_files(cfg: PipelineConfig, *, progress: bool = True, quiet: bool = False) -> tuple[Path, Path]:
+    """The training and reference files: given (and checked), reused, or simulated.
+
+    With several ranks, rank 0 simulates while the others wait, then they find the files in
+    place (:func:`~surrogate.train.distributed.main_rank_first`).
+
+    Arguments:
+        cfg: a pipeline configuration with a ``data`` section of type :class:`CaloDataConfig`
+            and ``run`` (CaloGAN's, CaloFlow's).
+        progress: show the simulator's progress bar.
+        quiet: do not say that an existing file is reused.
+
+    Returns:
+        ``(train_file, reference_file)``.
+
+    Raises:
+        ValueError: a given file is not a valid CaloGAN-layout file.
+    """
+    main = distributed.context().is_main
+    with distributed.main_rank_first():
+        out = []
+        for kind in ("train", "reference"):
+            given = getattr(cfg.data, f"{kind}_file")
+            if given is not None:
+                validate_calogan(given)
+                out.append(Path(given))
+                continue
+            recipe = load_simulate_recipe(getattr(cfg.data, f"{kind}_recipe"))
+            path = cfg.run.output_dir / "data" / Path(recipe.output).name
+            if path.exists():
+                validate_calogan(path)
+                if main and not quiet:
+                    print(f"[simulate] reusing {path}")
+            else:
+                print(f"[simulate] {recipe.n_events} {recipe.particle} showers -> {path}")
+                simulate(recipe, output=path, progress=progress)
+            out.append(path)
+    return out[0], out[1]
+
+
+def shower_loader(train_file: str | os.PathLike, train: TrainConfig, *, seed: int,
+                  device: torch.device) -> torch.utils.data.DataLoader:
+    """Batches of training showers streamed from a CaloGAN-layout file in shuffled contiguous
+    blocks (:class:`~surrogate.data.calo.CaloShowerDataset`), this rank's shard of every epoch.
+
+    Arguments:
+        train_file: the CaloGAN-layout HDF5 file.
+        train: the ``[train]`` section (``batch_size`` per rank, ``num_workers``, and the
+            family's ``block_size``: events per contiguous read).
+        seed: shuffling seed (the same on every rank).
+        device: where training runs (pinned memory on CUDA).
+
+    Returns:
+        A ``DataLoader`` of ``{"layer_0", "layer_1", "layer_2"`` (MeV) ``, "energy"`` (GeV) ``}``.
+    """
+    ctx = distributed.context()
+    dataset = CaloShowerDataset(train_file, layout="calogan", block_size=train.block_size, shuffle=True, seed=seed,
+                                rank=ctx.rank, world_size=ctx.world_size, drop_last=ctx.distributed)
+    return torch.utils.data.DataLoader(dataset, batch_size=train.batch_size, num_workers=train.num_workers,
+                                       drop_last=True, persistent_workers=False, pin_memory=device.type == "cuda")
+
+
+# --------------------------------------------------------------------------------------------
+# Generation
+
 
 ShowerSampler = Callable[[Tensor, torch.Generator], Mapping[str, Tensor]]
 """``sample(energy (B, 1) GeV, generator) -> {layer: (B, *shape) MeV}``."""
@@ -134,3 +300,45 @@ def generate_showers_distributed(
     if error is not None:
         raise ValueError(f"distributed generation into {output} failed: {error}")
     return output
+
+
+# --------------------------------------------------------------------------------------------
+# The whole pipeline
+
+
+def run_shower_pipeline(cfg: PipelineConfig, *, train: Callable[..., FitResult], generate: Callable[..., Path],
+                        progress: bool = True) -> Path:
+    """simulate (or read) -> train (resuming) -> generate -> validate, for a shower family.
+
+    Across ranks: rank 0 simulates while the others wait, all ranks train, all generate their
+    shard of the showers, and rank 0 validates while the others wait.
+
+    Arguments:
+        cfg: the family's configuration (with ``run``, ``data``, ``generate`` and ``validate``
+            sections of the types above).
+        train: the family's ``train(cfg, *, resume, progress) -> FitResult``.
+        generate: the family's ``generate(checkpoint, output, n_events, ...) -> Path``.
+        progress: show progress bars.
+
+    Returns:
+        The path of ``report.json`` (:func:`surrogate.pipelines.fastsim.validate_calo`).
+    """
+    from surrogate.pipelines.fastsim import validate_calo
+
+    out = cfg.run.output_dir
+    out.mkdir(parents=True, exist_ok=True)
+    result = train(cfg, resume=True, progress=progress)
+    _, reference_file = data_files(cfg, quiet=True)
+    generated = out / "generated.h5"
+    g = cfg.generate
+    main = distributed.context().is_main
+    if main:
+        print(f"[generate] {g.n_events} showers -> {generated}")
+    generate(result.checkpoint, generated, g.n_events, energy_range_gev=(g.energy_min_gev, g.energy_max_gev),
+             batch_size=g.batch_size, seed=cfg.run.seed + 1, device=cfg.run.device, progress=progress)
+    with distributed.main_rank_first():
+        if main:
+            print(f"[validate] {reference_file} vs {generated}")
+            validate_calo(reference_file, generated, out / "report", energy_bins_gev=cfg.validate.energy_bins_gev,
+                          seed=cfg.run.seed, progress=progress, threshold_mev=cfg.validate.threshold_mev)
+    return out / "report" / "report.json"

@@ -284,11 +284,13 @@ def _restore(step: Step, path: Path, seed: int | None) -> tuple[_Position, Mappi
 
 
 def _set_epoch(loader: Iterable[Any], epoch: int) -> None:
-    """Calls ``set_epoch(epoch)`` on the loader's dataset, sampler and batch sampler that have it."""
+    """Calls ``set_epoch(epoch)`` on the loader's dataset, sampler and batch sampler that have it,
+    and on the sampler inside a ``BatchSampler`` (e.g. a ``DistributedSampler``)."""
     for name in ("dataset", "sampler", "batch_sampler"):
         holder = getattr(loader, name, None)
-        if hasattr(holder, "set_epoch"):
-            holder.set_epoch(epoch)
+        for candidate in (holder, getattr(holder, "sampler", None)):
+            if hasattr(candidate, "set_epoch"):
+                candidate.set_epoch(epoch)
 
 
 def _epoch_batches(loader: Iterable[Any], at: _Position, rng: Mapping[str, Any] | None) -> Iterator[Any]:

@@ -16,12 +16,8 @@ import pytest
 import torch
 
 from surrogate.geometry import CALOGAN
-from surrogate.metrics.calochallenge import (
-    CaloChallengeDNN,
-    calochallenge_classifier,
-    calochallenge_feature_names,
-    calochallenge_features,
-)
+from surrogate.metrics.calochallenge import CaloChallengeDNN, calochallenge_classifier
+from surrogate.metrics.calochallenge_features import calochallenge_feature_names, calochallenge_features
 
 N_CELLS = {"layer_0": 288, "layer_1": 144, "layer_2": 72}
 FAST = {"hidden_features": 64, "batch_size": 50, "learning_rate": 2e-3}

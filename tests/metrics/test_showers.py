@@ -14,6 +14,7 @@ from surrogate.metrics.showers import (
     histogram_edges,
     separation_power,
     shower_observables,
+    zero_suppress,
 )
 
 
@@ -131,7 +132,42 @@ def test_sparsity_threshold():
     showers = empty_showers()
     showers["layer_2"][0, 0, :3] = (0.5, 1.0, 2.0)
     assert shower_observables(showers)["sparsity_2"][0] == pytest.approx(3 / 72)
-    assert shower_observables(showers, sparsity_threshold_mev=1.0)["sparsity_2"][0] == pytest.approx(1 / 72)
+    # the readout threshold keeps E >= threshold (CaloFlow, CaloChallenge: E < threshold -> 0)
+    obs = shower_observables(showers, threshold_mev=1.0)
+    assert obs["sparsity_2"][0] == 2 / 72
+    # the cell below the threshold is empty for every observable, not only for the sparsity
+    assert obs["E_2"][0] == 3.0 and obs["E_ratio_2"][0] == pytest.approx(1 / 3, abs=1e-15)
+
+
+def test_readout_threshold_on_a_hand_made_shower():
+    """Tiny deposits below 0.01 MeV (as Gamma smearing leaves them) are empty at the default readout."""
+    showers = empty_showers(n=2)
+    showers["layer_0"][0, 1, 40:46] = (0.004, 0.0099, 0.01, 0.02, 7.0, 1e-6)   # float32 cells, MeV
+    showers["layer_1"][0, 5, 5:9] = (1e-3, 2e-3, 300.0, 0.5)
+    showers["layer_2"][0, 3, :] = (0.009, 0.011, 0.0, 0.0, 0.0, 0.0)
+    showers["overflow"][0] = (0.001, 0.001, 0.001)                          # not a cell: ignored
+    raw = shower_observables(showers)
+    obs = shower_observables(showers, threshold_mev=0.01)
+    assert (raw["sparsity_0"][0], raw["sparsity_1"][0], raw["sparsity_2"][0]) == (6 / 288, 4 / 144, 2 / 72)
+    # float32(0.01) equals the threshold in float32 and is kept: 0.01, 0.02 and 7.0 remain
+    assert (obs["sparsity_0"][0], obs["sparsity_1"][0], obs["sparsity_2"][0]) == (3 / 288, 2 / 144, 1 / 72)
+    assert obs["E_1"][0] == pytest.approx(300.5, rel=1e-7)
+    assert obs["E_2"][0] == pytest.approx(0.011, rel=1e-6) and obs["width_x_2"][0] == 0.0
+    # the empty second shower is unaffected, and a threshold of 0 changes nothing
+    assert all(obs[name][1] == raw[name][1] == 0.0 for name in obs if name.startswith("sparsity"))
+    for name, values in shower_observables(showers, threshold_mev=0.0).items():
+        np.testing.assert_array_equal(values, raw[name])
+    with pytest.raises(ValueError, match="threshold_mev"):
+        shower_observables(showers, threshold_mev=-1.0)
+
+
+def test_zero_suppress_keeps_dtype_and_input():
+    showers = empty_showers()
+    showers["layer_1"][0, 0, :3] = (0.005, 0.01, 3.0)
+    out = zero_suppress(showers, 0.01)
+    assert out["layer_1"].dtype == np.float32 and out["layer_1"][0, 0, :3].tolist() == [0.0, np.float32(0.01), 3.0]
+    assert showers["layer_1"][0, 0, 0] == np.float32(0.005)  # input untouched
+    assert out["energy"] is showers["energy"] and out["overflow"] is showers["overflow"]
 
 
 @pytest.mark.parametrize(

@@ -12,6 +12,7 @@ import pytest
 from surrogate.data.calo import read_calogan
 from surrogate.geometry import CALOGAN_LAYER_SHAPES, CALOGAN_LAYERS
 from surrogate.simulators.gflash import (
+    READOUT_THRESHOLD_MEV,
     iter_calogan_batches,
     sample_longitudinal,
     simulate_calogan_showers,
@@ -261,6 +262,8 @@ def test_overflow_collects_the_energy_outside_the_grid(seed):
         (dict(energy_range_gev=(10.0, 1.0)), "energy_range_gev"),
         (dict(batch_size=0), "batch_size"),
         (dict(spot_scale=-1.0), "spot_scale"),
+        (dict(threshold_mev=-0.01), "threshold_mev"),
+        (dict(threshold_mev=float("nan")), "threshold_mev"),
     ],
 )
 def test_bad_arguments_raise_value_error(kwargs, match):
@@ -280,6 +283,51 @@ def test_simulate_to_file_round_trip(tmp_path, seed):
     assert set(stored) == set(expected)
     for key, value in expected.items():
         np.testing.assert_array_equal(stored[key], value)
+
+
+def test_readout_threshold_zeroes_the_cells_below_it_and_keeps_the_rest_bit_identical(seed):
+    """Same seed with and without the readout threshold: cells >= threshold are equal, cells below
+    it are exactly 0 (their energy is lost, not moved), overflow and energies do not change."""
+    kwargs = dict(energy_range_gev=(1.0, 100.0), seed=seed, progress=False, batch_size=64)
+    raw = simulate_calogan_showers(200, threshold_mev=0.0, **kwargs)
+    readout = simulate_calogan_showers(200, **kwargs)  # default threshold
+    assert READOUT_THRESHOLD_MEV == 0.01
+    threshold = np.float32(READOUT_THRESHOLD_MEV)
+    for key in CALOGAN_LAYERS:
+        kept = raw[key] >= threshold
+        np.testing.assert_array_equal(readout[key][kept], raw[key][kept])
+        assert np.all(readout[key][~kept] == 0), key
+        assert np.all((readout[key] == 0) | (readout[key] >= threshold)), key
+        # not vacuous: the Gamma smearing leaves deposits below the threshold in every layer
+        assert np.count_nonzero((raw[key] > 0) & ~kept) > 0, key
+    for key in ("energy", "overflow"):
+        np.testing.assert_array_equal(readout[key], raw[key])
+    lost = _totals(raw) - _totals(readout)
+    assert np.all(lost >= 0) and lost.max() < 1.0  # MeV: tiny next to 1-100 GeV
+
+
+def test_simulate_to_file_records_the_readout_threshold(tmp_path, seed):
+    import h5py
+
+    for threshold, name in ((None, "default.h5"), (0.0, "raw.h5"), (0.5, "half.h5")):
+        kwargs = {} if threshold is None else {"threshold_mev": threshold}
+        path = simulate_to_file(tmp_path / name, 5, seed=seed, progress=False, **kwargs)
+        with h5py.File(path, "r") as f:
+            assert f.attrs["layout"] == "calogan"
+            assert f.attrs["readout_threshold_mev"] == (READOUT_THRESHOLD_MEV if threshold is None else threshold)
+    cells = read_calogan(tmp_path / "half.h5")["layer_1"]
+    assert np.all((cells == 0) | (cells >= 0.5))
+
+
+def test_recipes_and_validation_use_the_same_default_threshold():
+    from pathlib import Path
+
+    from surrogate.config import SimulateConfig, load_simulate_recipe
+    from surrogate.pipelines.showers import ValidateConfig
+
+    assert SimulateConfig().threshold_mev == ValidateConfig().threshold_mev == READOUT_THRESHOLD_MEV
+    for recipe in sorted((Path(__file__).parents[2] / "datasets").glob("calogan_gflash_*.toml")):
+        assert load_simulate_recipe(recipe).threshold_mev == READOUT_THRESHOLD_MEV, recipe.name
 
 
 @pytest.mark.slow
