@@ -16,6 +16,7 @@ from surrogate.models.calo_gan import (
     cells_to_log,
     log_energy_feature,
 )
+from surrogate.nn.locally_connected import LocallyConnected2d
 
 # Small and default configurations of both networks.
 CONFIGS = [
@@ -144,6 +145,28 @@ def test_state_dict_round_trip(seed, tmp_path, g_kwargs, d_kwargs):
         for key in CALOGAN_LAYERS:
             assert torch.equal(a[key], b[key])
         assert torch.equal(d(a, e), d2(a, e))
+
+
+@pytest.mark.parametrize("batch", [1, 128, 1024])
+def test_generator_inference_matches_explicit_patches(seed, monkeypatch, batch):
+    """Generation without autograd (implicit patches in the locally connected layers from batch
+    128 on) gives the showers of the pre-change implementation (explicit patches everywhere,
+    checked against the frozen original in tests/nn/test_locally_connected.py) for fixed
+    weights and inputs."""
+    g = CaloGANGenerator()
+    with torch.no_grad():  # attention and response heads start at zero: give them weights
+        for p in list(g.attention.parameters()) + list(g.response.parameters()):
+            p.normal_(0.0, 0.1)
+    z, e = torch.randn(batch, g.latent_dim), torch.rand(batch, 1) * 99 + 1
+    with torch.no_grad():
+        u, showers = g.forward_log(z, e), g(z, e)
+        monkeypatch.setattr(LocallyConnected2d, "forward", LocallyConnected2d._forward_explicit)
+        u_ref, showers_ref = g.forward_log(z, e), g(z, e)
+    for key in CALOGAN_LAYERS:
+        torch.testing.assert_close(u[key], u_ref[key], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(showers[key], showers_ref[key], rtol=1e-4, atol=1e-4)
+    total, total_ref = (sum(s[k].flatten(1).sum(1) for k in CALOGAN_LAYERS) for s in (showers, showers_ref))
+    torch.testing.assert_close(total, total_ref, rtol=1e-5, atol=0)
 
 
 def test_log_transform_round_trip():
