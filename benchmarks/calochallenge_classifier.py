@@ -1,8 +1,9 @@
 """Wall time of the CaloChallenge 2022 classifier metric on GFlash showers (both feature kinds).
 
 Simulates ``--n-events`` reference and as many "generated" GFlash showers (a different seed, and
-optionally a different ``--spot-scale``), computes the low- and high-level features of
-:mod:`surrogate.metrics.calochallenge` and runs the full protocol (by default the challenge's
+optionally a different ``--spot-scale``), computes the low- and high-level features
+(:func:`surrogate.metrics.calochallenge_features.calochallenge_features`) and runs the full protocol
+of :func:`surrogate.metrics.calochallenge.calochallenge_classifier` (by default the challenge's
 50 epochs of a 3 x 2048 float64 network) with ``--threads`` torch threads. With the same
 simulator on both sides accuracy never reaches 1, so every epoch runs: the worst case.
 The wall time counts waiting for a shared CPU; the CPU time (``time.process_time``, all threads

@@ -10,7 +10,7 @@ stamps, 25 % HST PSFs, Moffat PSFs otherwise). Four ways of making ``--n`` galax
 - ``vae profile``: ``GalaxyVAE.sample(n, magnitude=..., half_light_radius=...)`` in batches of
   ``--batch-size`` (flow prior + decoder);
 - ``vae observed``: the same, then :func:`surrogate.nn.psf.fft_convolve` with each galaxy's PSF
-  image and Gaussian noise (the forward model of :mod:`surrogate.pipelines.forward`).
+  image and Gaussian noise (the forward model of :class:`surrogate.models.forward.ForwardModel`).
 
 Both sides get the same galaxies (catalogue parents, rotations, flips, jitters), PSFs,
 magnitudes, sizes and noise levels, drawn once with the simulator before timing. The VAE's

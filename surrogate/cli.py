@@ -1,4 +1,4 @@
-"""Command line: ``surrogate simulate|train|generate|validate|run``.
+"""Command line: ``surrogate simulate|train|generate|validate|run|infer-energy``.
 
 The only place that reads configuration files and changes torch's global settings (number of
 threads, seeds). Bad input ends with a one-line error naming what is wrong and exit status 2.

@@ -1,10 +1,14 @@
 """Validation metrics: physics observables, separation power, classifier two-sample tests, plots.
 
 Calorimeter metrics: :mod:`surrogate.metrics.showers` (CaloGAN observables, CaloChallenge
-separation power), :mod:`surrogate.metrics.classifier` (classifier ROC AUC) and
-:mod:`surrogate.metrics.plots` (PNG figures). Galaxy morphology (HSM moments, Gini, M20, KS
-distances): :mod:`surrogate.metrics.morphology`. JSON reports: :mod:`surrogate.metrics.report`.
-Their main functions are also reachable here (``surrogate.metrics.shower_observables``); they are imported on first access (PEP 562), so
+separation power), :mod:`surrogate.metrics.classifier` (classifier ROC AUC),
+:mod:`surrogate.metrics.calochallenge` (the CaloChallenge 2022 DNN classifier protocol) on the
+features of :mod:`surrogate.metrics.calochallenge_features`, and :mod:`surrogate.metrics.plots`
+(PNG figures). Galaxy morphology (HSM moments, Gini, M20, KS distances):
+:mod:`surrogate.metrics.morphology`. Posteriors: :mod:`surrogate.metrics.c2st`,
+:mod:`surrogate.metrics.coverage` and :mod:`surrogate.metrics.posterior_plots`. JSON reports:
+:mod:`surrogate.metrics.report`. Their main functions are also reachable here
+(``surrogate.metrics.shower_observables``); they are imported on first access (PEP 562), so
 importing one submodule does not pull in scikit-learn, matplotlib or the data layer of another.
 """
 

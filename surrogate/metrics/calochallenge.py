@@ -139,7 +139,7 @@ def calochallenge_classifier(
 
     Arguments:
         reference_features: Reference events (N, F), finite (label 1), e.g. from
-            :func:`calochallenge_features`.
+            :func:`~surrogate.metrics.calochallenge_features.calochallenge_features`.
         generated_features: Generated events (M, F), finite (label 0).
         seed: Seeds the subsampling, the split, the initialization, the batch order and dropout.
             The caller's torch and numpy random states are left untouched.

@@ -4,7 +4,8 @@ A :class:`~surrogate.models.calo_flow.CaloFlow` (two conditional spline flows, K
 arXiv:2106.05285) is trained by maximum likelihood of dequantised showers
 (:func:`~surrogate.losses.calo_flow_loss` through :class:`~surrogate.train.steps.LikelihoodStep`),
 then generates showers into a CaloGAN-layout file that is validated like the CaloGAN's. The data,
-generation and validation sections are those of :mod:`surrogate.pipelines.calo_gan`; the pipeline
+generation and validation sections are the shower families' shared ones
+(:mod:`surrogate.pipelines.showers`, as in :mod:`surrogate.pipelines.calo_gan`); the pipeline
 file (``pipelines/calo_flow.toml``) is read into :class:`CaloFlowConfig` by
 :func:`surrogate.config.load_pipeline`; the CLI dispatches through :data:`FAMILY`.
 

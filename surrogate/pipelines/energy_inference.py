@@ -13,10 +13,11 @@ evaluated on a 1-D grid and normalised there:
   60-100 GeV vs 7.3 % spacing for 64 points over 1-100 GeV) is resolved.
 - **Prior.** ``"uniform"`` in :math:`E` over the grid (the training range; default) or
   ``"log-uniform"`` (:math:`\pi \propto 1/E`). Outside the grid the posterior is zero.
-- **Dequantisation.** Each shower is dequantised once (:meth:`CaloFlow.dequantize`, a generator
-  seeded with ``seed``) and the same noisy cells are scored at every grid energy, so the
-  likelihood curve is smooth in :math:`E`; the :math:`-\sum \log y` Jacobian terms do not depend
-  on :math:`E` and cancel in the normalisation.
+- **Dequantisation.** Each shower is dequantised once
+  (:meth:`~surrogate.models.calo_flow.CaloFlow.dequantize`, a generator seeded with ``seed``) and
+  the same noisy cells are scored at every grid energy, so the likelihood curve is smooth in
+  :math:`E`; the :math:`-\sum \log y` Jacobian terms do not depend on :math:`E` and cancel in the
+  normalisation.
 - **Summaries.** Normalised with trapezoid weights; ``mean`` by the trapezoid rule, ``median``,
   ``q16``, ``q84`` by linear interpolation of the trapezoid CDF, ``map`` the grid point of
   highest density; all in GeV.

@@ -9,6 +9,9 @@
   parametric fits, with HST and ground-based PSFs and pixel noise; the catalogue itself (galaxies,
   HST PSFs, magnitudes, half-light radii) is loaded by :mod:`surrogate.simulators.cosmos`.
 
+- :mod:`surrogate.simulators.sbi_tasks`: sbibm benchmark tasks (prior, simulator) and their
+  reference posteriors shipped in ``datasets/sbibm``.
+
 Submodules are imported on first use, so importing one simulator does not import the others'
 dependencies.
 """

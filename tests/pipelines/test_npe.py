@@ -115,7 +115,7 @@ def test_early_stopping_restores_best(seed):
 
 def test_cosine_schedule_and_step_limit(seed):
     """The rate of step k is lr (1 + cos(pi k / T)) / 2 over T = min(max_steps, epochs x batches)
-    steps (as the former CosineLikelihoodStep did), and max_steps ends training."""
+    steps (:func:`surrogate.train.steps.make_lr_scheduler`, ``"cosine"``), and max_steps ends training."""
     task = get_task("two_moons")
     theta, x = simulate_dataset(task, 200, seed=4)
     result = train_npe(theta, x, prior=task.prior, max_epochs=50, max_steps=10, patience=None, batch_size=60,
