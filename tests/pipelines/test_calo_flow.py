@@ -59,6 +59,7 @@ energy_max_gev = 50.0
 batch_size = 100
 [validate]
 energy_bins_gev = [[5.0, 20.0], [20.0, 50.0]]
+energy_calibration_showers = 40
 """
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "calo_flow.toml"
@@ -95,6 +96,12 @@ def test_run_trains_generates_and_reports(trained):
     for key in ("auc_high_level", "auc_cells"):
         assert 0.0 <= report["summary"][key] <= 1.0, report["classifier"]
     assert report["generated"]["n_events"] == 200
+    section = report["energy_calibration"]  # incident-energy inference through the flow, in the same report
+    assert (report_path.parent / "energy_calibration.png").is_file()
+    assert not (report_path.parent / "energy_calibration.json").exists()
+    assert set(section["methods"]) == {"calibration", "flow", "npe"} and section["settings"]["n_reference"] == 40
+    for label, methods in section["bins"].items():
+        assert set(methods) == {"calibration", "flow", "npe"}, label
     ckpt = load_checkpoint(latest_checkpoint(cfg.run.output_dir / "train"))
     assert ckpt["step"] == 6
     assert ckpt["config"]["run"]["pipeline"] == "calo_flow" and ckpt["config"]["geometry"] == "CaloGAN"
