@@ -56,7 +56,7 @@ from surrogate.pipelines.showers import (
     ShowerSampler,
     ValidateConfig,
     data_files,
-    generate_showers_distributed,
+    generate_stage,
     run_shower_pipeline,
     shower_loader,
 )
@@ -250,28 +250,9 @@ def flow_sampler(model: CaloFlow) -> ShowerSampler:
     return sample
 
 
-def generate(checkpoint: str | os.PathLike, output: str | os.PathLike, n_events: int, *,
-             energy_range_gev: tuple[float, float] = (1.0, 100.0), batch_size: int = 1024, seed: int = 0,
-             device: str = "auto", progress: bool = True) -> Path:
-    """Generates ``n_events`` showers from a trained run into a CaloGAN-layout file
-    (``surrogate generate``), across ranks when several are running.
-
-    Arguments:
-        checkpoint: checkpoint file or run folder.
-        output: HDF5 file to write.
-        n_events: number of showers.
-        energy_range_gev: incident energies uniform in (min, max), GeV.
-        batch_size: showers per flow call.
-        seed: seed of energies and noise (rank ``r`` uses ``seed + r``).
-        device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
-        progress: show a progress bar.
-
-    Returns:
-        The file written.
-    """
-    flow = load_flow(checkpoint, device=distributed.resolve_device(device))
-    return generate_showers_distributed(flow_sampler(flow), output, n_events, energy_range_gev=energy_range_gev,
-                                        batch_size=batch_size, seed=seed, progress=progress)
+generate = generate_stage(load_flow, flow_sampler)
+"""``generate(checkpoint, output, n_events, *, energy_range_gev, batch_size, seed, device, progress)``:
+showers from a trained run into a CaloGAN-layout file (:func:`~surrogate.pipelines.showers.generate_stage`)."""
 
 
 def run(cfg: CaloFlowConfig, *, progress: bool = True) -> Path:

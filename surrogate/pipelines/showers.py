@@ -39,6 +39,7 @@ __all__ = [
     "data_files",
     "generate_showers",
     "generate_showers_distributed",
+    "generate_stage",
     "run_shower_pipeline",
     "shower_loader",
     "simulate",
@@ -300,6 +301,35 @@ def generate_showers_distributed(
     if error is not None:
         raise ValueError(f"distributed generation into {output} failed: {error}")
     return output
+
+
+def generate_stage(load: Callable[..., torch.nn.Module],
+                   sampler: Callable[[torch.nn.Module], ShowerSampler]) -> Callable[..., Path]:
+    """A shower family's ``generate`` stage (``surrogate generate``) from its loader and sampler.
+
+    Arguments:
+        load: ``load(checkpoint, *, device) -> model`` (a checkpoint file or run folder).
+        sampler: ``sampler(model) -> ShowerSampler``.
+
+    Returns:
+        ``generate(checkpoint, output, n_events, *, energy_range_gev=(1, 100), batch_size=1024,
+        seed=0, device="auto", progress=True) -> Path``: ``n_events`` showers at incident
+        energies uniform in ``energy_range_gev`` (GeV) into a CaloGAN-layout file, across ranks
+        when several are running (:func:`generate_showers_distributed`; rank ``r`` seeds
+        ``seed + r``).
+    """
+
+    def generate(checkpoint: str | os.PathLike, output: str | os.PathLike, n_events: int, *,
+                 energy_range_gev: tuple[float, float] = (1.0, 100.0), batch_size: int = 1024, seed: int = 0,
+                 device: str = "auto", progress: bool = True) -> Path:
+        """``n_events`` showers of the trained run ``checkpoint`` (file or folder) at incident
+        energies uniform in ``energy_range_gev`` (GeV) into the CaloGAN-layout file ``output``;
+        ``device`` is ``"auto"``, ``"cpu"`` or ``"cuda"``. Returns ``output``."""
+        model = load(checkpoint, device=distributed.resolve_device(device))
+        return generate_showers_distributed(sampler(model), output, n_events, energy_range_gev=energy_range_gev,
+                                            batch_size=batch_size, seed=seed, progress=progress)
+
+    return generate
 
 
 # --------------------------------------------------------------------------------------------
