@@ -34,6 +34,7 @@ from torch import Tensor, nn
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler
 
 from surrogate import losses
+from surrogate.checks import check_choice, check_float, check_int
 from surrogate.train import distributed
 
 __all__ = ["LR_SCHEDULES", "GANStep", "LikelihoodStep", "make_lr_scheduler"]
@@ -96,17 +97,13 @@ def make_lr_scheduler(
         >>> rates
         [0.5, 1.0, 0.75, 0.25, 0.0, 0.0]
     """
-    if schedule not in LR_SCHEDULES:
-        raise ValueError(f"make_lr_scheduler: schedule must be one of {LR_SCHEDULES}, got {schedule!r}")
-    if int(warmup_steps) != warmup_steps or warmup_steps < 0:
-        raise ValueError(f"make_lr_scheduler: warmup_steps must be an integer >= 0, got {warmup_steps!r}")
-    if not 0.0 <= final_lr_fraction <= 1.0:
-        raise ValueError(f"make_lr_scheduler: final_lr_fraction must be in [0, 1], got {final_lr_fraction!r}")
-    if schedule == "cosine" and (total_steps is None or int(total_steps) != total_steps or total_steps <= warmup_steps):
-        raise ValueError(f"make_lr_scheduler: the cosine schedule needs an integer total_steps > warmup_steps "
-                         f"({warmup_steps}), got total_steps={total_steps!r}")
-    warmup, m = int(warmup_steps), float(final_lr_fraction)
-    decay = int(total_steps) - warmup if schedule == "cosine" else 0
+    where = "make_lr_scheduler"
+    check_choice("schedule", schedule, LR_SCHEDULES, where=where)
+    warmup = check_int("warmup_steps", warmup_steps, minimum=0, where=where)
+    m = check_float("final_lr_fraction", final_lr_fraction, minimum=0.0, maximum=1.0, where=where)
+    if schedule == "cosine":  # the decay needs a length beyond the warm-up
+        total_steps = check_int("total_steps", total_steps, minimum=warmup + 1, where=f"{where} (cosine)")
+    decay = total_steps - warmup if schedule == "cosine" else 0
 
     def factor(k: int) -> float:  # a plain function: the scheduler's state_dict does not store it
         if k < warmup:
