@@ -49,6 +49,7 @@ import numpy as np
 
 from surrogate.checks import check_choice, check_float
 from surrogate.geometry import CALOGAN, CaloGeometry
+from surrogate.metrics.showers import check_showers
 
 __all__ = ["KINDS", "calochallenge_feature_names", "calochallenge_features"]
 
@@ -142,8 +143,11 @@ def calochallenge_features(
     """
     kind = check_choice("kind", kind, KINDS)
     threshold_mev = check_float("threshold_mev", threshold_mev, minimum=0.0, unit="MeV")
-    n_events = _check_showers(showers, geometry)
+    n_events = check_showers(showers, geometry)
     energy_mev = np.asarray(showers["energy"], dtype=np.float64).reshape(n_events) * 1000.0
+    if np.any(energy_mev <= 0):
+        raise ValueError(f"showers['energy'] has {int(np.sum(energy_mev <= 0))} values <= 0 GeV; the features "
+                         "divide by and take log10 of the incident energy, which must be > 0")
     layers = []
     for layer in geometry.layers:
         cells = np.asarray(showers[layer.name], dtype=np.float64).reshape(n_events, -1)
@@ -175,39 +179,6 @@ def calochallenge_features(
         *(np.stack(q, axis=1) / _LENGTH_SCALE_MM for q in (ec_r, width_r)),
     ]
     return np.concatenate(columns, axis=1)
-
-
-def _check_showers(showers: Mapping[str, np.ndarray], geometry: CaloGeometry) -> int:
-    """Validates the in-memory layout (keys, shapes, dtypes, finiteness, E_inc > 0); returns N."""
-    if not isinstance(showers, Mapping):
-        raise ValueError(f"showers must be a dict of arrays, got {type(showers).__name__}")
-    expected = {**{layer.name: layer.shape for layer in geometry.layers}, "energy": (1,)}
-    n_events = None
-    for key, shape in expected.items():
-        if key not in showers:
-            raise ValueError(f"showers is missing key {key!r}; expected keys {tuple(expected)}, got {tuple(showers)}")
-        array = np.asarray(showers[key])
-        if array.shape[1:] != tuple(shape) or array.ndim != len(shape) + 1:
-            raise ValueError(f"showers[{key!r}] has shape {array.shape}; expected (N, {', '.join(map(str, shape))})")
-        if not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)):
-            raise ValueError(f"showers[{key!r}] has dtype {array.dtype}; expected a real dtype")
-        if n_events is None:
-            n_events = array.shape[0]
-        elif array.shape[0] != n_events:
-            raise ValueError(
-                f"showers[{key!r}] has {array.shape[0]} events; expected {n_events} like "
-                f"showers[{geometry.layers[0].name!r}]"
-            )
-        bad = int(np.size(array) - np.count_nonzero(np.isfinite(array)))
-        if bad:
-            raise ValueError(f"showers[{key!r}] contains {bad} non-finite values; expected finite energies")
-    energy = np.asarray(showers["energy"])
-    if np.any(energy <= 0):
-        raise ValueError(
-            f"showers['energy'] has {int(np.sum(energy <= 0))} values <= 0 GeV; the features divide by "
-            "and take log10 of the incident energy, which must be > 0"
-        )
-    return int(n_events)
 
 
 def _centre_and_width(cells: np.ndarray, coordinate: np.ndarray, total: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

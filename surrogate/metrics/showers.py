@@ -54,10 +54,11 @@ from collections.abc import Mapping
 import numpy as np
 
 from surrogate.checks import check_float, check_int
-from surrogate.geometry import CALOGAN, CALOGAN_LAYER_SHAPES, CALOGAN_LAYERS
+from surrogate.geometry import CALOGAN, CALOGAN_LAYERS, CaloGeometry
 
 __all__ = [
     "OBSERVABLE_UNITS",
+    "check_showers",
     "histogram_edges",
     "separation_power",
     "shower_observables",
@@ -89,34 +90,41 @@ def _safe_divide(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
     return out
 
 
-def _check_showers(showers: Mapping[str, np.ndarray]) -> int:
-    """Validate the CaloGAN in-memory layout and return the number of events."""
+def check_showers(showers: Mapping[str, np.ndarray], geometry: CaloGeometry = CALOGAN) -> int:
+    """Checks an in-memory shower dict: one ``(N, *layer.shape)`` array of cell energies (MeV)
+    per layer of ``geometry`` and ``"energy"`` ``(N, 1)`` (GeV), real dtypes, finite values.
+
+    Arguments:
+        showers: the dict (other keys, e.g. ``"overflow"``, are ignored).
+        geometry: the calorimeter geometry (default CaloGAN's).
+
+    Returns:
+        ``N``, the number of events.
+
+    Raises:
+        ValueError: not a mapping, a missing key, a wrong shape or event count, a non-real dtype,
+            or non-finite values (each named with the key, the expected and the found value).
+    """
     if not isinstance(showers, Mapping):
         raise ValueError(f"showers must be a dict of arrays, got {type(showers).__name__}")
+    expected = {**{layer.name: layer.shape for layer in geometry.layers}, "energy": (1,)}
     n_events = None
-    for key in (*CALOGAN_LAYERS, "energy"):
+    for key, shape in expected.items():
         if key not in showers:
-            raise ValueError(
-                f"showers is missing key {key!r}; expected keys {(*CALOGAN_LAYERS, 'energy')}, "
-                f"got {tuple(showers)}"
-            )
+            raise ValueError(f"showers is missing key {key!r}; expected keys {tuple(expected)}, got {tuple(showers)}")
         array = np.asarray(showers[key])
-        expected = CALOGAN_LAYER_SHAPES[key] if key in CALOGAN_LAYER_SHAPES else (1,)
-        if array.ndim != len(expected) + 1 or array.shape[1:] != tuple(expected):
-            raise ValueError(
-                f"showers[{key!r}] has shape {array.shape}; expected (N, {', '.join(map(str, expected))})"
-            )
+        if array.ndim != len(shape) + 1 or array.shape[1:] != tuple(shape):
+            raise ValueError(f"showers[{key!r}] has shape {array.shape}; expected (N, {', '.join(map(str, shape))})")
         if n_events is None:
             n_events = array.shape[0]
         elif array.shape[0] != n_events:
-            raise ValueError(
-                f"showers[{key!r}] has {array.shape[0]} events; expected {n_events} like "
-                f"showers[{CALOGAN_LAYERS[0]!r}]"
-            )
+            raise ValueError(f"showers[{key!r}] has {array.shape[0]} events; expected {n_events} like "
+                             f"showers[{geometry.layers[0].name!r}]")
         if not np.issubdtype(array.dtype, np.floating) and not np.issubdtype(array.dtype, np.integer):
             raise ValueError(f"showers[{key!r}] has dtype {array.dtype}; expected a real dtype")
-        if not np.all(np.isfinite(array)):
-            raise ValueError(f"showers[{key!r}] contains non-finite values; expected finite energies")
+        bad = int(np.size(array) - np.count_nonzero(np.isfinite(array)))
+        if bad:
+            raise ValueError(f"showers[{key!r}] contains {bad} non-finite values; expected finite energies")
     return int(n_events)
 
 
@@ -188,7 +196,7 @@ def shower_observables(
     References:
         Paganini, de Oliveira, Nachman, arXiv:1705.02355 and arXiv:1712.10321.
     """
-    _check_showers(showers)
+    check_showers(showers)
     showers = zero_suppress(showers, threshold_mev)
     energy_mev = np.asarray(showers["energy"], dtype=np.float64)[:, 0] * 1000.0
     out: dict[str, np.ndarray] = {}
