@@ -180,11 +180,15 @@ class PipelineConfig:
         RENAMED: class attribute, ``{"old.path": "new.path"}`` of keys and sections renamed
             in this family's files (``"training": "train"`` moves a section,
             ``"train.lr": "train.learning_rate"`` a key; applied in order).
+        RETIRED_VALUES: class attribute, ``{"section.key": (old value, advice)}``: a value whose
+            meaning is now spelt differently (e.g. ``max_grad_norm = 0`` for "no clipping"); the
+            key is dropped (its default applies) with a warning naming the file and the advice.
     """
 
     source: Path | None
     run: RunConfig
     RENAMED: ClassVar[Mapping[str, str]] = {}
+    RETIRED_VALUES: ClassVar[Mapping[str, tuple[Any, str]]] = {}
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data (for checkpoints and reports): paths become strings, tuples lists."""
@@ -256,6 +260,13 @@ def load_pipeline(path: str | os.PathLike) -> PipelineConfig:
     cls = get_family(run["pipeline"], where=f"{path} [run] pipeline").config
     for old, new in cls.RENAMED.items():
         _move(data, old, new, path)
+    for dotted, (value, advice) in cls.RETIRED_VALUES.items():
+        section, _, key = dotted.rpartition(".")
+        table = data.get(section)
+        if isinstance(table, dict) and key in table and type(table[key]) is not bool and table[key] == value:
+            found = table.pop(key)
+            warnings.warn(f"{path}: [{section}] {key} = {found!r} is deprecated: {advice}", ConfigDeprecationWarning,
+                          stacklevel=2)
     sections = {f.name for f in dataclasses.fields(cls) if f.name != "source"}
     unknown = sorted(set(data) - sections)
     if unknown:

@@ -46,14 +46,13 @@ from __future__ import annotations
 import functools
 import os
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Mapping, NamedTuple
 
 import torch
 
-from surrogate.config import ConfigDeprecationWarning, PipelineConfig, TrainConfig, check_kwargs, setting
+from surrogate.config import PipelineConfig, TrainConfig, check_kwargs, setting
 from surrogate.models.galaxy_vae import GalaxyVAE
 from surrogate.pipelines import Family
 from surrogate.pipelines.galaxy_vae_training import GalaxyTrainResult, model_arguments, train_prior, train_vae
@@ -193,7 +192,6 @@ class GalaxyTrainConfig(TrainConfig):
     max_steps: int | None = setting(3000, ge=1)
     lr_schedule: Literal["constant", "cosine"] = "cosine"
     final_lr_fraction: float = setting(0.1, ge=0, le=1)
-    max_grad_norm: float | None = setting(None, ge=0)
     checkpoint_every: int = setting(1000, ge=1)
     beta: float = setting(1.0, ge=0)
 
@@ -201,10 +199,6 @@ class GalaxyTrainConfig(TrainConfig):
         super().__post_init__()
         if self.patience is not None:
             raise ValueError("patience: the VAE stage has no validation set (leave patience out)")
-        if self.max_grad_norm == 0:
-            warnings.warn("[train] max_grad_norm = 0 is deprecated: leave max_grad_norm out for no clipping",
-                          ConfigDeprecationWarning, stacklevel=3)
-            object.__setattr__(self, "max_grad_norm", None)
 
 
 @dataclass(frozen=True)
@@ -259,6 +253,7 @@ class GalaxyConfig(PipelineConfig):
     validate: GalaxyValidateConfig = field(default_factory=GalaxyValidateConfig)
     RENAMED = {"simulate": "data", "train.lr": "train.learning_rate", "prior.lr": "prior.learning_rate",
                "validate.map_lr": "validate.map_learning_rate"}
+    RETIRED_VALUES = {"train.max_grad_norm": (0, "leave max_grad_norm out for no clipping")}
 
     def __post_init__(self):
         object.__setattr__(self, "model", {**MODEL_DEFAULTS, **self.model})

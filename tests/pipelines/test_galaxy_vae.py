@@ -126,7 +126,7 @@ def test_old_names_load_with_a_warning_and_the_same_values(tmp_path):
                                ("[prior] lr", "[prior] learning_rate"),
                                ("[validate] map_lr", "[validate] map_learning_rate")):
         assert f"{old_name} is deprecated, use {new_name}" in messages
-    assert "max_grad_norm = 0 is deprecated" in messages
+    assert "galaxy.toml: [train] max_grad_norm = 0.0 is deprecated: leave max_grad_norm out for no clipping" in messages
     assert old.train.max_grad_norm is None and old.train.learning_rate == 1e-3
     with warnings.catch_warnings():
         warnings.simplefilter("error")
