@@ -1,6 +1,10 @@
-"""Shared fixtures: a fixed seed with torch's global state restored afterwards."""
+"""Shared fixtures: a fixed seed with torch's global state restored afterwards, small GFlash
+shower files, a small galaxy VAE and a Gaussian PSF."""
 
 from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pytest
@@ -29,3 +33,34 @@ def seed() -> int:
 def rng(seed) -> np.random.Generator:
     """A seeded numpy generator."""
     return np.random.default_rng(seed)
+
+
+@pytest.fixture(scope="session")
+def gflash_files(tmp_path_factory) -> tuple[Path, Path]:
+    """CaloGAN-layout GFlash files, 5-50 GeV e+: 512 training and 300 reference showers
+    (independent seeds), made once per test session."""
+    from surrogate.simulators.gflash import simulate_to_file
+
+    folder = tmp_path_factory.mktemp("gflash")
+    train = simulate_to_file(folder / "train.h5", 512, energy_range_gev=(5.0, 50.0), seed=1, progress=False)
+    reference = simulate_to_file(folder / "reference.h5", 300, energy_range_gev=(5.0, 50.0), seed=2, progress=False)
+    return Path(train), Path(reference)
+
+
+@pytest.fixture
+def small_vae_kwargs() -> dict:
+    """Constructor arguments of a small :class:`~surrogate.models.galaxy_vae.GalaxyVAE` (16x16 stamps)."""
+    return dict(stamp_size=16, latent_dim=4, channels=(4, 8), hidden_features=16, flow_hidden_features=8,
+                flow_transforms=2, flux_scale=50.0)
+
+
+@pytest.fixture
+def gaussian_psf() -> Callable[[int, float], torch.Tensor]:
+    """``gaussian_psf(size, sigma)``: a centred, unit-sum Gaussian kernel ``(size, size)``, sigma in pixels."""
+
+    def make(size: int, sigma: float) -> torch.Tensor:
+        c = torch.arange(size, dtype=torch.float32) - size // 2
+        kernel = torch.exp(-(c[:, None] ** 2 + c[None, :] ** 2) / (2 * sigma**2))
+        return kernel / kernel.sum()
+
+    return make

@@ -15,7 +15,6 @@ import pytest
 import torch
 
 from surrogate.data.calo import read_calogan
-from surrogate.simulators.gflash import simulate_to_file
 from surrogate.train.checkpoint import latest_checkpoint, load_checkpoint
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -27,14 +26,6 @@ def _cli(*args, check=True, **kwargs):
     if check and proc.returncode != 0:
         raise AssertionError(f"surrogate {args} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
-
-
-@pytest.fixture(scope="module")
-def showers(tmp_path_factory) -> tuple[Path, Path]:
-    folder = tmp_path_factory.mktemp("showers")
-    train = simulate_to_file(folder / "train.h5", 512, energy_range_gev=(5.0, 50.0), seed=1, progress=False)
-    reference = simulate_to_file(folder / "reference.h5", 300, energy_range_gev=(5.0, 50.0), seed=2, progress=False)
-    return Path(train), Path(reference)
 
 
 def _config(folder: Path, showers, max_steps=24) -> Path:
@@ -78,11 +69,11 @@ def _final_weights(run: Path) -> dict[str, dict[str, torch.Tensor]]:
     return ckpt["modules"]
 
 
-def test_resume_after_kill_matches_uninterrupted_run(tmp_path, showers):
-    straight = _config(tmp_path / "straight", showers)
+def test_resume_after_kill_matches_uninterrupted_run(tmp_path, gflash_files):
+    straight = _config(tmp_path / "straight", gflash_files)
     _cli("train", straight)
 
-    killed = _config(tmp_path / "killed", showers)
+    killed = _config(tmp_path / "killed", gflash_files)
     run = tmp_path / "killed" / "run" / "train" / "checkpoints"
     proc = subprocess.Popen([sys.executable, "-m", "surrogate", "--threads", "1", "--no-progress", "train", str(killed)],
                             env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -103,15 +94,15 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path, showers):
             torch.testing.assert_close(a[net][key], b[net][key], rtol=0, atol=0, msg=f"{net}.{key}")
 
 
-def test_generate_and_validate(tmp_path, showers):
-    config = _config(tmp_path, showers, max_steps=4)
+def test_generate_and_validate(tmp_path, gflash_files):
+    config = _config(tmp_path, gflash_files, max_steps=4)
     _cli("train", config)
     out = tmp_path / "gen.h5"
     _cli("generate", tmp_path / "run" / "train", "--n", 130, "--energy", "10:20", "--batch-size", 50, "--out", out)
     gen = read_calogan(out)
     assert gen["layer_1"].shape == (130, 12, 12) and np.all(gen["layer_0"] >= 0)
     assert gen["energy"].min() >= 10.0 and gen["energy"].max() <= 20.0
-    proc = _cli("validate", showers[1], out, "--out", tmp_path / "report")
+    proc = _cli("validate", gflash_files[1], out, "--out", tmp_path / "report")
     report = json.loads((tmp_path / "report" / "report.json").read_text())
     assert 0.0 <= report["summary"]["auc_high_level"] <= 1.0
     assert (tmp_path / "report" / report["plots"]["mean_response"]).is_file()
@@ -130,8 +121,8 @@ def test_validate_passes_the_readout_threshold(monkeypatch, tmp_path, extra, exp
     assert {k: v for k, v in calls[0].items() if k == "threshold_mev"} == expected
 
 
-def test_clear_errors(tmp_path, showers):
-    config = _config(tmp_path, showers)
+def test_clear_errors(tmp_path, gflash_files):
+    config = _config(tmp_path, gflash_files)
     config.write_text(config.read_text().replace("max_steps", "max_stepz"))
     proc = _cli("train", config, check=False)
     assert proc.returncode == 2 and "max_stepz" in proc.stderr and "config.toml" in proc.stderr
@@ -144,7 +135,7 @@ def test_clear_errors(tmp_path, showers):
 
     bad = tmp_path / "bad.h5"
     bad.write_bytes(b"not hdf5")
-    proc = _cli("validate", bad, showers[1], "--out", tmp_path / "r", check=False)
+    proc = _cli("validate", bad, gflash_files[1], "--out", tmp_path / "r", check=False)
     assert proc.returncode == 2 and "bad.h5" in proc.stderr
 
 

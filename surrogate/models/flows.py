@@ -255,33 +255,14 @@ def _flow_block(
     dropout_probability: float,
 ) -> T.Transform:
     """Block ``index`` of a flow of ``kind`` (arguments as :func:`build_flow`; ``activation`` is the function)."""
+    made = dict(features=features, hidden_features=hidden_features, context_features=context_features,
+                num_blocks=num_blocks, use_residual_blocks=True, random_mask=False, activation=activation,
+                dropout_probability=dropout_probability, use_batch_norm=False)  # the autoregressive network
     if kind == "maf":
-        block: T.Transform = T.MaskedAffineAutoregressiveTransform(
-            features=features,
-            hidden_features=hidden_features,
-            context_features=context_features,
-            num_blocks=num_blocks,
-            use_residual_blocks=True,
-            random_mask=False,
-            activation=activation,
-            dropout_probability=dropout_probability,
-            use_batch_norm=False,
-        )
+        block: T.Transform = T.MaskedAffineAutoregressiveTransform(**made)
     elif kind == "maf_rqs":
         block = T.MaskedPiecewiseRationalQuadraticAutoregressiveTransform(
-            features=features,
-            hidden_features=hidden_features,
-            context_features=context_features,
-            num_bins=num_bins,
-            tails="linear",
-            tail_bound=tail_bound,
-            num_blocks=num_blocks,
-            use_residual_blocks=True,
-            random_mask=False,
-            activation=activation,
-            dropout_probability=dropout_probability,
-            use_batch_norm=False,
-        )
+            num_bins=num_bins, tails="linear", tail_bound=tail_bound, **made)
     else:
         block = T.PiecewiseRationalQuadraticCouplingTransform(
             mask=create_alternating_binary_mask(features, even=(index % 2 == 0)),

@@ -8,18 +8,8 @@ from surrogate.models.forward import ForwardModel
 from surrogate.models.galaxy_vae import GalaxyVAE
 from surrogate.nn.psf import fft_convolve
 
-SMALL = dict(stamp_size=16, latent_dim=4, channels=(4, 8), hidden_features=16, flow_hidden_features=8,
-             flow_transforms=2, flux_scale=50.0)
-
-
-def gaussian_psf(size: int, sigma: float) -> torch.Tensor:
-    c = torch.arange(size, dtype=torch.float32) - size // 2
-    kernel = torch.exp(-(c[:, None] ** 2 + c[None, :] ** 2) / (2 * sigma**2))
-    return kernel / kernel.sum()
-
-
-def test_forward_model_is_differentiable_and_adds_the_right_noise(seed):
-    vae = GalaxyVAE(**SMALL)
+def test_forward_model_is_differentiable_and_adds_the_right_noise(seed, small_vae_kwargs, gaussian_psf):
+    vae = GalaxyVAE(**small_vae_kwargs)
     model = ForwardModel(vae)
     z = torch.randn(4, 4, requires_grad=True)
     psf = gaussian_psf(7, 1.5).expand(4, 1, 7, 7).clone().requires_grad_(True)
@@ -36,9 +26,9 @@ def test_forward_model_is_differentiable_and_adds_the_right_noise(seed):
     assert log_p.shape == (4,) and torch.isfinite(log_p).all()
 
 
-def test_psf_shapes_are_equivalent(seed):
+def test_psf_shapes_are_equivalent(seed, small_vae_kwargs, gaussian_psf):
     """One PSF for all, (B, P, P) and (B, 1, P, P) give the same images and likelihoods."""
-    model = ForwardModel(GalaxyVAE(**SMALL))
+    model = ForwardModel(GalaxyVAE(**small_vae_kwargs))
     z = torch.randn(3, 4)
     psf = gaussian_psf(5, 1.0)
     expected = model(z, psf.expand(3, 1, 5, 5))

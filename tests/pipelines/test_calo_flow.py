@@ -16,7 +16,6 @@ from surrogate.config import ConfigError, load_pipeline
 from surrogate.data.calo import read_calogan
 from surrogate.pipelines import get_family
 from surrogate.pipelines.calo_flow import FAMILY, CaloFlowConfig, load_flow
-from surrogate.simulators.gflash import simulate_to_file
 from surrogate.train.checkpoint import latest_checkpoint, load_checkpoint
 
 THRESHOLD_MEV = 0.5  # well above the dequantisation noise, so the check below means something
@@ -68,17 +67,9 @@ energy_calibration_showers = 40
 
 
 @pytest.fixture(scope="module")
-def showers(tmp_path_factory) -> tuple[Path, Path]:
-    folder = tmp_path_factory.mktemp("showers")
-    train = simulate_to_file(folder / "train.h5", 300, energy_range_gev=(5.0, 50.0), seed=1, progress=False)
-    reference = simulate_to_file(folder / "reference.h5", 200, energy_range_gev=(5.0, 50.0), seed=2, progress=False)
-    return Path(train), Path(reference)
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, showers) -> tuple[CaloFlowConfig, Path]:
+def trained(tmp_path_factory, gflash_files) -> tuple[CaloFlowConfig, Path]:
     """The tiny pipeline run once: its configuration and report path."""
-    path = _write_config(tmp_path_factory.mktemp("calo_flow"), *showers)
+    path = _write_config(tmp_path_factory.mktemp("calo_flow"), *gflash_files)
     cfg = load_pipeline(path)
     return cfg, get_family("calo_flow").run(cfg, progress=False)
 

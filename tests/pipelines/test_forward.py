@@ -9,20 +9,10 @@ from surrogate.models.forward import ForwardModel
 from surrogate.models.galaxy_vae import GalaxyVAE
 from surrogate.pipelines.forward import fit_map
 
-SMALL = dict(stamp_size=16, latent_dim=4, channels=(4, 8), hidden_features=16, flow_hidden_features=8,
-             flow_transforms=2, flux_scale=50.0)
-
-
-def gaussian_psf(size: int, sigma: float) -> torch.Tensor:
-    c = torch.arange(size, dtype=torch.float32) - size // 2
-    kernel = torch.exp(-(c[:, None] ** 2 + c[None, :] ** 2) / (2 * sigma**2))
-    return kernel / kernel.sum()
-
-
-def test_map_fit_recovers_a_galaxy_the_model_can_represent(seed):
+def test_map_fit_recovers_a_galaxy_the_model_can_represent(seed, small_vae_kwargs, gaussian_psf):
     """Data made by the forward model itself: the MAP fit must reach chi^2 per pixel ~ 1 under
     a PSF that plays no role in building the model (its decoder is untrained)."""
-    vae = GalaxyVAE(**SMALL).eval()
+    vae = GalaxyVAE(**small_vae_kwargs).eval()
     z_true = torch.randn(8, 4)
     psf = gaussian_psf(9, 1.2)
     variance = torch.full((8,), 0.01)
@@ -43,8 +33,8 @@ def test_map_fit_recovers_a_galaxy_the_model_can_represent(seed):
     assert all(p.requires_grad for p in vae.parameters())
 
 
-def test_fit_map_bad_input(seed):
-    vae = GalaxyVAE(**SMALL)
+def test_fit_map_bad_input(seed, small_vae_kwargs, gaussian_psf):
+    vae = GalaxyVAE(**small_vae_kwargs)
     with pytest.raises(ValueError, match="init must be"):
         fit_map(vae, torch.zeros(16, 16), gaussian_psf(5, 1.0), 1.0, magnitude=21.0, half_light_radius=0.4, init="x")
     with pytest.raises(ValueError, match=r"observed must have shape"):
