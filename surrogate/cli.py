@@ -100,10 +100,10 @@ def _load(path: Path, threads: int | None):
 def _stored_family(checkpoint: Path):
     """The family that wrote a checkpoint (from the configuration stored in it)."""
     from surrogate.pipelines import get_family
-    from surrogate.train.checkpoint import find_checkpoint, load_checkpoint
+    from surrogate.train.checkpoint import checkpoint_config, find_checkpoint
 
     path = find_checkpoint(checkpoint)
-    name = load_checkpoint(path).get("config", {}).get("run", {}).get("pipeline")
+    name = checkpoint_config(path).get("run", {}).get("pipeline")
     if not isinstance(name, str):
         raise ValueError(f"checkpoint {path} does not record its model family ([run] pipeline)")
     return get_family(name, where=f"checkpoint {path}")

@@ -66,7 +66,7 @@ from tqdm.auto import tqdm
 from surrogate.checks import check_choice, check_float, check_int
 from surrogate.config import load_simulate_recipe
 from surrogate.data.hdf5 import Field, atomic_output, check_layout, check_values, open_hdf5
-from surrogate.train.checkpoint import find_checkpoint, load_checkpoint
+from surrogate.train.checkpoint import checkpoint_config, find_checkpoint
 
 __all__ = [
     "FLAG_BITS", "FLAG_EDGE_HIGH", "FLAG_EDGE_LOW", "FLAG_MAP_HIGH", "FLAG_MAP_LOW", "FLAG_NO_LIKELIHOOD", "PRIORS",
@@ -340,7 +340,7 @@ def training_energy_range(checkpoint: str | os.PathLike) -> tuple[float, float, 
         ValueError: neither range stored.
     """
     path = find_checkpoint(checkpoint)
-    config = load_checkpoint(path).get("config") or {}
+    config = checkpoint_config(path)
     recipe = (config.get("data") or {}).get("train_recipe")
     if recipe is not None and Path(recipe).is_file():
         table = load_simulate_recipe(recipe)
@@ -457,7 +457,7 @@ def compare_energy_calibration(run_dir: str | os.PathLike, out_dir: str | os.Pat
     from surrogate.train.distributed import resolve_device
 
     checkpoint = find_checkpoint(run_dir)
-    config = load_checkpoint(checkpoint).get("config") or {}
+    config = checkpoint_config(checkpoint)
     flow = load_flow(checkpoint, device=resolve_device(device))
     low, high, source = training_energy_range(checkpoint)
     if reference_path is None or calibration_path is None:

@@ -32,6 +32,7 @@ from surrogate.data.hdf5 import atomic_output
 
 __all__ = [
     "CHECKPOINT_FORMAT",
+    "checkpoint_config",
     "checkpoint_path",
     "find_checkpoint",
     "latest_checkpoint",
@@ -140,12 +141,13 @@ def save_checkpoint(
     return path
 
 
-def load_checkpoint(path: str | os.PathLike, *, map_location: Any = "cpu") -> dict[str, Any]:
+def load_checkpoint(path: str | os.PathLike, *, map_location: Any = "cpu", mmap: bool = False) -> dict[str, Any]:
     """Reads a checkpoint written by :func:`save_checkpoint` without unpickling code.
 
     Arguments:
         path: checkpoint file.
         map_location: where tensors go (``torch.load``'s argument).
+        mmap: memory-map the file, so tensors are read only when used (``torch.load``'s argument).
 
     Returns:
         The checkpoint dictionary (see the module docstring).
@@ -159,12 +161,22 @@ def load_checkpoint(path: str | os.PathLike, *, map_location: Any = "cpu") -> di
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        ckpt = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as exc:  # torch raises several types for corrupt or unsafe files
         raise ValueError(f"cannot read checkpoint {path}: {exc}") from exc
     if not isinstance(ckpt, dict) or any(k not in ckpt for k in _REQUIRED):
         raise ValueError(f"{path} is not a surrogate checkpoint: expected entries {_REQUIRED}")
     return ckpt
+
+
+def checkpoint_config(path: str | os.PathLike) -> dict[str, Any]:
+    """The configuration stored in a checkpoint file, read without loading its tensors (for the
+    family, geometry or energy range of a run before, or instead of, loading its weights).
+
+    Raises:
+        FileNotFoundError, ValueError: as :func:`load_checkpoint`.
+    """
+    return dict(load_checkpoint(path, mmap=True)["config"] or {})
 
 
 def latest_checkpoint(out_dir: str | os.PathLike) -> Path | None:

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from surrogate.train import LikelihoodStep, make_lr_scheduler
-from surrogate.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from surrogate.train.checkpoint import checkpoint_config, latest_checkpoint, load_checkpoint, save_checkpoint
 
 
 class Payload:
@@ -33,6 +33,15 @@ def test_round_trip(tmp_path):
     assert ckpt["step"] == 3 and ckpt["config"] == {"a": 1} and ckpt["format"] == 2
     assert set(ckpt["step_state"]) == {"optimizers", "schedulers"}
     assert ckpt["step_state"]["schedulers"]["model"]["last_epoch"] == 1
+    assert checkpoint_config(path) == {"a": 1}  # the configuration alone, tensors memory-mapped
+
+
+def test_checkpoint_config_refuses_what_load_checkpoint_refuses(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        checkpoint_config(tmp_path / "none.pt")
+    (tmp_path / "text.pt").write_text("not a checkpoint")
+    with pytest.raises(ValueError, match="cannot read checkpoint"):
+        checkpoint_config(tmp_path / "text.pt")
 
 
 def test_weights_only_checkpoint_has_an_empty_step_state(tmp_path):
