@@ -47,7 +47,7 @@ from surrogate.config_types import (
     build_section,
     check_kwargs,
     coerce,
-    import_object,
+    constructor_table,
     plain,
     setting,
     type_name,
@@ -287,8 +287,7 @@ def load_pipeline(path: str | os.PathLike) -> PipelineConfig:
         except Mismatch:
             raise ConfigError(f"{where}: expected {type_name(hints[f.name])}, got {data[f.name]!r}") from None
         if f.metadata.get("kwargs_of"):
-            values[f.name] = check_kwargs(import_object(f.metadata["kwargs_of"]), values[f.name], where,
-                                          exclude=f.metadata.get("exclude", ()))
+            values[f.name] = constructor_table(values[f.name], f.metadata, where)
     try:
         return cls(**values)
     except (TypeError, ValueError) as exc:

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Callable, Literal, Mapping
 
 __all__ = ["ConfigDeprecationWarning", "ConfigError", "Mismatch", "build_section", "check_kwargs", "coerce",
-           "import_object", "plain", "setting", "type_name"]
+           "constructor_table", "import_object", "plain", "setting", "type_name"]
 
 
 class ConfigError(ValueError):
@@ -36,12 +36,15 @@ class ConfigDeprecationWarning(FutureWarning):
 
 def setting(default: Any = dataclasses.MISSING, *, ge: float | None = None, gt: float | None = None,
             le: float | None = None, kwargs_of: str | None = None, exclude: tuple[str, ...] = (),
-            default_factory: Callable[[], Any] | None = None) -> Any:
+            defaults: Mapping[str, Any] | None = None, default_factory: Callable[[], Any] | None = None) -> Any:
     """A dataclass field with a range check (``ge``/``gt``/``le``, skipped for ``None``) or,
     for a ``Mapping`` table, the constructor whose keyword arguments the table holds
     (``kwargs_of="module:Name"``, imported when the file is read; ``exclude``: arguments that
-    the pipeline fills in itself and a file may not set)."""
-    metadata = {"ge": ge, "gt": gt, "le": le, "kwargs_of": kwargs_of, "exclude": exclude}
+    the pipeline fills in itself and a file may not set; ``defaults``: arguments for the keys a
+    file leaves out, before the constructor's own defaults, also the field's default)."""
+    metadata = {"ge": ge, "gt": gt, "le": le, "kwargs_of": kwargs_of, "exclude": exclude, "defaults": defaults}
+    if defaults is not None and default_factory is None:
+        default_factory = lambda: dict(defaults)  # noqa: E731 - a fresh copy per instance
     if default_factory is not None:
         return field(default_factory=default_factory, metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -200,7 +203,7 @@ def build_section(cls: type, table: Mapping[str, Any], where: str, base: Path | 
         meta = fields[name].metadata
         _check_range(value, meta, key_where)
         if meta.get("kwargs_of"):
-            value = check_kwargs(import_object(meta["kwargs_of"]), value, key_where, exclude=meta.get("exclude", ()))
+            value = constructor_table(value, meta, key_where)
         kwargs[name] = value
     missing = sorted(n for n, f in fields.items() if n not in kwargs and f.default is dataclasses.MISSING
                      and f.default_factory is dataclasses.MISSING)
@@ -210,6 +213,17 @@ def build_section(cls: type, table: Mapping[str, Any], where: str, base: Path | 
         return cls(**kwargs)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{where}: {exc}") from exc
+
+
+def constructor_table(table: Mapping[str, Any], meta: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """A table of constructor keyword arguments declared with ``setting(kwargs_of=...)``: merged
+    over the field's ``defaults`` and checked with :func:`check_kwargs`.
+
+    Raises:
+        ConfigError: see :func:`check_kwargs`.
+    """
+    merged = {**(meta.get("defaults") or {}), **table}
+    return check_kwargs(import_object(meta["kwargs_of"]), merged, where, exclude=meta.get("exclude", ()))
 
 
 def import_object(spec: str) -> Callable:

@@ -143,7 +143,7 @@ class CaloFlowConfig(PipelineConfig):
     """A whole CaloFlow pipeline file (sections in the module documentation)."""
 
     data: CaloDataConfig
-    model: Mapping[str, Any] = setting(default_factory=dict, kwargs_of="surrogate.models.calo_flow:CaloFlow",
+    model: Mapping[str, Any] = setting(defaults=MODEL_DEFAULTS, kwargs_of="surrogate.models.calo_flow:CaloFlow",
                                        exclude=("geometry",))
     train: FlowTrainConfig = field(default_factory=FlowTrainConfig)
     generate: GenerateConfig = field(default_factory=GenerateConfig)
@@ -163,10 +163,10 @@ class CaloFlowConfig(PipelineConfig):
 
 
 def _flow_kwargs(model: Mapping[str, Any], run: RunConfig, validate: ValidateConfig) -> dict[str, Any]:
-    """The flow's keyword arguments: ``[model]`` over :data:`MODEL_DEFAULTS`, its ``seed``
+    """The flow's keyword arguments: ``[model]`` (over :data:`MODEL_DEFAULTS`), its ``seed``
     defaulting to ``[run] seed`` and its ``threshold_mev`` to ``[validate] threshold_mev`` (when
     that is > 0)."""
-    defaults = {**MODEL_DEFAULTS, "seed": run.seed}
+    defaults = {"seed": run.seed}
     if validate.threshold_mev > 0:
         defaults["threshold_mev"] = validate.threshold_mev
     return {**defaults, **model}

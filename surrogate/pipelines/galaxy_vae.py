@@ -246,8 +246,8 @@ class GalaxyConfig(PipelineConfig):
 
     data: GalaxyDataConfig = field(default_factory=GalaxyDataConfig)
     unseen_psf: UnseenPSFConfig = field(default_factory=UnseenPSFConfig)
-    model: Mapping[str, Any] = setting(default_factory=lambda: dict(MODEL_DEFAULTS),
-                                       kwargs_of="surrogate.models.galaxy_vae:GalaxyVAE", exclude=DATA_DERIVED)
+    model: Mapping[str, Any] = setting(defaults=MODEL_DEFAULTS, kwargs_of="surrogate.models.galaxy_vae:GalaxyVAE",
+                                       exclude=DATA_DERIVED)
     train: GalaxyTrainConfig = field(default_factory=GalaxyTrainConfig)
     prior: GalaxyPriorConfig = field(default_factory=GalaxyPriorConfig)
     validate: GalaxyValidateConfig = field(default_factory=GalaxyValidateConfig)
@@ -256,7 +256,6 @@ class GalaxyConfig(PipelineConfig):
     RETIRED_VALUES = {"train.max_grad_norm": (0, "leave max_grad_norm out for no clipping")}
 
     def __post_init__(self):
-        object.__setattr__(self, "model", {**MODEL_DEFAULTS, **self.model})
         factor = 2 ** len(self.model["channels"])
         if self.data.stamp_size % factor:
             raise ValueError(f"[data] stamp_size {self.data.stamp_size} must be a multiple of 2**len([model] "
