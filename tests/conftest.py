@@ -56,10 +56,11 @@ def small_vae_kwargs() -> dict:
 
 @pytest.fixture
 def gaussian_psf() -> Callable[[int, float], torch.Tensor]:
-    """``gaussian_psf(size, sigma)``: a centred, unit-sum Gaussian kernel ``(size, size)``, sigma in pixels."""
+    """``gaussian_psf(size, sigma)``: a unit-sum Gaussian kernel ``(size, size)`` centred on the
+    stamp's true centre ``(size - 1) / 2`` (the PSF origin of :mod:`surrogate.nn.psf`), sigma in pixels."""
 
     def make(size: int, sigma: float) -> torch.Tensor:
-        c = torch.arange(size, dtype=torch.float32) - size // 2
+        c = torch.arange(size, dtype=torch.float32) - (size - 1) / 2
         kernel = torch.exp(-(c[:, None] ** 2 + c[None, :] ** 2) / (2 * sigma**2))
         return kernel / kernel.sum()
 

@@ -5,8 +5,7 @@ Per stamp (arrays ``(N, S, S)`` in counts per pixel, axis -2 = y, axis -1 = x):
 - **HSM adaptive moments** (Hirata & Seljak 2003; Mandelbaum et al. 2005) via
   :func:`galsim.hsm.FindAdaptiveMom`: the size ``sigma`` (arcsec; the ``sigma`` of the
   elliptical Gaussian weight that matches the light, ``det(M)^{1/4}``) and the ellipticity
-  ``g1``, ``g2`` (reduced-shear convention). A stamp where HSM fails gets NaN (counted in the
-  report, left out of the comparisons).
+  ``g1``, ``g2`` (reduced-shear convention). A stamp where HSM fails gets NaN.
 - **flux**: the sum of the stamp, counts.
 - **half-light radius** (arcsec): radius of the circle about the light's centroid that holds
   half of the flux of the segmentation region (see below), interpolated between pixel radii.
@@ -14,11 +13,17 @@ Per stamp (arrays ``(N, S, S)`` in counts per pixel, axis -2 = y, axis -1 = x):
   2003): :math:`G = \frac{1}{\bar{|X|} n (n-1)} \sum_i (2i - n - 1) |X_i|` over the ``n``
   pixels of the region sorted by increasing ``|X_i|``; 0 for a uniform image, 1 when one pixel
   holds all the light.
-- **M20** (Lotz et al. 2004, eqs. 7-8): :math:`M_{20} = \log_{10}(\sum_i M_i / M_{tot})`,
+- **M20** (Lotz et al. 2004, eqs. 7-8, as statmorph computes it, Rodriguez-Gomez et al. 2019):
+  :math:`M_{20} = \log_{10}(\sum_i M_i / M_{tot})`,
   :math:`M_i = f_i [(x_i - x_c)^2 + (y_i - y_c)^2]`, with the centre :math:`(x_c, y_c)` that
-  minimises :math:`M_{tot}` (the flux-weighted centroid) and the sum over the brightest pixels
-  while their cumulative flux stays below 20 % of the total (pixels are added in order of
-  decreasing flux as long as the sum including the pixel is < 0.2 of the total).
+  minimises :math:`M_{tot}` (the flux-weighted centroid) and the sum over the brightest pixels:
+  sorted by decreasing flux, they are added until their cumulative flux reaches 20 % of the
+  total, the pixel that reaches it included. Exactly: pixel ``i`` is one of them when the
+  pixels brighter than it hold at most 20 % of the total flux (statmorph's rule: the pixels at
+  or above the first flux, in increasing order, at which the cumulative fraction reaches 80 %;
+  pixels of equal flux are all in or all out). So the brightest pixel always counts, and a
+  stamp where one pixel holds 20 % of the light has a value. Pixel values are used as they are,
+  negative (noise) pixels included, in the centroid and in both sums (no clipping at zero).
 
 **Segmentation** (which pixels are the galaxy): for Gini, M20 and the half-light radius, when a
 noise variance is given, the pixels of the stamp smoothed by a 3x3 box whose value exceeds
@@ -29,12 +34,17 @@ segmentation of Lotz et al., which is ill-defined for small, faint stamps; the s
 applied to reference and generated stamps, which is what a two-sample comparison needs.
 Without a noise variance every pixel counts.
 
+Any statistic that cannot be computed for a stamp is NaN; :func:`ks_distances` leaves NaN
+values out and :func:`nan_counts` counts them, so that a report can say how many were left out.
+
 Comparisons: :func:`ks_distances` gives the two-sample Kolmogorov-Smirnov statistic
 (:func:`scipy.stats.ks_2samp`) of each statistic; :func:`plot_morphology_histograms` and
 :func:`plot_stamp_grid` make the PNGs.
 
 References:
     Lotz, Primack & Madau (2004), AJ 128, 163, arXiv:astro-ph/0311352 (Gini, M20).
+    Rodriguez-Gomez et al. (2019), MNRAS 483, 4140, arXiv:1807.09850 (statmorph: the reference
+    implementation of Gini and M20 the tests compare with).
     Abraham, van den Bergh & Nair (2003), ApJ 588, 218 (Gini coefficient of galaxy images).
     Hirata & Seljak (2003), MNRAS 343, 459, arXiv:astro-ph/0301054; Mandelbaum et al. (2005),
     MNRAS 361, 1287, arXiv:astro-ph/0412338 (HSM adaptive moments).
@@ -59,6 +69,7 @@ __all__ = [
     "ks_distances",
     "m20",
     "morphology_statistics",
+    "nan_counts",
     "plot_morphology_histograms",
     "plot_stamp_grid",
     "segmentation",
@@ -118,11 +129,13 @@ def gini(images: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
     return out
 
 
-def _centroid(image: np.ndarray, m: np.ndarray) -> tuple[float, float]:
-    weights = np.where(m, np.clip(image, 0.0, None), 0.0)
+def _centroid(image: np.ndarray, m: np.ndarray) -> tuple[float, float] | None:
+    """Flux-weighted centroid ``(y, x)`` in pixels of the pixels in ``m`` (values as they are,
+    negative ones included); ``None`` when their total flux is not positive."""
+    weights = np.where(m, image, 0.0)
     total = weights.sum()
-    if total <= 0:
-        return (image.shape[0] - 1) / 2.0, (image.shape[1] - 1) / 2.0
+    if not total > 0:
+        return None
     y, x = np.indices(image.shape)
     return float((weights * y).sum() / total), float((weights * x).sum() / total)
 
@@ -130,40 +143,56 @@ def _centroid(image: np.ndarray, m: np.ndarray) -> tuple[float, float]:
 def m20(images: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
     """M20, the normalised second moment of the brightest 20 % of the light (Lotz et al. 2004).
 
-    The centre is the flux-weighted centroid of the (positive) pixels in ``mask``, which
-    minimises the total second moment ``M_tot``. Pixels are taken in order of decreasing flux
-    while the running sum, including the pixel, stays below 20 % of the total flux.
+    The centre is the flux-weighted centroid of the pixels in ``mask``, which minimises the
+    total second moment ``M_tot``. The brightest pixels are those whose brighter pixels hold
+    at most 20 % of the total flux: taken in order of decreasing flux until the cumulative flux
+    reaches 20 %, that pixel included (pixels of equal flux go in together), as statmorph does
+    (Rodriguez-Gomez et al. 2019). Pixel values are used unclipped: negative noise pixels enter
+    the centroid, the total flux and ``M_tot``.
 
     Arguments:
-        images: ``(N, H, W)`` or ``(H, W)`` stamps.
-        mask: boolean pixels to use (default all).
+        images: ``(N, H, W)`` or ``(H, W)`` stamps, any flux unit per pixel.
+        mask: boolean ``(N, H, W)`` or ``(H, W)``: the pixels to use (default all).
 
     Returns:
-        ``(N,)`` values (dimensionless, typically -3 to -0.5); NaN without positive flux, when
-        no pixel fits under 20 % or ``M_tot`` is 0.
+        ``(N,)`` values (dimensionless, typically -3 to -0.5); NaN where the masked flux is not
+        positive, where ``M_tot`` is not positive, or where the brightest pixels' second moment
+        is 0 (a single brightest pixel exactly on the centroid), the cases statmorph flags as
+        invalid.
 
     Raises:
         ValueError: wrong shapes or non-finite values.
+
+    References:
+        Lotz, Primack & Madau (2004), AJ 128, 163, eqs. 7-8; Rodriguez-Gomez et al. (2019),
+        arXiv:1807.09850, section 4.2 (statmorph's M20).
+
+    Example:
+        >>> image = np.zeros((5, 5))
+        >>> image[2, 1], image[2, 3] = 1.0, 4.0   # 4 of 5 counts in one pixel
+        >>> round(float(m20(image)[0]), 6)        # centroid x = 2.6: 4 * 0.4^2 / (4 * 0.4^2 + 1.6^2)
+        -0.69897
     """
     images = _as_stamps(images)
     masks = _masks(images, mask)
     out = np.full(len(images), np.nan)
     y, x = np.indices(images.shape[1:])
     for k, (image, m) in enumerate(zip(images, masks)):
-        yc, xc = _centroid(image, m)
-        f = np.where(m, np.clip(image, 0.0, None), 0.0).ravel()
-        total = f.sum()
-        if total <= 0:
+        centre = _centroid(image, m)
+        if centre is None:
             continue
-        moments = f * ((y.ravel() - yc) ** 2 + (x.ravel() - xc) ** 2)
+        yc, xc = centre
+        f = np.where(m, image, 0.0)
+        moments = f * ((y - yc) ** 2 + (x - xc) ** 2)
         m_tot = moments.sum()
-        order = np.argsort(-f, kind="stable")
-        cumulative = np.cumsum(f[order])
-        take = cumulative < 0.2 * total
-        if not take.any() or m_tot <= 0:
-            continue
-        brightest = moments[order][take].sum()
-        out[k] = math.log10(brightest / m_tot) if brightest > 0 else -np.inf
+        values = np.sort(image[m])
+        reached = np.cumsum(values) / values.sum() >= 0.8  # the brighter pixels hold <= 20 %
+        # The last fraction is 1 up to rounding, so some pixel reaches 0.8, and its flux is > 0
+        # (the cumulative sum only grows at positive pixels).
+        threshold = values[int(np.argmax(reached))] if reached.any() else values[-1]
+        brightest = moments[m & (image >= threshold)].sum()
+        if m_tot > 0 and brightest > 0:
+            out[k] = math.log10(brightest / m_tot)
     return out
 
 
@@ -179,18 +208,20 @@ def half_light_radius(images: np.ndarray, *, pixel_scale: float = 1.0, mask: np.
         mask: boolean pixels to use (default all).
 
     Returns:
-        ``(N,)`` radii; NaN without positive flux.
+        ``(N,)`` radii; NaN without positive flux. Pixel values are used as they are (negative
+        noise pixels included), in the centroid as in the cumulative flux.
     """
     images = _as_stamps(images)
     masks = _masks(images, mask)
     out = np.full(len(images), np.nan)
     y, x = np.indices(images.shape[1:])
     for k, (image, m) in enumerate(zip(images, masks)):
-        yc, xc = _centroid(image, m)
+        centre = _centroid(image, m)
+        if centre is None:
+            continue
+        yc, xc = centre
         f = np.where(m, image, 0.0).ravel()
         total = f.sum()
-        if total <= 0:
-            continue
         r = np.hypot(y.ravel() - yc, x.ravel() - xc)
         order = np.argsort(r, kind="stable")
         cumulative = np.cumsum(f[order])
@@ -303,6 +334,30 @@ def morphology_statistics(images: np.ndarray, *, pixel_scale: float, noise_varia
         "m20": m20(images, mask),
         "hsm_ok": hsm["ok"],
     }
+
+
+def nan_counts(statistics: Mapping[str, np.ndarray], keys: Sequence[str] | None = None) -> dict[str, int]:
+    """Number of NaN values of each statistic: the values :func:`ks_distances` leaves out.
+
+    Non-finite values are counted (a statistic that cannot be computed is NaN; an infinity
+    would be left out of the comparisons as well, so it is counted with them).
+
+    Arguments:
+        statistics: per-stamp statistics, e.g. from :func:`morphology_statistics`.
+        keys: which statistics (default those of :data:`MORPHOLOGY_UNITS` present).
+
+    Returns:
+        ``{key: count}`` with an entry, possibly 0, for every key.
+
+    Raises:
+        KeyError: a requested key is missing.
+
+    Example:
+        >>> nan_counts({"gini": np.array([0.4, np.nan]), "m20": np.array([-1.8, -2.0])})
+        {'gini': 1, 'm20': 0}
+    """
+    keys = [k for k in MORPHOLOGY_UNITS if k in statistics] if keys is None else list(keys)
+    return {key: int(np.count_nonzero(~np.isfinite(np.asarray(statistics[key], dtype=float)))) for key in keys}
 
 
 def ks_distances(reference: Mapping[str, np.ndarray], generated: Mapping[str, np.ndarray],

@@ -15,27 +15,44 @@ Conventions (all lengths in pixels):
   (GalSim's ``x``), exactly the layout of ``galsim.Image.array``.
 - The PSF must be sampled on the image's pixel grid (same pixel scale in arcsec/pixel). A PSF
   image is the kernel of a true convolution (not a correlation):
-  :math:`out[i, j] = \sum_{m, n} image[i - m + c_y, j - n + c_x]\, psf[m, n]`.
-- **Centre of the PSF stamp**: pixel :math:`(c_y, c_x) = (h // 2, w // 2)` (0-based) of an
-  ``(h, w)`` stamp is the origin: a point source in pixel :math:`(i, j)` of the image comes out
-  with that PSF pixel at :math:`(i, j)`. For odd sizes this is the middle pixel and the result
-  equals ``scipy.signal.fftconvolve(image, psf, mode="same")``. For even sizes it is the pixel
-  just after the geometric centre along each axis (the geometric centre, the corner shared by
-  the four middle pixels, lies at :math:`(h/2 - 0.5, w/2 - 0.5)`). This is GalSim's integer
-  centre ``image.center`` (for a stamp with 1-based bounds ``1..h`` it is ``h//2 + 1``, i.e.
-  0-based ``h // 2``), which is where ``psf.drawImage(image, use_true_center=False)`` puts the
-  profile's centre. GalSim's *default* (``use_true_center=True``) centres the profile on
-  ``image.true_center``, the geometric centre, so a PSF drawn that way on an even stamp shifts
-  the convolved image by half a pixel towards lower indices along both axes; draw even PSF
-  stamps with ``use_true_center=False`` (or use odd stamps) to avoid it. ``scipy``'s ``"same"``
-  mode uses pixel ``(h - 1) // 2`` instead, one pixel lower than here for even sizes.
+  :math:`out[i, j] = \sum_{m, n} image(i - m + c_y, j - n + c_x)\, psf[m, n]`, with the PSF
+  origin :math:`(c_y, c_x)` below; where it is half-integer (even sizes) ``image(y, x)`` is the
+  band-limited interpolation of the image's samples.
+- **Centre of the PSF stamp**: the origin of an ``(h, w)`` stamp is its geometric centre, the
+  0-based position :math:`(c_y, c_x) = ((h - 1)/2, (w - 1)/2)`: GalSim's ``image.true_center``,
+  where ``psf.drawImage(image)`` puts the profile's centre by default (``use_true_center=True``)
+  and the point that ``galsim.InterpolatedImage(psf_image)`` takes as the PSF's origin. So a PSF
+  whose light centroid sits at its stamp's centre never moves the galaxy, for odd and even
+  sizes alike. For odd sizes the origin is the middle pixel and the result equals
+  ``scipy.signal.fftconvolve(image, psf, mode="same")``. Along an axis of even size the origin
+  is the boundary between the two middle pixels, half a pixel before pixel ``h // 2``: the
+  convolution is computed with pixel ``h // 2`` as origin and the result is moved by half a
+  pixel towards higher indices by a Fourier phase shift, the PSF's transfer function (its
+  zero-padded DFT of length :math:`F`) multiplied by :math:`e^{-i\pi k / F}` at frequency index
+  :math:`k` (shift theorem; the Nyquist bin :math:`|k| = F/2` of an even :math:`F`, where the
+  two signs disagree, gets their mean, 0, which keeps the output real). That is band-limited
+  (trigonometric, sinc) interpolation of the convolved image at half-pixel positions: exact for
+  band-limited images sampled above the Nyquist rate (smooth, well-sampled profiles and PSFs),
+  approximate otherwise (a lone bright pixel rings, and the band-limited interpolation also
+  spreads a little light across the stamp's edges, so stamps should fall to ~0 at their edges,
+  as galaxy stamps do). Against GalSim's own ``Convolve(InterpolatedImage(galaxy),
+  InterpolatedImage(psf))`` of the same arrays the layer agrees for smooth, well-sampled images
+  to 9e-5 of the peak, for even and odd PSF stamps alike (tested to 5e-4; the residual is
+  GalSim's quintic interpolant against the layer's exact sum over samples). A PSF drawn on an
+  even stamp with ``use_true_center=False`` (centred on pixel ``(h // 2, w // 2)``) therefore
+  shifts the galaxy by half a pixel towards higher indices along both axes; draw even stamps
+  with GalSim's default.
 - Zero padding: the image is taken to be zero outside its ``H x W`` footprint, so nothing wraps
-  around (periodic images are not assumed). Only the ``H x W`` "same" window is returned, for
-  which an FFT length of ``H + h // 2`` rows (``W + w // 2`` columns) already excludes any
-  wrap-around (the terms that would alias fall outside the window); the length is rounded up to
-  a fast size with :func:`scipy.fft.next_fast_len`.
+  around (periodic images are not assumed). Only the ``H x W`` "same" window is returned. Along
+  an axis where the PSF size ``n`` is odd an FFT length of ``N + n // 2`` already excludes any
+  wrap-around (the terms that would alias fall outside the window); along an even one the
+  length is at least ``N + n - 1``, the whole linear convolution, so that no aliased term sits
+  next to the window where the half-pixel interpolation would spread it in. The lengths are
+  rounded up to fast sizes (see :func:`fft_shape`).
 - Flux: the output sums to ``image.sum() * psf.sum()`` as long as the convolved light stays
-  inside the stamp, so a PSF normalised to unit sum conserves the flux away from the edges.
+  inside the stamp, so a PSF normalised to unit sum conserves the flux away from the edges
+  (for even PSF sizes, up to the light that the interpolation spreads past the edges: ~1e-4 of
+  it for images of independent random pixels, nothing measurable for smooth ones).
 
 References:
     Lanusse, Mandelbaum, Ravanbakhsh, Li, Freeman, Poczos (2021), "Deep generative models for
@@ -43,10 +60,16 @@ References:
     the decoded profile in Fourier space).
 
     Rowe et al. (2015), "GalSim: The modular galaxy image simulation toolkit", Astronomy and
-    Computing 10, 121, arXiv:1407.7676 (image centre conventions of ``drawImage``).
+    Computing 10, 121, arXiv:1407.7676 (image centre conventions of ``drawImage`` and
+    ``InterpolatedImage``).
+
+    Bracewell (2000), "The Fourier Transform and Its Applications", 3rd ed., McGraw-Hill,
+    chapter 6 (shift theorem) and chapter 10 (sampling theorem: band-limited interpolation).
 """
 
 from __future__ import annotations
+
+import math
 
 import scipy.fft
 import torch
@@ -57,13 +80,31 @@ __all__ = ["fft_convolve", "fft_shape", "PSFConvolution"]
 _DTYPES = (torch.float32, torch.float64)
 
 
+def _even_psf_length(n: int) -> int:
+    """Smallest multiple of 4 that is >= ``n`` and has no prime factor above 7."""
+    length = -(-n // 4) * 4
+    while True:
+        m = length
+        for p in (2, 3, 5, 7):
+            while m % p == 0:
+                m //= p
+        if m == 1:
+            return length
+        length += 4
+
+
 def fft_shape(image_size: tuple[int, int], psf_size: tuple[int, int]) -> tuple[int, int]:
     """FFT size used to convolve an ``image_size`` image with a ``psf_size`` PSF ("same" output).
 
-    Along each axis the length is the smallest fast FFT length (5-smooth, from
-    :func:`scipy.fft.next_fast_len`) of at least ``N + n // 2`` for an image of ``N`` pixels and
-    a PSF of ``n`` pixels: enough for zero padding to keep every wrapped-around term out of the
-    ``N`` returned pixels (a full linear convolution would need ``N + n - 1``).
+    Along an axis where the PSF size ``n`` is odd, the length is the smallest fast FFT length
+    (5-smooth, from :func:`scipy.fft.next_fast_len`) of at least ``N + n // 2`` for an image of
+    ``N`` pixels: enough for zero padding to keep every wrapped-around term out of the ``N``
+    returned pixels (a full linear convolution would need ``N + n - 1``). Along an axis where
+    ``n`` is even, it is at least ``N + n - 1``, so that nothing wraps around at all: the
+    half-pixel shift (see the module documentation) would spread wrapped-around light into the
+    returned pixels. That length is the smallest multiple of 4 with no prime factor above 7,
+    measured on this project's CPU (torch 2.13, MKL) to be up to 2x faster than the 5-smooth
+    choice there (160 against 150 for ``N + n - 1 = 147``; 84 against 90 for 83).
 
     Arguments:
         image_size: ``(H, W)`` of the image, in pixels.
@@ -75,10 +116,30 @@ def fft_shape(image_size: tuple[int, int], psf_size: tuple[int, int]) -> tuple[i
     Example:
         >>> fft_shape((64, 64), (25, 25))
         (80, 80)
+        >>> fft_shape((64, 64), (20, 25))
+        (84, 80)
     """
     return tuple(  # type: ignore[return-value]
-        scipy.fft.next_fast_len(int(n) + int(k) // 2, real=True) for n, k in zip(image_size, psf_size)
+        scipy.fft.next_fast_len(int(n) + int(k) // 2, real=True) if int(k) % 2
+        else _even_psf_length(int(n) + int(k) - 1)
+        for n, k in zip(image_size, psf_size)
     )
+
+
+def _half_pixel_ramp(length: int, *, onesided: bool, dtype: torch.dtype, device: torch.device) -> Tensor:
+    r"""Phase factors :math:`e^{-i \pi k / F}` that move a signal of ``F = length`` samples by +1/2.
+
+    ``k`` is the integer frequency index of each bin of a length-``F`` :func:`torch.fft.fft`
+    (of :func:`torch.fft.rfft` with ``onesided``), ``F`` times :func:`torch.fft.fftfreq`; for an even
+    ``F`` the Nyquist bin gets the mean of the factors of ``+F/2`` and ``-F/2``,
+    :math:`\cos(\pi / 2) = 0`, as a real signal's must. Computed in float64 and returned as the
+    complex type matching ``dtype``.
+    """
+    k = torch.fft.rfftfreq(length, dtype=torch.float64) if onesided else torch.fft.fftfreq(length, dtype=torch.float64)
+    ramp = torch.polar(torch.ones_like(k), -math.pi * k)
+    if length % 2 == 0:
+        ramp[length // 2] = 0.0
+    return ramp.to(device=device, dtype=torch.complex64 if dtype == torch.float32 else torch.complex128)
 
 
 def _check(image: Tensor, psf: Tensor, check_finite: bool) -> Tensor:
@@ -145,12 +206,16 @@ def _check(image: Tensor, psf: Tensor, check_finite: bool) -> Tensor:
 def fft_convolve(image: Tensor, psf: Tensor, *, check_finite: bool = True) -> Tensor:
     r"""Convolves images with PSFs by zero-padded FFTs; the output has the size of the input.
 
-    Computes :math:`out_{bc}[i, j] = \sum_{m, n} image_{bc}[i - m + h//2,\, j - n + w//2]\,
+    Computes :math:`out_{bc}[i, j] = \sum_{m, n} image_{bc}(i - m + c_y,\, j - n + c_x)\,
     psf_{bc}[m, n]` with the image taken as zero outside its footprint (no wrap-around), for
-    :math:`0 \le i < H`, :math:`0 \le j < W` ("same" mode). The PSF origin is pixel
-    ``(h // 2, w // 2)`` of the stamp (the middle pixel for odd sizes; GalSim's integer centre
-    ``image.center`` for even sizes, see the module documentation). For odd PSF sizes the result
-    equals ``scipy.signal.fftconvolve(image, psf, mode="same")`` over the last two axes.
+    :math:`0 \le i < H`, :math:`0 \le j < W` ("same" mode). The PSF origin
+    :math:`(c_y, c_x) = ((h - 1)/2, (w - 1)/2)` is the stamp's geometric centre, GalSim's
+    ``image.true_center`` (the centre ``drawImage`` and ``InterpolatedImage`` use by default):
+    the middle pixel for odd sizes, where the result equals
+    ``scipy.signal.fftconvolve(image, psf, mode="same")`` over the last two axes; for even sizes
+    a pixel corner, reached by a half-pixel Fourier phase shift of the PSF's transfer function,
+    exact for band-limited (well-sampled) images (see the module documentation). A PSF whose
+    light centroid sits at its stamp's centre leaves the image's centroid where it was.
     Differentiable with respect to both ``image`` and ``psf``; computed in ``complex64``
     (``float32`` inputs) or ``complex128`` (``float64``) on the inputs' device.
 
@@ -179,6 +244,7 @@ def fft_convolve(image: Tensor, psf: Tensor, *, check_finite: bool = True) -> Te
     References:
         Lanusse et al. (2021), arXiv:2008.03833: convolution of the generated PSF-free
         profile with the per-galaxy PSF in Fourier space.
+        Rowe et al. (2015), arXiv:1407.7676: GalSim's ``true_center`` convention.
 
     Example:
         >>> image = torch.zeros(2, 1, 9, 9)
@@ -195,9 +261,19 @@ def fft_convolve(image: Tensor, psf: Tensor, *, check_finite: bool = True) -> Te
     h, w = psf.shape[-2:]
     size = fft_shape((H, W), (h, w))
     # rfft2 with s= zero-pads at the end; the "same" window of the linear convolution starts at
-    # the PSF origin (h // 2, w // 2). With size >= N + n // 2 every aliased term lands outside it.
-    spectrum = torch.fft.rfft2(image, s=size) * torch.fft.rfft2(psf, s=size)
-    full = torch.fft.irfft2(spectrum, s=size)
+    # pixel (h // 2, w // 2) of the PSF. With size >= N + n // 2 every aliased term lands outside
+    # it (odd n); an even n uses size >= N + n - 1 (nothing aliases) and the half-pixel shift.
+    transfer = torch.fft.rfft2(psf, s=size)
+    if h % 2 == 0 or w % 2 == 0:
+        # Origin at the stamp's true centre, (n - 1) / 2 = n // 2 - 1/2: the output moved by
+        # +1/2 pixel along each even axis (shift theorem, applied to the PSF's transfer function).
+        ramp = torch.ones((), dtype=transfer.dtype, device=transfer.device)
+        if h % 2 == 0:
+            ramp = ramp * _half_pixel_ramp(size[0], onesided=False, dtype=psf.dtype, device=psf.device)[:, None]
+        if w % 2 == 0:
+            ramp = ramp * _half_pixel_ramp(size[1], onesided=True, dtype=psf.dtype, device=psf.device)
+        transfer = transfer * ramp
+    full = torch.fft.irfft2(torch.fft.rfft2(image, s=size) * transfer, s=size)
     cy, cx = h // 2, w // 2
     return full[..., cy : cy + H, cx : cx + W]
 

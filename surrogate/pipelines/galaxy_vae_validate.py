@@ -5,7 +5,9 @@
 - :func:`validate`: morphology statistics of the two sets (:mod:`surrogate.metrics.morphology`:
   HSM size and shape, flux, half-light radius, Gini, M20) compared with KS distances, for the
   observed stamps and for the PSF-free profiles (generated vs GalSim's noiseless truth), and
-  the pictures of both.
+  the pictures of both. Statistics that are NaN for a stamp (HSM failure, no positive flux in
+  the segmentation region, ...) are left out of the KS distances, counted in the report and
+  announced with a warning.
 - :func:`fit_unseen_psf`: the forward-model check: MAP fits
   (:func:`surrogate.pipelines.forward.fit_map`) of galaxies observed through PSFs of a family
   the model never saw in training; chi-squared per pixel and the flux error of the deconvolved
@@ -24,6 +26,7 @@ References:
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -91,11 +94,15 @@ def validate(reference: Stamps, generated: Stamps, out_dir: str | os.PathLike, *
     Returns:
         ``{"ks": {statistic: KS distance of the observed stamps}, "ks_details": (with p-values
         and sample sizes), "ks_psf_free": {statistic: KS distance of the profiles},
-        "hsm_failures": {"heldout": n, "generated": n}}``.
+        "hsm_failures": {"heldout": n, "generated": n}, "nan_statistics": {"observed" or
+        "profile": {"heldout" or "generated": {statistic: number of NaN values}}}}``; the NaN
+        values are left out of the KS distances, and a :class:`UserWarning` names their
+        number when there are any.
     """
     from surrogate.metrics.morphology import (
         ks_distances,
         morphology_statistics,
+        nan_counts,
         plot_morphology_histograms,
         plot_stamp_grid,
     )
@@ -108,6 +115,9 @@ def validate(reference: Stamps, generated: Stamps, out_dir: str | os.PathLike, *
     free_ref = morphology_statistics(reference["profile"], pixel_scale=pixel_scale)
     free_gen = morphology_statistics(generated["profile"], pixel_scale=pixel_scale)
     ks_free = ks_distances(free_ref, free_gen)
+    nan = {"observed": {"heldout": nan_counts(stats_ref), "generated": nan_counts(stats_gen)},
+           "profile": {"heldout": nan_counts(free_ref), "generated": nan_counts(free_gen)}}
+    _warn_nan(nan, n=len(reference["observed"]))
     plot_morphology_histograms(out / "morphology.png", stats_ref, stats_gen, ks=ks)
     plot_morphology_histograms(out / "morphology_psf_free.png", free_ref, free_gen, ks=ks_free)
     titles = ("GalSim", "VAE")
@@ -118,7 +128,20 @@ def validate(reference: Stamps, generated: Stamps, out_dir: str | os.PathLike, *
         "ks_details": ks,
         "ks_psf_free": {k: v["ks"] for k, v in ks_free.items()},
         "hsm_failures": {"heldout": int((~stats_ref["hsm_ok"]).sum()), "generated": int((~stats_gen["hsm_ok"]).sum())},
+        "nan_statistics": nan,
     }
+
+
+def _warn_nan(nan: Mapping[str, Mapping[str, Mapping[str, int]]], n: int) -> None:
+    """One warning naming the NaN morphology values (``{images: {sample: {statistic: count}}}``)."""
+    total = sum(count for samples in nan.values() for counts in samples.values() for count in counts.values())
+    if total == 0:
+        return
+    parts = [f"{images} {sample}: " + ", ".join(f"{key} {count}" for key, count in counts.items() if count)
+             for images, samples in nan.items() for sample, counts in samples.items() if any(counts.values())]
+    warnings.warn(f"galaxy_vae validate: {total} NaN morphology statistic value(s) in {n} stamps per sample, "
+                  f"left out of the KS distances ({'; '.join(parts)}); see report.json 'nan_statistics'",
+                  stacklevel=3)
 
 
 def _map_fit(model: GalaxyVAE, stamps: Stamps, steps: int, learning_rate: float):

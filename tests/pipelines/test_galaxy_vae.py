@@ -218,9 +218,17 @@ def test_small_run_end_to_end_and_resume(tmp_path):
                             log_every=2, model="latent_dim = 4\nchannels = [4, 8]\nhidden_features = 16\n"
                                                 "flow_hidden_features = 8\nflow_transforms = 2")
     cfg = load_pipeline(_write(tmp_path, text))
-    report_path = FAMILY.run(cfg, progress=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        report_path = FAMILY.run(cfg, progress=False)
     assert report_path == tmp_path / "run" / "report.json"
     report = json.loads(report_path.read_text())
+    # A 6-step model makes odd galaxies: NaN statistics are counted and announced, consistently.
+    nan_total = sum(n for kind in report["nan_statistics"].values() for sample in kind.values()
+                    for n in sample.values())
+    announced = [str(w.message) for w in caught if "NaN morphology" in str(w.message)]
+    assert len(announced) == (1 if nan_total else 0)
+    assert not nan_total or f"{nan_total} NaN morphology statistic value(s)" in announced[0]
     for name in report["files"]:
         assert (tmp_path / "run" / name).is_file(), name
     assert report["train"]["steps"] == 6 and report["prior"]["steps"] == 4
@@ -261,3 +269,51 @@ def test_pipeline_end_to_end_and_unseen_psf_chi2(tmp_path):
     model = load_galaxy_vae(tmp_path / "run" / "model.pt")
     assert model.sample(2, magnitude=21.0, half_light_radius=0.4).shape == (2, 1, 32, 32)
     assert math.isfinite(report["train"]["final_loss_nats_per_pixel"])
+
+
+def _stamps(rng, n: int, noise_sigma: float = 0.05) -> dict:
+    """n Gaussian galaxies of different sizes, 32 x 32 pixels at 0.1 arcsec, noisy and noiseless."""
+    galsim = pytest.importorskip("galsim")
+    import numpy as np
+
+    profile = np.stack([galsim.Gaussian(sigma=0.2 + 0.02 * i).withFlux(50.0).drawImage(nx=32, ny=32, scale=0.1).array
+                        for i in range(n)]).astype(np.float64)
+    return {"profile": profile, "observed": profile + rng.normal(0.0, noise_sigma, profile.shape),
+            "noise_variance": np.full(n, noise_sigma**2)}
+
+
+def test_validate_counts_and_announces_nan_statistics(tmp_path, rng):
+    """Morphology statistics that are NaN (here: empty stamps, where HSM fails and neither the
+    half-light radius, Gini nor M20 exists) are left out of the KS distances, counted per
+    statistic, image kind and sample in the report, and announced by one warning that names
+    their number; without them the counts are all 0 and nothing is announced."""
+    from surrogate.pipelines.galaxy_vae_validate import validate
+
+    reference, generated = _stamps(rng, 12), _stamps(rng, 12)
+    (tmp_path / "clean").mkdir()
+    (tmp_path / "nan").mkdir()
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        clean = validate(reference, generated, tmp_path / "clean", pixel_scale=0.1, grid=4)
+    assert not [w for w in record if "NaN" in str(w.message)]  # no NaN: no warning
+    counts = clean["nan_statistics"]
+    assert set(counts) == {"observed", "profile"}
+    assert all(set(v) == {"heldout", "generated"} for v in counts.values())
+    assert all(n == 0 for kind in counts.values() for sample in kind.values() for n in sample.values())
+    assert set(counts["observed"]["heldout"]) == {"sigma", "g1", "g2", "flux", "half_light_radius", "gini", "m20"}
+
+    generated["observed"][0] = 0.0  # one empty observed stamp, two empty profiles
+    generated["profile"][:2] = 0.0
+    with pytest.warns(UserWarning, match=r"18 NaN morphology statistic value\(s\) in 12 stamps") as record:
+        report = validate(reference, generated, tmp_path / "nan", pixel_scale=0.1, grid=4)
+    message = str(record[0].message)
+    assert "observed generated: sigma 1, g1 1, g2 1, half_light_radius 1, gini 1, m20 1" in message
+    assert "profile generated: sigma 2, g1 2, g2 2, half_light_radius 2, gini 2, m20 2" in message
+    nan = report["nan_statistics"]
+    expected_observed = {"sigma": 1, "g1": 1, "g2": 1, "flux": 0, "half_light_radius": 1, "gini": 1, "m20": 1}
+    assert nan["observed"]["generated"] == expected_observed
+    assert nan["profile"]["generated"] == {k: 2 * v for k, v in expected_observed.items()}
+    assert sum(nan["observed"]["heldout"].values()) == sum(nan["profile"]["heldout"].values()) == 0
+    assert report["ks_details"]["m20"]["n_generated"] == 11 and report["ks_details"]["m20"]["n_reference"] == 12
+    assert report["hsm_failures"] == {"heldout": 0, "generated": 1}
+    json.dumps(report)  # plain integers, ready for report.json
