@@ -5,8 +5,8 @@ For each (task, simulation budget, seed) both methods train on the *same* simula
 sbibm observations 1-10 and are scored with the sbibm C2ST against the reference posterior
 samples (0.5 is perfect). Reported: mean C2ST over the observations and training wall time and
 CPU time (the machine may be shared: CPU time of this single-threaded process is the steadier
-measure of work). Default grid: two_moons at 10^3 and 10^4 simulations, slcp and gaussian_linear
-at 10^4, seed 0.
+measure of work). Default grid: two_moons at 10^3 and 10^4 simulations, the other five sbibm
+tasks (slcp, gaussian_linear, gaussian_mixture, bernoulli_glm, sir) at 10^4, seed 0.
 
 - this project: :func:`surrogate.pipelines.npe_training.train_npe` with the settings of
   ``pipelines/npe_two_moons.toml`` (``OURS`` below).
@@ -20,7 +20,7 @@ deliberately at the start and recorded in the JSON. Results are written after ev
 (atomically) to ``--out`` (default ``benchmarks/results/npe_vs_sbi.json``), so a partial run
 leaves a usable file; the table is printed at the end.
 
-    python benchmarks/npe_vs_sbi.py                       # full grid, ~1-2 h on one core
+    python benchmarks/npe_vs_sbi.py                       # full grid, several hours on one core
     python benchmarks/npe_vs_sbi.py --runs two_moons:1000 --observations 1 2 --methods ours
 """
 
@@ -44,9 +44,10 @@ if str(REPO) not in sys.path:  # run from a checkout without installing
 from surrogate.data.hdf5 import atomic_output  # noqa: E402
 from surrogate.metrics.c2st import c2st  # noqa: E402
 from surrogate.pipelines.npe_training import train_npe  # noqa: E402
-from surrogate.simulators.sbi_tasks import get_task, load_reference, simulate_dataset  # noqa: E402
+from surrogate.simulators.sbi_tasks import TASK_NAMES, get_task, load_reference, simulate_dataset  # noqa: E402
 
-DEFAULT_RUNS = ("two_moons:1000", "two_moons:10000", "slcp:10000", "gaussian_linear:10000")
+DEFAULT_RUNS = ("two_moons:1000", "two_moons:10000", "slcp:10000", "gaussian_linear:10000",
+                "gaussian_mixture:10000", "bernoulli_glm:10000", "sir:10000")
 
 OURS = {
     "kind": "nsf",
@@ -140,7 +141,7 @@ def table(records) -> str:
     return "\n".join(lines)
 
 
-DEFAULT_ORDER = {"two_moons": 0, "slcp": 1, "gaussian_linear": 2}
+DEFAULT_ORDER = {name: i for i, name in enumerate(TASK_NAMES)}
 
 
 def _write(path: Path, payload: dict) -> None:
@@ -150,7 +151,8 @@ def _write(path: Path, payload: dict) -> None:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", nargs="+", default=list(DEFAULT_RUNS), help="TASK:NUM_SIMULATIONS ...")
+    parser.add_argument("--runs", nargs="+", default=list(DEFAULT_RUNS),
+                        help=f"TASK:NUM_SIMULATIONS ..., TASK one of {', '.join(TASK_NAMES)}")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--methods", nargs="+", default=["ours", "sbi"], choices=sorted(TRAINERS))
     parser.add_argument("--observations", nargs="+", type=int, default=list(range(1, 11)))
@@ -158,6 +160,10 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "npe_vs_sbi.json")
     args = parser.parse_args(argv)
+    for spec in args.runs:  # fail now, not after hours of earlier runs
+        task_name, _, n = spec.partition(":")
+        if task_name not in TASK_NAMES or not n.isdigit() or int(n) < 1:
+            parser.error(f"--runs: expected TASK:NUM_SIMULATIONS with TASK one of {TASK_NAMES}, got {spec!r}")
 
     torch.set_num_threads(args.threads)
     from threadpoolctl import threadpool_limits

@@ -1,13 +1,15 @@
-"""Simulation-based inference benchmark tasks of sbibm: two_moons, slcp and gaussian_linear.
+"""Simulation-based inference benchmark tasks of sbibm: two_moons, slcp, gaussian_linear,
+gaussian_mixture, bernoulli_glm and sir.
 
 Each task is a prior (a :class:`torch.distributions.Distribution`) and a stochastic simulator
 ``x = simulate(theta)``, written from the task definitions of sbibm (Lueckmann et al. 2021,
-arXiv:2101.04653, appendix T). The reference posterior samples of observations 1 to 10 are read
-from the copy of sbibm's files in the repository's ``datasets/sbibm``
-(``<task>/num_observation_<n>/{observation.csv,true_parameters.csv,
-reference_posterior_samples.csv.bz2}``; card in ``datasets/README.md``).
+arXiv:2101.04653, appendix T, checked against sbibm's own task code). The reference posterior
+samples of observations 1 to 10 are read from the copy of sbibm's files in the repository's
+``datasets/sbibm`` (``<task>/num_observation_<n>/{observation.csv,true_parameters.csv,
+reference_posterior_samples.csv.bz2}``; card in ``datasets/README.md``); bernoulli_glm's design
+matrix is read from there too (``bernoulli_glm/design_matrix.pt``).
 
-All quantities are dimensionless.
+All quantities are dimensionless, except sir's rates (per day) and counts.
 
 Example:
     >>> task = get_task("two_moons")
@@ -19,33 +21,44 @@ Example:
 from __future__ import annotations
 
 import bz2
+import functools
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
+from scipy.integrate import solve_ivp
 from torch import Tensor
-from torch.distributions import Distribution, Independent, MultivariateNormal, Uniform
+from torch.distributions import Distribution, Independent, LogNormal, MultivariateNormal, Uniform
 
-from surrogate.checks import check_int
+from surrogate.checks import check_float, check_int
 
 __all__ = [
     "ReferencePosterior",
     "SBITask",
+    "SIR_DAYS",
     "TASK_NAMES",
+    "bernoulli_glm_design_matrix",
+    "bernoulli_glm_precision",
+    "bernoulli_glm_summary",
     "default_sbibm_root",
     "gaussian_linear_posterior",
     "get_task",
     "load_reference",
+    "simulate_bernoulli_glm",
     "simulate_dataset",
     "simulate_gaussian_linear",
+    "simulate_gaussian_mixture",
+    "simulate_sir",
     "simulate_slcp",
     "simulate_two_moons",
+    "sir_infected_fraction",
 ]
 
-TASK_NAMES = ("two_moons", "slcp", "gaussian_linear")
+TASK_NAMES = ("two_moons", "slcp", "gaussian_linear", "gaussian_mixture", "bernoulli_glm", "sir")
 
 _GAUSSIAN_LINEAR_VAR = 0.1  # prior and likelihood variance per dimension (sbibm)
 
@@ -151,12 +164,263 @@ def gaussian_linear_posterior(x: Tensor) -> MultivariateNormal:
     return MultivariateNormal(x / 2, covariance_matrix=var * torch.eye(10))
 
 
+_MIXTURE_NARROW_SCALE = 0.1  # standard deviation of gaussian_mixture's narrow component (sbibm)
+
+
+def simulate_gaussian_mixture(theta: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
+    """gaussian_mixture simulator: ``x ~ 0.5 N(theta, I) + 0.5 N(theta, 0.01 I)`` in 2 dimensions.
+
+    One component per simulation (both coordinates share it), each with probability 0.5; the
+    standard deviations are 1 and 0.1 (variances 1 and 0.01).
+
+    Arguments:
+        theta: parameters ``(N, 2)``.
+        generator: random generator (default: torch's global one).
+
+    Returns:
+        ``x`` of shape ``(N, 2)``, float32.
+
+    Raises:
+        ValueError: ``theta`` not of shape ``(N, 2)``.
+
+    References:
+        Sisson, Fan & Tanaka (2007), PNAS 104, 1760; sbibm (arXiv:2101.04653, appendix T).
+    """
+    theta = _check_theta(theta, 2, "gaussian_mixture")
+    narrow = torch.rand(theta.shape[0], 1, generator=generator) < 0.5
+    scale = torch.where(narrow, _MIXTURE_NARROW_SCALE, 1.0)
+    return theta + scale * torch.randn(theta.shape, generator=generator)
+
+
+_GLM_BINS = 100  # time bins of the bernoulli_glm stimulus (sbibm: duration 100, dt 1)
+_GLM_FILTER = 9  # filter length; theta = (offset, 9 filter weights)
+
+
+def bernoulli_glm_precision() -> Tensor:
+    """Precision matrix ``P`` of bernoulli_glm's prior ``N(0, P^-1)``.
+
+    ``P[0, 0] = 0.5`` (the offset), ``P[1:, 1:] = F^T F`` with ``F = D D + diag(sqrt(k / 9))``,
+    ``k = 0..8``, and ``D`` the 9x9 first-difference matrix (ones on the diagonal, -1 below it):
+    a smoothness prior penalising second differences of the filter.
+
+    Returns:
+        ``P`` of shape ``(10, 10)``, float32, symmetric positive definite.
+
+    References:
+        sbibm (Lueckmann et al. 2021, arXiv:2101.04653, appendix T).
+    """
+    m = _GLM_FILTER
+    d = torch.eye(m) - torch.diag(torch.ones(m - 1), -1)
+    f = d @ d + torch.diag(torch.sqrt(torch.arange(m, dtype=torch.float32) / m))
+    precision = torch.zeros(m + 1, m + 1)
+    precision[0, 0] = 0.5
+    precision[1:, 1:] = f.T @ f
+    return precision
+
+
+@functools.lru_cache(maxsize=4)
+def _read_design_matrix(path: Path) -> Tensor:
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"bernoulli_glm design matrix {path} not found; the repository ships it in "
+            "datasets/sbibm/bernoulli_glm (pass root=... to point elsewhere)"
+        )
+    matrix = torch.load(path, weights_only=True)
+    if not isinstance(matrix, Tensor) or tuple(matrix.shape) != (_GLM_BINS, _GLM_FILTER + 1):
+        shape = tuple(matrix.shape) if isinstance(matrix, Tensor) else type(matrix).__name__
+        raise ValueError(f"{path}: expected a tensor of shape ({_GLM_BINS}, {_GLM_FILTER + 1}), got {shape}")
+    return matrix.to(torch.float32)
+
+
+def bernoulli_glm_design_matrix(*, root: str | Path | None = None) -> Tensor:
+    """bernoulli_glm's design matrix ``X``, read from ``<root>/bernoulli_glm/design_matrix.pt``.
+
+    Row ``t`` is ``(1, I_t, I_{t-1}, ..., I_{t-8})`` (zero before ``t = 0``), ``I`` the frozen
+    white-noise stimulus ``stimulus_I.pt`` (100 time bins), so that ``X theta`` is the offset
+    plus the stimulus filtered by ``theta[1:]``.
+
+    Arguments:
+        root: folder holding ``bernoulli_glm/``; default :func:`default_sbibm_root`.
+
+    Returns:
+        ``X`` of shape ``(100, 10)``, float32 (a fresh copy).
+
+    Raises:
+        FileNotFoundError: the file is missing (names the path).
+        ValueError: the file does not hold a ``(100, 10)`` tensor.
+
+    References:
+        sbibm (Lueckmann et al. 2021, arXiv:2101.04653, appendix T).
+    """
+    base = Path(root) if root is not None else default_sbibm_root()
+    return _read_design_matrix((base / "bernoulli_glm" / "design_matrix.pt").resolve()).clone()
+
+
+def _glm_design(design_matrix: Tensor | None) -> Tensor:
+    if design_matrix is None:
+        return _read_design_matrix((default_sbibm_root() / "bernoulli_glm" / "design_matrix.pt").resolve())
+    design_matrix = torch.as_tensor(design_matrix, dtype=torch.float32)
+    if tuple(design_matrix.shape) != (_GLM_BINS, _GLM_FILTER + 1):
+        raise ValueError(f"bernoulli_glm: design_matrix must have shape (100, 10), got {tuple(design_matrix.shape)}")
+    return design_matrix
+
+
+def bernoulli_glm_summary(y: Tensor, *, design_matrix: Tensor | None = None) -> Tensor:
+    """bernoulli_glm's 10 sufficient statistics of the 100 raw Bernoulli trials: ``x = X^T y``.
+
+    ``x_0`` is the number of spikes and ``x_{1+j}`` the spike-triggered sum of the stimulus at
+    lag ``j = 0..8``, ``sum_t y_t I_{t-j}``; this equals sbibm's
+    ``[sum(y), conv1d(y, I, padding=8)[-9:]]`` (a cross-correlation), written as one product with
+    the design matrix.
+
+    Arguments:
+        y: raw trials ``(100,)`` or ``(N, 100)``, each 0 or 1.
+        design_matrix: ``X`` ``(100, 10)``; default :func:`bernoulli_glm_design_matrix`.
+
+    Returns:
+        ``x`` of shape ``(10,)`` or ``(N, 10)``, float32.
+
+    Raises:
+        ValueError: ``y`` of the wrong shape or with values other than 0 and 1.
+
+    References:
+        sbibm (Lueckmann et al. 2021, arXiv:2101.04653, appendix T).
+    """
+    y = torch.as_tensor(y, dtype=torch.float32)
+    if y.ndim not in (1, 2) or y.shape[-1] != _GLM_BINS:
+        raise ValueError(f"bernoulli_glm: y must have shape (100,) or (N, 100), got {tuple(y.shape)}")
+    if not ((y == 0) | (y == 1)).all():
+        bad = y[(y != 0) & (y != 1)][0].item()
+        raise ValueError(f"bernoulli_glm: y must hold 0 or 1 (spike or not), got {bad}")
+    return y @ _glm_design(design_matrix)
+
+
+def simulate_bernoulli_glm(theta: Tensor, *, generator: torch.Generator | None = None,
+                           design_matrix: Tensor | None = None) -> Tensor:
+    """bernoulli_glm simulator: 100 Bernoulli trials of a GLM with logistic link, reduced to
+    their sufficient statistics.
+
+    ``y_t ~ Bernoulli(sigmoid((X theta)_t))``, ``t = 1..100``, then
+    ``x = X^T y`` (:func:`bernoulli_glm_summary`).
+
+    Arguments:
+        theta: parameters ``(N, 10)``: the offset, then the 9 filter weights.
+        generator: random generator (default: torch's global one).
+        design_matrix: ``X`` ``(100, 10)``; default :func:`bernoulli_glm_design_matrix`.
+
+    Returns:
+        ``x`` of shape ``(N, 10)``, float32; ``x[:, 0]`` is the spike count (0 to 100).
+
+    Raises:
+        ValueError: ``theta`` not of shape ``(N, 10)``.
+        FileNotFoundError: the default design matrix file is missing.
+
+    References:
+        Lueckmann et al. (2017), arXiv:1711.01861; sbibm (Lueckmann et al. 2021, arXiv:2101.04653,
+        appendix T).
+    """
+    theta = _check_theta(theta, _GLM_FILTER + 1, "bernoulli_glm")
+    design = _glm_design(design_matrix)
+    y = torch.bernoulli(torch.sigmoid(theta @ design.T), generator=generator)  # (N, 100)
+    return y @ design
+
+
+SIR_DAYS = tuple(range(0, 154, 17))
+"""The days whose infected counts sir observes: every 17th of the 161 daily values, 0 to 153."""
+
+_SIR_POPULATION = 1e6  # N
+_SIR_INFECTED_0 = 1.0  # I(0); R(0) = 0
+_SIR_COUNT = 1000  # Binomial total count of each observation
+
+
+def _check_sir_theta(theta: Tensor) -> Tensor:
+    theta = _check_theta(theta, 2, "sir")
+    bad = ~torch.isfinite(theta).all(1) | (theta <= 0).any(1)
+    if bad.any():
+        raise ValueError(f"sir: theta = (beta, gamma) must be finite and > 0 (per day), got {theta[bad][0].tolist()}")
+    return theta
+
+
+def sir_infected_fraction(theta: Tensor, *, days: tuple[int, ...] = SIR_DAYS, rtol: float = 1e-10,
+                          atol: float = 1e-12) -> Tensor:
+    """The infected fraction ``I(t) / N`` of sir's deterministic SIR model at the given days.
+
+    ``dS/dt = -beta S I / N``, ``dI/dt = beta S I / N - gamma I``, ``dR/dt = gamma I`` with
+    ``N = 10^6``, ``I(0) = 1``, ``R(0) = 0``. Solved for the whole batch at once with
+    :func:`scipy.integrate.solve_ivp` (DOP853) in the variables ``s = S / N`` and ``log(I / N)``
+    (``d log(I/N)/dt = beta s - gamma``), which keeps ``I`` positive and its relative error small
+    when it is tiny; ``R = N - S - I`` is not needed. The step size is shared by the batch and the
+    error norm is an RMS over it, hence the tight default tolerances.
+
+    Arguments:
+        theta: ``(beta, gamma)``, contact and recovery rates in 1/day, shape ``(N, 2)``.
+        days: increasing days (>= 0) to report.
+        rtol, atol: tolerances of the solver (``atol`` on ``s`` and ``log(I/N)``).
+
+    Returns:
+        ``I / N`` of shape ``(N, len(days))``, float64.
+
+    Raises:
+        ValueError: ``theta`` not of shape ``(N, 2)``, not finite or not positive; bad ``days``,
+            ``rtol`` or ``atol``.
+        RuntimeError: the solver failed (names its message and the range of ``theta``).
+
+    References:
+        Kermack & McKendrick (1927), Proc. R. Soc. A 115, 700; sbibm (arXiv:2101.04653, appendix T).
+    """
+    theta = _check_sir_theta(theta).double().numpy()
+    rtol = check_float("rtol", rtol, minimum=0.0, exclusive_minimum=True, where="sir")
+    atol = check_float("atol", atol, minimum=0.0, exclusive_minimum=True, where="sir")
+    t_eval = np.asarray(days, dtype=np.float64)
+    if t_eval.ndim != 1 or t_eval.size == 0 or t_eval[0] < 0 or np.any(np.diff(t_eval) <= 0):
+        raise ValueError(f"sir: days must be a non-empty increasing sequence of days >= 0, got {days!r}")
+    n = theta.shape[0]
+    beta, gamma = theta[:, 0], theta[:, 1]
+    s0 = (_SIR_POPULATION - _SIR_INFECTED_0) / _SIR_POPULATION
+    y0 = np.concatenate([np.full(n, s0), np.full(n, math.log(_SIR_INFECTED_0 / _SIR_POPULATION))])
+
+    def rhs(_t: float, y: np.ndarray) -> np.ndarray:
+        s, log_i = y[:n], y[n:]
+        return np.concatenate([-beta * s * np.exp(log_i), beta * s - gamma])
+
+    if n == 0 or t_eval[-1] == 0:
+        return torch.full((n, t_eval.size), _SIR_INFECTED_0 / _SIR_POPULATION, dtype=torch.float64)
+    sol = solve_ivp(rhs, (0.0, t_eval[-1]), y0, method="DOP853", t_eval=t_eval, rtol=rtol, atol=atol)
+    if not sol.success:
+        raise RuntimeError(f"sir: the ODE solver failed ({sol.message}) for beta in [{beta.min()}, {beta.max()}], "
+                           f"gamma in [{gamma.min()}, {gamma.max()}]")
+    return torch.from_numpy(np.exp(sol.y[n:]))  # (N, len(days))
+
+
+def simulate_sir(theta: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
+    """sir simulator: ``x_i ~ Binomial(1000, I(t_i) / N)`` at days ``t_i = 0, 17, ..., 153``.
+
+    ``I / N`` from :func:`sir_infected_fraction`, clamped into ``[0, 1]`` as sbibm does.
+
+    Arguments:
+        theta: ``(beta, gamma)``, contact and recovery rates in 1/day, shape ``(N, 2)``.
+        generator: random generator (default: torch's global one).
+
+    Returns:
+        ``x`` of shape ``(N, 10)``: counts 0 to 1000, float32.
+
+    Raises:
+        ValueError: ``theta`` not of shape ``(N, 2)``, not finite or not positive.
+        RuntimeError: the ODE solver failed.
+
+    References:
+        sbibm (Lueckmann et al. 2021, arXiv:2101.04653, appendix T).
+    """
+    probs = sir_infected_fraction(theta).clamp(0.0, 1.0).float()
+    return torch.binomial(torch.full_like(probs, float(_SIR_COUNT)), probs, generator=generator)
+
+
 @dataclass(frozen=True)
 class SBITask:
     """A benchmark task: prior, simulator and dimensions.
 
     Attributes:
-        name: ``"two_moons"``, ``"slcp"`` or ``"gaussian_linear"``.
+        name: one of :data:`TASK_NAMES`.
         theta_dim: dimension of the parameters.
         x_dim: dimension of the observations.
         prior_factory: builds the prior distribution (a fresh object per call).
@@ -187,11 +451,24 @@ def _gaussian_linear_prior() -> Distribution:
     return MultivariateNormal(torch.zeros(10), covariance_matrix=_GAUSSIAN_LINEAR_VAR * torch.eye(10))
 
 
+def _bernoulli_glm_prior() -> Distribution:
+    return MultivariateNormal(torch.zeros(_GLM_FILTER + 1), precision_matrix=bernoulli_glm_precision())
+
+
+def _sir_prior() -> Distribution:
+    """Independent log-normals: ``log beta ~ N(log 0.4, 0.5^2)``, ``log gamma ~ N(log 0.125, 0.2^2)``."""
+    return Independent(LogNormal(torch.tensor([math.log(0.4), math.log(0.125)]), torch.tensor([0.5, 0.2])), 1)
+
+
 _TASKS = {
     "two_moons": SBITask("two_moons", 2, 2, lambda: _box_prior(2, 1.0), simulate_two_moons),
     "slcp": SBITask("slcp", 5, 8, lambda: _box_prior(5, 3.0), simulate_slcp),
     "gaussian_linear": SBITask("gaussian_linear", 10, 10, _gaussian_linear_prior, simulate_gaussian_linear),
+    "gaussian_mixture": SBITask("gaussian_mixture", 2, 2, lambda: _box_prior(2, 10.0), simulate_gaussian_mixture),
+    "bernoulli_glm": SBITask("bernoulli_glm", 10, 10, _bernoulli_glm_prior, simulate_bernoulli_glm),
+    "sir": SBITask("sir", 2, 10, _sir_prior, simulate_sir),
 }
+assert tuple(_TASKS) == TASK_NAMES
 
 
 def get_task(name: str) -> SBITask:
@@ -232,11 +509,13 @@ class ReferencePosterior:
     """sbibm reference data of one observation.
 
     Attributes:
-        task: task name.
+        task: task name (for a directory given by path: its name).
         num_observation: 1 to 10.
         observation: ``x_obs`` of shape ``(x_dim,)``.
         true_parameters: ``theta`` that generated it, ``(theta_dim,)``.
         samples: reference posterior samples ``(10000, theta_dim)``.
+        raw_observation: the raw data behind ``observation`` where sbibm stores it
+            (``observation_raw.csv``; bernoulli_glm's 100 trials, ``(100,)``), else ``None``.
     """
 
     task: str
@@ -244,6 +523,7 @@ class ReferencePosterior:
     observation: Tensor
     true_parameters: Tensor
     samples: Tensor
+    raw_observation: Tensor | None = None
 
 
 def default_sbibm_root() -> Path:
@@ -258,46 +538,81 @@ def _read_csv(path: Path) -> np.ndarray:
         return np.loadtxt(f, delimiter=",", skiprows=1, ndmin=2, dtype=np.float32)
 
 
-def load_reference(task: str, num_observation: int, *, root: str | Path | None = None) -> ReferencePosterior:
+def _task_folder(task: str | os.PathLike, root: str | Path | None) -> tuple[str, Path]:
+    """``(name, folder)`` of a task given by name (under ``root``) or by its directory."""
+    if isinstance(task, str) and task in _TASKS:
+        return task, (Path(root) if root is not None else default_sbibm_root()) / task
+    is_path = isinstance(task, os.PathLike) or (isinstance(task, str) and ("/" in task or os.sep in task))
+    if not is_path:
+        raise ValueError(f"unknown task {task!r}; available: {TASK_NAMES}, or pass the path of a task "
+                         "directory in sbibm's layout")
+    if root is not None:
+        raise ValueError(f"root={str(root)!r} is only used with a task name, but task is a directory: {str(task)!r}")
+    folder = Path(task)
+    resolved = folder.resolve()
+    return (resolved.parent.name if resolved.name == "files" else resolved.name), folder
+
+
+def load_reference(task: str | os.PathLike, num_observation: int, *,
+                   root: str | Path | None = None) -> ReferencePosterior:
     """Reads the sbibm observation, true parameters and reference posterior samples.
 
+    The task's directory holds ``num_observation_<n>/`` (the layout of ``datasets/sbibm``) or
+    ``files/num_observation_<n>/`` (the layout of sbibm's package, ``sbibm/tasks/<task>/``), each
+    with ``observation.csv``, ``true_parameters.csv`` and ``reference_posterior_samples.csv.bz2``
+    (and optionally ``observation_raw.csv``), CSV files with a header row. For a directory named
+    after a known task (or ``files/`` inside one) the column counts are checked against the task;
+    otherwise ``true_parameters`` and the samples must have as many columns as each other.
+
     Arguments:
-        task: one of :data:`TASK_NAMES`.
+        task: one of :data:`TASK_NAMES` (read from ``<root>/<task>``), or the path of a task
+            directory (a :class:`~pathlib.Path`, or a string containing a path separator).
         num_observation: 1 to 10.
-        root: folder holding ``<task>/num_observation_<n>/``; default :func:`default_sbibm_root`.
+        root: folder holding ``<task>/num_observation_<n>/`` for a task name; default
+            :func:`default_sbibm_root`. Not allowed with a directory.
 
     Returns:
         A :class:`ReferencePosterior`.
 
     Raises:
-        ValueError: unknown task, ``num_observation`` out of range, or a file with the wrong
-            number of columns.
-        FileNotFoundError: the files are missing (names the path and how to get it).
+        ValueError: unknown task name, ``root`` given with a directory, ``num_observation`` out
+            of range, or a file with the wrong number of columns.
+        FileNotFoundError: a file is missing (names the missing file and how to get it).
     """
-    spec = get_task(task)
+    name, folder = _task_folder(task, root)
     num_observation = check_int("num_observation", num_observation, minimum=1, maximum=10)
-    base = Path(root) if root is not None else default_sbibm_root()
-    folder = base / task / f"num_observation_{num_observation}"
+    sub = f"num_observation_{num_observation}"
+    obs_folder = folder / sub
+    if not obs_folder.is_dir() and (folder / "files" / sub).is_dir():
+        obs_folder = folder / "files" / sub
     files = {
-        "observation": folder / "observation.csv",
-        "true_parameters": folder / "true_parameters.csv",
-        "samples": folder / "reference_posterior_samples.csv.bz2",
+        "observation": obs_folder / "observation.csv",
+        "true_parameters": obs_folder / "true_parameters.csv",
+        "samples": obs_folder / "reference_posterior_samples.csv.bz2",
     }
-    for path in files.values():
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"sbibm reference file {path} not found; the repository ships them in datasets/sbibm "
-                "(pass root=... to point elsewhere, e.g. to a clone of sbibm's reference files)"
-            )
+    missing = [str(path) for path in files.values() if not path.is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"sbibm reference file(s) missing for task {name!r}, observation {num_observation}: "
+            f"{', '.join(missing)}; the repository ships six tasks in datasets/sbibm (pass root=... or the "
+            "task directory to point elsewhere, e.g. to sbibm's sbibm/tasks/<task>)"
+        )
     arrays = {k: _read_csv(p) for k, p in files.items()}
-    expected = {"observation": spec.x_dim, "true_parameters": spec.theta_dim, "samples": spec.theta_dim}
+    if name in _TASKS:
+        spec = _TASKS[name]
+        expected = {"observation": spec.x_dim, "true_parameters": spec.theta_dim, "samples": spec.theta_dim}
+    else:
+        expected = {"samples": arrays["true_parameters"].shape[1]}
     for key, dim in expected.items():
         if arrays[key].shape[1] != dim:
             raise ValueError(f"{files[key]}: expected {dim} columns, got {arrays[key].shape[1]}")
+    raw_path = obs_folder / "observation_raw.csv"
+    raw = torch.from_numpy(_read_csv(raw_path)[0]) if raw_path.is_file() else None
     return ReferencePosterior(
-        task=task,
+        task=name,
         num_observation=int(num_observation),
         observation=torch.from_numpy(arrays["observation"][0]),
         true_parameters=torch.from_numpy(arrays["true_parameters"][0]),
         samples=torch.from_numpy(arrays["samples"]),
+        raw_observation=raw,
     )
