@@ -4,9 +4,10 @@ import os
 import sys
 
 from surrogate.cli import main
-from surrogate.train.loop import TrainingInterrupted
 
-status = main()
+status = main()  # imported first: main sets torch's C++ log level before torch is imported
+from surrogate.train.loop import TrainingInterrupted  # noqa: E402
+
 if status == TrainingInterrupted.exit_status and "mpi4py.MPI" in sys.modules:
     # Every rank stopped at the same step after a stop signal, with a checkpoint written. Under
     # `python -m mpi4py` a non-zero SystemExit becomes MPI_Abort, whose status a launcher need

@@ -1,4 +1,5 @@
-"""Argument checks shared by the whole package: integers, real numbers, choices.
+"""Argument checks shared by the whole package: integers, real numbers, choices, and the
+warning for conditions outside a model's training range.
 
 Each check raises :class:`ValueError` whose message names the argument, what was expected (type
 and range) and the value found, e.g. ``"n_events must be an integer >= 1, got 0"``; ``where``
@@ -28,7 +29,14 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["check_choice", "check_float", "check_int"]
+__all__ = ["ExtrapolationWarning", "check_choice", "check_float", "check_int", "warn_outside"]
+
+
+class ExtrapolationWarning(UserWarning):
+    """A model is asked about conditions outside its training range (an incident energy, a galaxy
+    magnitude or size, data far from the training simulations): its answer is an extrapolation.
+    ``surrogate --strict`` (or ``warnings.simplefilter("error", ExtrapolationWarning)``) makes it
+    an error."""
 
 
 def _prefix(where: Any) -> str:
@@ -168,3 +176,42 @@ def check_choice(name: str, value: Any, choices: Collection[Any], *, where: Any 
         shown = tuple(choices) if not isinstance(choices, (list, tuple)) else choices
         raise ValueError(f"{_prefix(where)}{name} must be one of {shown}, got {value!r}")
     return value
+
+
+def warn_outside(name: str, low: float, high: float, trained: tuple[float, float], *, unit: str = "",
+                 source: str = "", where: Any = None, stacklevel: int = 2) -> bool:
+    """Warns (:class:`ExtrapolationWarning`) when ``[low, high]`` is not inside the training range.
+
+    Arguments:
+        name: what the values are, e.g. ``"incident energy"``.
+        low, high: the smallest and largest value asked for (equal for a single value).
+        trained: the ``(min, max)`` of the training data.
+        unit: the unit of all four numbers, for the message.
+        source: where the training range was read, for the message.
+        where: context prefixed to the message (a file, a run folder), or ``None``.
+        stacklevel: as for :func:`warnings.warn`.
+
+    Returns:
+        True when a warning was issued.
+
+    Example:
+        >>> import warnings
+        >>> with warnings.catch_warnings(record=True) as caught:
+        ...     warnings.simplefilter("always")
+        ...     warn_outside("incident energy", 0.5, 20.0, (1.0, 100.0), unit="GeV")
+        True
+        >>> str(caught[0].message)
+        'incident energy of 0.5 to 20 GeV lies outside the training range 1 to 100 GeV: the model extrapolates'
+    """
+    import warnings
+
+    t_low, t_high = float(trained[0]), float(trained[1])
+    if t_low <= low and high <= t_high:
+        return False
+    unit_text = f" {unit}" if unit else ""
+    asked = f"{low:g}" if low == high else f"{low:g} to {high:g}"
+    src = f" ({source})" if source else ""
+    warnings.warn(f"{_prefix(where)}{name} of {asked}{unit_text} lies outside the training range "
+                  f"{t_low:g} to {t_high:g}{unit_text}{src}: the model extrapolates",
+                  ExtrapolationWarning, stacklevel=stacklevel + 1)
+    return True

@@ -1,7 +1,11 @@
 """Command line: ``surrogate simulate|train|generate|validate|run|infer-energy``.
 
 The only place that reads configuration files and changes torch's global settings (number of
-threads, seeds). Bad input ends with a one-line error naming what is wrong and exit status 2.
+threads, seeds). Every error ends the command with one line naming what is wrong (the file, key,
+dataset, shape or value) and exit status 2, whatever its Python type; ``--debug`` shows the
+traceback instead. Warnings are one line too (``surrogate: warning: ...``); with ``--strict`` an
+:class:`~surrogate.checks.ExtrapolationWarning` (an incident energy, magnitude, size or data
+outside the training range) is an error.
 
 ``train``, ``generate`` and ``run`` start :func:`surrogate.train.distributed.init_distributed`,
 so the same command runs on one process or on many (``mpiexec -n 4 python -m mpi4py -m
@@ -13,11 +17,19 @@ exits with status 75; run it again to resume.
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import signal
 import sys
+import traceback
+import warnings
 from pathlib import Path
 
 __all__ = ["main"]
+
+EXIT_ERROR = 2
+"""Exit status of every error (as argparse's usage errors)."""
+
 
 def _energy_range(text: str) -> tuple[float, float]:
     try:
@@ -26,9 +38,30 @@ def _energy_range(text: str) -> tuple[float, float]:
         raise argparse.ArgumentTypeError(f"energy must be E or EMIN:EMAX in GeV, got {text!r}") from None
     if len(parts) == 1:
         parts = parts * 2
-    if len(parts) != 2 or not 0 < parts[0] <= parts[1]:
-        raise argparse.ArgumentTypeError(f"energy must be E or EMIN:EMAX with 0 < EMIN <= EMAX (GeV), got {text!r}")
+    if len(parts) != 2 or not all(math.isfinite(p) for p in parts) or not 0 < parts[0] <= parts[1]:
+        raise argparse.ArgumentTypeError(f"energy must be E or EMIN:EMAX with finite 0 < EMIN <= EMAX (GeV), "
+                                         f"got {text!r}")
     return parts[0], parts[1]
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -38,6 +71,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"surrogate {__version__}")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: the config's, else torch's)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars (batch jobs)")
+    p.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    p.add_argument("--strict", action="store_true",
+                   help="stop with an error, not a warning, on conditions outside the training range")
+    p.add_argument("--start-timeout", type=_seconds, default=None, metavar="S",
+                   help="seconds for all ranks to meet at the start of a distributed job (default 60)")
+    p.add_argument("--timeout", type=_seconds, default=None, metavar="S",
+                   help="seconds a collective may wait for a rank during training (default 300)")
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("simulate", help="run a reference simulator from a dataset recipe (datasets/*.toml)")
@@ -49,13 +89,15 @@ def _parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train the model of a pipeline file (resumes from its last checkpoint)")
     t.add_argument("config", type=Path)
     t.add_argument("--no-resume", action="store_true", help="ignore existing checkpoints")
+    t.add_argument("--resume-anyway", action="store_true",
+                   help="resume even if the configuration changed in a way that alters training (seed, model, data)")
 
     g = sub.add_parser("generate", help="generate showers from a checkpoint into a CaloGAN-layout HDF5 file")
     g.add_argument("checkpoint", type=Path, help="checkpoint file or run folder")
-    g.add_argument("--n", type=int, required=True, help="number of showers")
+    g.add_argument("--n", type=_positive_int, required=True, help="number of showers")
     g.add_argument("--energy", type=_energy_range, default=(1.0, 100.0), help="incident energy E or EMIN:EMAX in GeV (uniform)")
     g.add_argument("--out", type=Path, required=True)
-    g.add_argument("--batch-size", type=int, default=1024)
+    g.add_argument("--batch-size", type=_positive_int, default=1024)
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--device", default="auto")
 
@@ -72,6 +114,8 @@ def _parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("run", help="run a whole pipeline file (pipelines/*.toml)")
     r.add_argument("config", type=Path)
+    r.add_argument("--resume-anyway", action="store_true",
+                   help="resume even if the configuration changed in a way that alters training (seed, model, data)")
 
     e = sub.add_parser("infer-energy", help="incident-energy posteriors of showers from a calo_flow run's likelihood")
     e.add_argument("run_dir", type=Path, help="calo_flow run folder or checkpoint")
@@ -79,7 +123,7 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--out", type=Path, required=True, help="output HDF5 (mean, median, q16, q84, map, flag; GeV)")
     e.add_argument("--prior", choices=("uniform", "log-uniform"), default="uniform",
                    help="prior over the training energy range (default: uniform)")
-    e.add_argument("--n-grid", type=int, default=64, help="grid energies per pass (default: 64)")
+    e.add_argument("--n-grid", type=_positive_int, default=64, help="grid energies per pass (default: 64)")
     return p
 
 
@@ -119,7 +163,8 @@ def _run(args: argparse.Namespace) -> int:
         # Slurm's SIGUSR1 ahead of the time limit stops training with a checkpoint (fit installs
         # its handler there); outside training it must not kill a job that generates or validates.
         signal.signal(signal.SIGUSR1, signal.SIG_IGN)
-        distributed.init_distributed()
+        timeouts = {k: v for k, v in (("timeout_s", args.timeout), ("start_timeout_s", args.start_timeout)) if v}
+        distributed.init_distributed(**timeouts)
     main_rank = distributed.context().is_main
     progress = progress and main_rank
     say = print if main_rank else (lambda *a, **k: None)
@@ -153,30 +198,62 @@ def _run(args: argparse.Namespace) -> int:
         say(f"wrote energy posteriors to {path}")
     elif args.command == "train":
         cfg, family = _load(args.config, args.threads)
-        result = family.train(cfg, resume=not args.no_resume, progress=progress)
+        resume = False if args.no_resume else ("anyway" if args.resume_anyway else True)
+        result = family.train(cfg, resume=resume, progress=progress)
         say(f"trained {result.steps} steps; checkpoint: {result.checkpoint}")
     else:
         cfg, family = _load(args.config, args.threads)
-        say(f"report: {family.run(cfg, progress=progress)}")
+        say(f"report: {family.run(cfg, resume='anyway' if args.resume_anyway else True, progress=progress)}")
     return 0
+
+
+def _one_line(exc: BaseException) -> str:
+    """The error as one line: its message (OS errors with their file name), else its type."""
+    if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
+        text = f"{exc.filename}: {exc.strerror}"
+    else:
+        text = str(exc).strip() or type(exc).__name__
+    if isinstance(exc, KeyError) or not isinstance(exc, (ValueError, OSError, RuntimeError, Warning)):
+        text = f"{type(exc).__name__}: {text}"  # a bare KeyError message is just the key
+    return " ".join(text.split())
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"surrogate: warning: {' '.join(str(message).split())}", file=sys.stderr if file is None else file)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``surrogate`` console script; returns the exit status."""
-    from surrogate.train.distributed import DistributedSetupError, shutdown
+    args = _parser().parse_args(argv)
+    if not args.debug:
+        # torch's C++ layer logs rendezvous retries and timeouts as many lines of its own; the
+        # error raised from them is reported below in one
+        os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "FATAL")
+    from surrogate.checks import ExtrapolationWarning
+    from surrogate.train.distributed import shutdown
     from surrogate.train.loop import TrainingInterrupted
 
-    args = _parser().parse_args(argv)
-    try:
-        return _run(args)
-    except (ValueError, FileNotFoundError, DistributedSetupError) as exc:
-        print(f"surrogate: error: {exc}", file=sys.stderr)
-        return 2
-    except TrainingInterrupted as exc:
-        print(f"surrogate: {exc}", file=sys.stderr)
-        return TrainingInterrupted.exit_status
-    finally:
-        shutdown()
+    with warnings.catch_warnings():
+        if not args.debug:
+            warnings.showwarning = _show_warning
+        if args.strict:
+            warnings.simplefilter("error", ExtrapolationWarning)
+        try:
+            return _run(args)
+        except TrainingInterrupted as exc:
+            print(f"surrogate: {exc}", file=sys.stderr)
+            return TrainingInterrupted.exit_status
+        except KeyboardInterrupt:
+            print("surrogate: interrupted", file=sys.stderr)
+            return 130
+        except Exception as exc:  # every user-facing error: one line, status 2
+            if args.debug:
+                traceback.print_exc()
+            strict = " (--strict)" if isinstance(exc, ExtrapolationWarning) else ""
+            print(f"surrogate: error: {_one_line(exc)}{strict}", file=sys.stderr)
+            return EXIT_ERROR
+        finally:
+            shutdown()
 
 
 if __name__ == "__main__":

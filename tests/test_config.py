@@ -130,7 +130,7 @@ class _EchoConfig(PipelineConfig):
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
-def _echo_run(cfg: _EchoConfig, *, progress: bool = True) -> Path:
+def _echo_run(cfg: _EchoConfig, *, resume: bool | str = True, progress: bool = True) -> Path:
     cfg.run.output_dir.mkdir(parents=True, exist_ok=True)
     report = cfg.run.output_dir / "report.json"
     report.write_text(json.dumps({"echo": [cfg.data.message] * cfg.data.repeat}))

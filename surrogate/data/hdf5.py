@@ -32,6 +32,8 @@ from typing import Any
 import h5py
 import numpy as np
 
+from surrogate.rundir import remove_abandoned_temporaries, temporary_name
+
 __all__ = [
     "Field",
     "as_float32",
@@ -76,13 +78,15 @@ class Field:
 def atomic_output(path: str | os.PathLike, *, fsync: bool = True) -> Iterator[Path]:
     """Context manager for writing ``path`` all at once or not at all.
 
-    Yields a temporary path in the same directory (``.NAME.RANDOM.tmpSUFFIX``: hidden, and the
-    original suffix kept so writers that infer the format from it still work). The body writes that
+    Yields a temporary path in the same directory (``.NAME.<host>-<pid>.RANDOM.tmpSUFFIX``: hidden,
+    and the original suffix kept so writers that infer the format from it still work). Temporaries
+    of the same ``NAME`` left by writers that were killed are removed first
+    (:func:`surrogate.rundir.remove_abandoned_temporaries`). The body writes that
     file; on normal exit it is flushed to disk and renamed to ``path`` with :func:`os.replace`
     (atomic on POSIX: readers see the old file or the complete new one). If the body raises (also
     ``KeyboardInterrupt``) the temporary file is removed and ``path`` is left untouched. A process
     killed outright (SIGKILL, power loss) may leave the hidden temporary file, never a partial
-    ``path``.
+    ``path``; the next writer of ``path`` on this host removes it.
 
     Arguments:
         path: Final destination. Its directory must exist.
@@ -103,7 +107,8 @@ def atomic_output(path: str | os.PathLike, *, fsync: bool = True) -> Iterator[Pa
         raise FileNotFoundError(errno.ENOENT, f"cannot write {path}: directory does not exist", str(parent))
     if path.is_dir():
         raise IsADirectoryError(errno.EISDIR, "cannot write a file over a directory", str(path))
-    tmp = parent / f".{path.name}.{secrets.token_hex(6)}.tmp{path.suffix}"
+    remove_abandoned_temporaries(parent, target=path.name)
+    tmp = temporary_name(path, secrets.token_hex(6))
     try:
         yield tmp
         if not tmp.exists():
@@ -188,8 +193,9 @@ def check_layout(
 
     Raises:
         ValueError: Naming the file, the dataset and what was expected vs found, for a missing
-            dataset, a group in its place, a non-float dtype, a wrong shape or unit, or
-            different lengths.
+            dataset, a group in its place, a non-float dtype, a wrong shape or unit, different
+            lengths, no events at all, or a virtual dataset's source that holds too few events.
+        FileNotFoundError: A virtual dataset's source file is missing (named).
     """
     where = path if path is not None else file.filename
     shapes: dict[str, tuple[int, ...]] = {}
@@ -214,12 +220,44 @@ def check_layout(
         unit = _unit_of(obj)
         if unit is not None and unit != field.unit:
             raise ValueError(f"{where}: dataset '{field.name}' has unit attribute {unit!r}, expected {field.unit!r}")
+        if obj.is_virtual:
+            _check_virtual_sources(file, obj, where)
         shapes[field.name] = shape[1:]
         lengths[field.name] = shape[0]
     if len(set(lengths.values())) > 1:
         found = ", ".join(f"'{k}': {n}" for k, n in lengths.items())
         raise ValueError(f"{where}: datasets have different numbers of events ({found}); expected one N for all")
-    return (next(iter(lengths.values())) if lengths else 0), shapes
+    n_events = next(iter(lengths.values())) if lengths else 0
+    if fields and n_events == 0:
+        raise ValueError(f"{where}: the file holds no events (datasets {', '.join(lengths)} have length 0)")
+    return n_events, shapes
+
+
+def _check_virtual_sources(file: h5py.File, dataset: h5py.Dataset, where: Any) -> None:
+    """Every source file of a virtual dataset (e.g. per-rank shards joined by
+    :func:`surrogate.data.event_writer.stitch_shards`) must exist and hold the events mapped
+    from it: HDF5 reads a missing or short source as fill values, without an error.
+
+    Raises:
+        FileNotFoundError: a source file is missing (named).
+        ValueError: a source lacks the dataset or holds fewer events than mapped (named).
+    """
+    folder = Path(file.filename).resolve().parent
+    for source in dataset.virtual_sources():
+        name = Path(source.file_name)
+        path = name if name.is_absolute() else folder / name
+        (first, *_), (last, *_) = source.vspace.get_select_bounds()
+        needed = last - first + 1
+        if not path.is_file():
+            raise FileNotFoundError(f"{where}: dataset '{dataset.name.lstrip('/')}' maps events {first} to {last} "
+                                    f"to {path}, which is missing (a lost shard?)")
+        with h5py.File(path, "r") as shard:
+            held = shard.get(source.dset_name)
+            count = held.shape[0] if isinstance(held, h5py.Dataset) and held.shape else None
+        if count is None or count < needed:
+            what = f"holds {count} events" if count is not None else f"has no dataset '{source.dset_name}'"
+            raise ValueError(f"{where}: dataset '{dataset.name.lstrip('/')}' maps {needed} events to {path}, which "
+                             f"{what}")
 
 
 def check_values(values: np.ndarray, field: Field, *, path: Any, offset: int = 0, what: str = "dataset") -> None:

@@ -49,6 +49,7 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution, Independent, Normal, constraints
 
+from surrogate.checks import warn_outside
 from surrogate.models.flows import build_flow
 from surrogate.nn.psf import fft_convolve
 
@@ -325,6 +326,26 @@ class GalaxyVAE(nn.Module):
         raw = torch.stack([m, torch.log(r)], dim=1)
         return (raw - self.context_loc) / self.context_scale
 
+    CONTEXT_RANGE_SIGMAS = 4.0
+    """Half-width, in training standard deviations, of the magnitude and log-radius range inside
+    which :meth:`warn_extrapolation` stays silent (the model keeps only the training set's mean
+    and standard deviation of its context, :attr:`context_loc` and :attr:`context_scale`)."""
+
+    def warn_extrapolation(self, magnitude: Tensor | float, half_light_radius: Tensor | float) -> None:
+        """An :class:`~surrogate.checks.ExtrapolationWarning` for magnitudes (mag) or half-light
+        radii (arcsec) beyond :attr:`CONTEXT_RANGE_SIGMAS` training standard deviations of the
+        training mean (of the magnitude and of the log radius)."""
+        loc, scale = self.context_loc.tolist(), self.context_scale.tolist()
+        k = self.CONTEXT_RANGE_SIGMAS
+        m = torch.as_tensor(magnitude, dtype=torch.float32).reshape(-1)
+        r = torch.as_tensor(half_light_radius, dtype=torch.float32).reshape(-1)
+        source = f"mean +- {k:g} standard deviations of the training set"
+        warn_outside("magnitude", float(m.min()), float(m.max()), (loc[0] - k * scale[0], loc[0] + k * scale[0]),
+                     unit="mag", source=source, stacklevel=3)
+        warn_outside("half-light radius", float(r.min()), float(r.max()),
+                     (math.exp(loc[1] - k * scale[1]), math.exp(loc[1] + k * scale[1])), unit="arcsec",
+                     source=source, stacklevel=3)
+
     def prior(self, magnitude: Tensor | float, half_light_radius: Tensor | float) -> FlowPrior:
         """The latent prior :math:`p(z | m, r_{1/2})` for ``B`` galaxies (a :class:`FlowPrior`)."""
         return FlowPrior(self.flow, self.context(magnitude, half_light_radius))
@@ -343,7 +364,11 @@ class GalaxyVAE(nn.Module):
         Returns:
             ``(n, 1, S, S)`` profiles, counts per pixel (convolve with a PSF and add noise for
             an observation, see :class:`surrogate.models.forward.ForwardModel`).
+
+        Conditions far outside the training set give an
+        :class:`~surrogate.checks.ExtrapolationWarning` (:meth:`warn_extrapolation`).
         """
+        self.warn_extrapolation(magnitude, half_light_radius)
         context = self.context(magnitude, half_light_radius, batch=n)
         noise = torch.randn(n, self.latent_dim).to(context) * temperature
         z, _ = self.flow._transform.inverse(noise, context=self.flow._embedding_net(context))

@@ -44,6 +44,7 @@ from nflows.flows import Flow
 from torch import Tensor, nn
 from torch.distributions import Distribution
 
+from surrogate.checks import warn_outside
 from surrogate.models.flows import build_flow
 from surrogate.nn.embeddings import MarginalGaussianize, Standardize, quantile_knots, zscore_statistics
 
@@ -140,6 +141,11 @@ class NeuralPosterior(nn.Module):
         min_acceptance: smallest acceptable fraction of proposals inside the prior's support.
         max_proposals: hard bound on the proposals per observation and call; default
             ``ceil(n / min_acceptance)``.
+        x_range: ``(low, high)``, each of shape ``x_shape``: the smallest and largest value of
+            each feature over the training simulations. An observation with a feature outside
+            that range widened by :attr:`X_RANGE_MARGIN` of its width on either side gives an
+            :class:`~surrogate.checks.ExtrapolationWarning` naming the feature and the range.
+            ``None``: no check.
 
     Attributes:
         last_acceptance_rate: acceptance rate per observation ``(B,)`` (or ``()`` for one
@@ -157,6 +163,7 @@ class NeuralPosterior(nn.Module):
         *,
         min_acceptance: float = 1e-3,
         max_proposals: int | None = None,
+        x_range: tuple[Tensor, Tensor] | None = None,
     ):
         super().__init__()
         if not 0 < min_acceptance <= 1:
@@ -169,7 +176,13 @@ class NeuralPosterior(nn.Module):
         self.x_shape = tuple(int(s) for s in x_shape)
         self.min_acceptance = float(min_acceptance)
         self.max_proposals = max_proposals
+        self.x_range = None if x_range is None else tuple(torch.as_tensor(r, dtype=torch.float32).reshape(self.x_shape)
+                                                          for r in x_range)
         self.last_acceptance_rate: Tensor | None = None
+
+    X_RANGE_MARGIN = 0.1
+    """Fraction of a feature's training range added on either side before an observation counts
+    as outside the training simulations."""
 
     # -- helpers ---------------------------------------------------------------------------
     def _device(self) -> torch.device:
@@ -192,7 +205,19 @@ class NeuralPosterior(nn.Module):
             )
         if not bool(torch.isfinite(x).all()):
             raise ValueError("x contains NaN or infinite values")
+        if self.x_range is not None:
+            self._warn_outside_training(x)
         return x, single
+
+    def _warn_outside_training(self, x: Tensor) -> None:
+        low, high = (r.to(x.device) for r in self.x_range)
+        margin = self.X_RANGE_MARGIN * (high - low)
+        outside = ((x < low - margin) | (x > high + margin)).reshape(len(x), -1).any(0)
+        for feature in torch.nonzero(outside).flatten().tolist()[:3]:  # the first three suffice to tell
+            values = x.reshape(len(x), -1)[:, feature]
+            warn_outside(f"observation feature {feature}", float(values.min()), float(values.max()),
+                         (float(low.flatten()[feature]), float(high.flatten()[feature])),
+                         source="training simulations", stacklevel=4)
 
     def in_support(self, theta: Tensor) -> Tensor:
         """Boolean mask ``(*)`` of ``theta (*, D)`` inside the prior's support (NaN is outside)."""

@@ -8,7 +8,7 @@ dispatches through; adding a family adds a line to :data:`FAMILIES` (or a call t
     family = get_family("calo_gan")
     cfg = surrogate.config.load_pipeline("pipelines/calo_gan.toml")   # a family.config instance
     result = family.train(cfg, resume=True, progress=True)           # -> FitResult
-    report = family.run(cfg, progress=True)                          # -> path of report.json
+    report = family.run(cfg, resume=True, progress=True)             # -> path of report.json
 
 Families are imported when first asked for, so reading a calorimeter pipeline does not import
 nflows or GalSim.
@@ -31,8 +31,10 @@ class Family:
         name: the ``[run] pipeline`` value of its files.
         config: its :class:`surrogate.config.PipelineConfig` subclass (the file's schema).
         train: ``train(cfg, *, resume=True, progress=True)`` -> a
-            :class:`surrogate.train.FitResult` (``surrogate train``).
-        run: ``run(cfg, *, progress=True)`` -> the path of ``report.json`` (``surrogate run``).
+            :class:`surrogate.train.FitResult` (``surrogate train``); ``resume`` is ``True``,
+            ``False`` or ``"anyway"`` (as :func:`surrogate.train.fit`'s).
+        run: ``run(cfg, *, resume=True, progress=True)`` -> the path of ``report.json``
+            (``surrogate run``).
         generate: ``generate(checkpoint, output, n_events, *, energy_range_gev, batch_size, seed,
             device, progress)`` -> the file written (``surrogate generate``), or ``None`` for a
             family that does not generate events.

@@ -172,7 +172,7 @@ def _flow_kwargs(model: Mapping[str, Any], run: RunConfig, validate: ValidateCon
     return {**defaults, **model}
 
 
-def train(cfg: CaloFlowConfig, *, resume: bool = True, progress: bool = True) -> FitResult:
+def train(cfg: CaloFlowConfig, *, resume: bool | str = True, progress: bool = True) -> FitResult:
     """Trains the flow by maximum likelihood (``surrogate train``).
 
     Checkpoints go to ``cfg.run.output_dir/train``; with ``resume`` a killed run continues from
@@ -255,7 +255,7 @@ generate = generate_stage(load_flow, flow_sampler)
 showers from a trained run into a CaloGAN-layout file (:func:`~surrogate.pipelines.showers.generate_stage`)."""
 
 
-def run(cfg: CaloFlowConfig, *, progress: bool = True) -> Path:
+def run(cfg: CaloFlowConfig, *, resume: bool | str = True, progress: bool = True) -> Path:
     """simulate (or read) -> train (resuming) -> generate -> validate
     (:func:`~surrogate.pipelines.showers.run_shower_pipeline`), then, unless
     ``[validate] energy_calibration_showers = 0``, incident-energy inference through the flow's

@@ -117,7 +117,7 @@ def build_calo_gan(model: CaloGANModelConfig) -> tuple[CaloGANGenerator, CaloGAN
     return CaloGANGenerator(**model.generator), CaloGANCritic(**model.critic)
 
 
-def train(cfg: CaloGANConfig, *, resume: bool = True, progress: bool = True) -> FitResult:
+def train(cfg: CaloGANConfig, *, resume: bool | str = True, progress: bool = True) -> FitResult:
     """Trains the CaloGAN generator and critic with WGAN-GP (``surrogate train``).
 
     Checkpoints go to ``cfg.run.output_dir/train``; with ``resume`` a killed run continues
@@ -198,10 +198,10 @@ generate = generate_stage(load_generator, gan_sampler)
 showers from a trained run into a CaloGAN-layout file (:func:`~surrogate.pipelines.showers.generate_stage`)."""
 
 
-def run(cfg: CaloGANConfig, *, progress: bool = True) -> Path:
+def run(cfg: CaloGANConfig, *, resume: bool | str = True, progress: bool = True) -> Path:
     """simulate (or read) -> train (resuming) -> generate -> validate
     (:func:`~surrogate.pipelines.showers.run_shower_pipeline`). Returns the report path."""
-    return run_shower_pipeline(cfg, train=train, generate=generate, progress=progress)
+    return run_shower_pipeline(cfg, train=train, generate=generate, resume=resume, progress=progress)
 
 
 FAMILY = Family(name="calo_gan", config=CaloGANConfig, train=train, run=run, generate=generate)

@@ -63,15 +63,15 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from surrogate.checks import check_choice, check_float, check_int
-from surrogate.config import load_simulate_recipe
+from surrogate.checks import ExtrapolationWarning, check_choice, check_float, check_int
 from surrogate.data.hdf5 import Field, atomic_output, check_layout, check_values, open_hdf5
+from surrogate.pipelines.showers import training_energy_range
 from surrogate.train.checkpoint import checkpoint_config, find_checkpoint
 
 __all__ = [
     "FLAG_BITS", "FLAG_EDGE_HIGH", "FLAG_EDGE_LOW", "FLAG_MAP_HIGH", "FLAG_MAP_LOW", "FLAG_NO_LIKELIHOOD", "PRIORS",
     "EnergyEdgeWarning", "EnergyPosterior", "compare_energy_calibration", "energy_grid", "energy_posterior",
-    "infer_energy", "read_showers", "training_energy_range",
+    "infer_energy", "read_showers",
 ]
 
 PRIORS = ("uniform", "log-uniform")
@@ -88,8 +88,9 @@ FLAG_BITS: Mapping[int, str] = {
 _WINDOW_NATS = 20.0  # the refined grid covers the coarse points within this of the maximum
 
 
-class EnergyEdgeWarning(UserWarning):
-    """Some posteriors pile up at an end of the energy grid (see :data:`FLAG_BITS`)."""
+class EnergyEdgeWarning(ExtrapolationWarning):
+    """Some posteriors pile up at an end of the energy grid (see :data:`FLAG_BITS`): those showers
+    look like incident energies outside the training range (an error with ``--strict``)."""
 
 
 @dataclass(frozen=True)
@@ -320,36 +321,6 @@ def read_showers(path: str | os.PathLike, model: Any, *, require_energy: bool = 
         check_values(arrays[field.name], field, path=path)
     energy = arrays.pop("energy", None)
     return arrays, None if energy is None else energy[:, 0]
-
-
-def training_energy_range(checkpoint: str | os.PathLike) -> tuple[float, float, str]:
-    """The incident-energy range a calo_flow run was trained on, from its checkpoint's stored config.
-
-    The ``[data] train_recipe``'s ``[simulate]`` range when that recipe is still readable (the
-    range of the training showers); otherwise ``[generate] energy_min_gev, energy_max_gev`` (the
-    range the run generates and validates over; for a ``train_file`` run the only range stored).
-
-    Arguments:
-        checkpoint: checkpoint file or run folder.
-
-    Returns:
-        ``(low, high, source)``: GeV, and which of the two was used.
-
-    Raises:
-        FileNotFoundError: no checkpoint there.
-        ValueError: neither range stored.
-    """
-    path = find_checkpoint(checkpoint)
-    config = checkpoint_config(path)
-    recipe = (config.get("data") or {}).get("train_recipe")
-    if recipe is not None and Path(recipe).is_file():
-        table = load_simulate_recipe(recipe)
-        return table.energy_min_gev, table.energy_max_gev, f"[data] train_recipe {recipe}"
-    generate = config.get("generate") or {}
-    if "energy_min_gev" in generate and "energy_max_gev" in generate:
-        return float(generate["energy_min_gev"]), float(generate["energy_max_gev"]), "[generate]"
-    raise ValueError(f"checkpoint {path} stores no energy range ([data] train_recipe or [generate]); "
-                     "pass energy_range_gev")
 
 
 def _write_posterior(out_path: Path, post: EnergyPosterior, energy: np.ndarray | None,

@@ -214,7 +214,8 @@ def validate_calo(
     Raises:
         ValueError: If a file is not a valid CaloGAN-layout file (raised by
             :func:`surrogate.data.calo.read_calogan`), an energy bin is malformed,
-            ``threshold_mev`` is negative or ``classifier_protocol`` unknown.
+            ``threshold_mev`` is negative, ``classifier_protocol`` unknown, or ``out_dir`` is
+            an existing file.
 
     References:
         Paganini, de Oliveira, Nachman, arXiv:1705.02355, arXiv:1712.10321 (observables);
@@ -224,6 +225,8 @@ def validate_calo(
     threshold_mev = check_float("threshold_mev", threshold_mev, minimum=0.0, unit="MeV")
     classifier_protocol = check_choice("classifier_protocol", classifier_protocol, CLASSIFIER_PROTOCOLS)
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out}: the report folder is an existing file; name a folder")
     out.mkdir(parents=True, exist_ok=True)
     names = list(OBSERVABLE_UNITS)
     steps = ["read", "observables", "separation powers", "classifiers",

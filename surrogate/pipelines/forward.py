@@ -87,6 +87,10 @@ def fit_map(vae: GalaxyVAE, observed: Tensor, psf: Tensor, noise_variance: Tenso
     Returns:
         A :class:`MAPFit`.
 
+    Magnitudes or radii far outside the training set give an
+    :class:`~surrogate.checks.ExtrapolationWarning`
+    (:meth:`~surrogate.models.galaxy_vae.GalaxyVAE.warn_extrapolation`).
+
     Raises:
         ValueError: bad shapes or ``init``.
     """
@@ -94,6 +98,7 @@ def fit_map(vae: GalaxyVAE, observed: Tensor, psf: Tensor, noise_variance: Tenso
         raise ValueError(f"init must be 'encoder' or 'prior', got {init!r}")
     if steps < 0:
         raise ValueError(f"steps must be >= 0, got {steps}")
+    vae.warn_extrapolation(magnitude, half_light_radius)
     device = next(vae.parameters()).device
     x = _images(observed, "observed").to(device=device, dtype=torch.float32)
     B = x.shape[0]

@@ -32,10 +32,12 @@ What :func:`run` writes into ``[run] output_dir``::
     morphology.png, morphology_psf_free.png, stamps.png, stamps_psf_free.png, deconvolution.png
 
 ``report.json`` keys: ``ks`` (statistic -> KS distance, observed stamps), ``ks_details``,
-``ks_psf_free``, ``hsm_failures``, ``reconstruction_chi2_per_pixel_heldout``, ``forward_model``
-(``unseen_psf``: chi^2 per pixel summary and values, relative flux error of the deconvolved
-profile, the PSF settings; ``heldout``), ``train``, ``prior``, ``timing`` (seconds per stage),
-``data``, ``model``, ``config``, ``files``.
+``ks_psf_free``, ``hsm_failures``, ``nan_statistics`` (number of NaN values of each statistic,
+left out of the KS distances, per image kind and sample),
+``reconstruction_chi2_per_pixel_heldout``, ``forward_model`` (``unseen_psf``: chi^2 per pixel
+summary and values, relative flux error of the deconvolved profile, the PSF settings;
+``heldout``), ``train``, ``prior``, ``timing`` (seconds per stage), ``data``, ``model``,
+``config``, ``files``.
 
 References:
     Lanusse et al. (2021), arXiv:2008.03833 (the model, its validation and the forward model).
@@ -322,7 +324,7 @@ def simulate(cfg: GalaxyConfig, *, progress: bool = True) -> GalaxyFiles:
         )
 
 
-def train(cfg: GalaxyConfig, *, resume: bool = True, progress: bool = True) -> GalaxyTrainResult:
+def train(cfg: GalaxyConfig, *, resume: bool | str = True, progress: bool = True) -> GalaxyTrainResult:
     """Trains the VAE, then its flow prior, and writes ``output_dir/model.pt`` (``surrogate train``).
 
     Simulates the data first if needed (:func:`simulate`). Stage checkpoints go to
@@ -402,7 +404,7 @@ def _last(history: list[dict], key: str) -> float | None:
     return next((float(row[key]) for row in reversed(history) if key in row), None)
 
 
-def run(cfg: GalaxyConfig, *, progress: bool = True) -> Path:
+def run(cfg: GalaxyConfig, *, resume: bool | str = True, progress: bool = True) -> Path:
     """simulate -> train (resuming) -> sample -> validate -> fit_unseen_psf; writes the report.
 
     Across ranks: rank 0 simulates while the others wait, all ranks train, and rank 0 samples,
@@ -418,7 +420,7 @@ def run(cfg: GalaxyConfig, *, progress: bool = True) -> Path:
     out, t_start = cfg.run.output_dir, time.perf_counter()
     files = simulate(cfg, progress=progress)
     timing = {"simulate_s": time.perf_counter() - t_start}
-    trained = train(cfg, resume=True, progress=progress)
+    trained = train(cfg, resume=resume, progress=progress)
     timing.update(trained.seconds)
     path = out / "report.json"
     with distributed.main_rank_first():

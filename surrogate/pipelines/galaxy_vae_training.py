@@ -77,7 +77,7 @@ def model_arguments(model: Mapping[str, Any], stamps: Mapping[str, np.ndarray], 
 
 
 def train_vae(model: GalaxyVAE, train_file: Path, settings: GalaxyTrainConfig, *, out_dir: Path, seed: int,
-              config: Mapping[str, Any], resume: bool, progress: bool) -> FitResult:
+              config: Mapping[str, Any], resume: bool | str, progress: bool) -> FitResult:
     """Stage 1: trains the encoder and decoder of ``model`` on the stamps of ``train_file``.
 
     Across ranks each rank takes its share of every epoch's permutation
@@ -118,7 +118,7 @@ def train_vae(model: GalaxyVAE, train_file: Path, settings: GalaxyTrainConfig, *
 
 
 def train_prior(model: GalaxyVAE, train_file: Path, settings: GalaxyPriorConfig, *, out_dir: Path, seed: int,
-                config: Mapping[str, Any], resume: bool, progress: bool) -> FitResult:
+                config: Mapping[str, Any], resume: bool | str, progress: bool) -> FitResult:
     """Stage 2: trains the flow prior of ``model`` on the encoded latents of ``train_file``.
 
     The latents (means or one draw of ``q(z|x)``, drawn with seed ``seed + 3``) are the same on

@@ -47,7 +47,7 @@ from surrogate.pipelines.npe_training import NPEResult, train_npe
 from surrogate.pipelines.npe_validate import coverage, evaluate
 from surrogate.simulators.sbi_tasks import ReferencePosterior, SBITask, get_task, load_reference, simulate_dataset
 from surrogate.train import distributed
-from surrogate.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from surrogate.train.checkpoint import load_checkpoint, save_checkpoint
 from surrogate.train.loop import FitResult
 
 __all__ = [
@@ -80,8 +80,9 @@ class NPEDataConfig:
     """``[data]``: the sbibm task, its simulations and the observations to validate on.
 
     Attributes:
-        task: ``"two_moons"``, ``"slcp"`` or ``"gaussian_linear"``
-            (:data:`surrogate.simulators.sbi_tasks.TASK_NAMES`).
+        task: one of :data:`surrogate.simulators.sbi_tasks.TASK_NAMES` (``"two_moons"``,
+            ``"slcp"``, ``"gaussian_linear"``, ``"gaussian_mixture"``, ``"bernoulli_glm"``,
+            ``"sir"``).
         num_simulations: ``(theta, x)`` pairs drawn from the prior and simulator (seed
             ``[run] seed``), a validation share included.
         observations: sbibm observation numbers (1 to 10) to sample and score by C2ST.
@@ -89,7 +90,8 @@ class NPEDataConfig:
             pipeline file); ``None``: the repository's ``datasets/sbibm``.
     """
 
-    task: Literal["two_moons", "slcp", "gaussian_linear"] = "two_moons"
+    task: Literal["two_moons", "slcp", "gaussian_linear", "gaussian_mixture", "bernoulli_glm",
+                  "sir"] = "two_moons"
     num_simulations: int = setting(10_000, ge=1)
     observations: tuple[int, ...] = tuple(range(1, 11))
     reference_root: Path | None = None
@@ -298,7 +300,10 @@ def load_posterior(path: str | os.PathLike, *, min_acceptance: float | None = No
                               **arguments["flow_kwargs"], seed=seed)
     flow.load_state_dict(ckpt["modules"]["model"])
     minimum = min_acceptance if min_acceptance is not None else config["validate"]["min_acceptance"]
-    return NeuralPosterior(flow.to(device).eval(), task.prior, (task.x_dim,), min_acceptance=minimum)
+    extra = ckpt.get("extra") or {}
+    x_range = (torch.tensor(extra["x_min"]), torch.tensor(extra["x_max"])) if "x_min" in extra else None
+    return NeuralPosterior(flow.to(device).eval(), task.prior, (task.x_dim,), min_acceptance=minimum,
+                           x_range=x_range)
 
 
 def _trained(cfg: NPEConfig) -> NPEResult | None:
@@ -320,21 +325,15 @@ def _trained(cfg: NPEConfig) -> NPEResult | None:
         best_validation_loss=s["best_validation_loss"])
 
 
-def _resumable(cfg: NPEConfig) -> bool:
-    """Whether the latest checkpoint in ``output_dir/train`` (if any) has the same settings."""
-    found = latest_checkpoint(cfg.run.output_dir / "train")
-    return found is None or _training_settings(load_checkpoint(found)["config"]) == _training_settings(cfg.to_dict())
-
-
-def train_posterior(cfg: NPEConfig, *, resume: bool = True, progress: bool = True) -> NPEResult:
+def train_posterior(cfg: NPEConfig, *, resume: bool | str = True, progress: bool = True) -> NPEResult:
     """Simulates and trains the posterior of ``cfg`` (:func:`~surrogate.pipelines.npe_training.train_npe`),
     writing checkpoints and ``log.csv`` to ``output_dir/train`` and the trained flow to
     ``output_dir/posterior.pt``.
 
     With ``resume``, a ``posterior.pt`` trained with the same ``[data]`` task and size,
     ``[model]``, ``[train]`` and seed is loaded instead of training again, and an interrupted
-    run with those settings continues from its last checkpoint (one with other settings is
-    left alone: training starts afresh). Under several ranks every rank simulates the same data
+    run continues from its last checkpoint (:func:`surrogate.train.fit`: a change of settings
+    that alters training is refused unless ``resume="anyway"``). Under several ranks every rank simulates the same data
     and trains its share of each batch; rank 0 writes ``posterior.pt`` while the others wait.
 
     Returns:
@@ -352,7 +351,6 @@ def train_posterior(cfg: NPEConfig, *, resume: bool = True, progress: bool = Tru
             print(f"[train] {cfg.run.output_dir / 'posterior.pt'} has these settings: not training again "
                   "(surrogate train --no-resume retrains)")
         return found
-    resume = resume and _resumable(cfg)
     theta, x = simulate(cfg)
     task, m, t = get_task(cfg.data.task), cfg.model, cfg.train
     result = train_npe(
@@ -365,10 +363,15 @@ def train_posterior(cfg: NPEConfig, *, resume: bool = True, progress: bool = Tru
         resume=resume, checkpoint_every=t.checkpoint_every, log_every=t.log_every, num_workers=t.num_workers,
         config=cfg.to_dict(), progress=progress, device=cfg.run.device,
     )
+    # the data range of the simulations (failed ones aside): observations far outside it warn
+    finite = x[torch.isfinite(x).reshape(len(x), -1).all(1)]
+    result.posterior.x_range = (finite.amin(0), finite.amax(0))
     with distributed.main_rank_first():
         if main:
             save_checkpoint(cfg.run.output_dir / "posterior.pt", modules={"model": result.posterior.flow},
-                            config=cfg.to_dict(), step=result.fit.steps, extra=_summary(result))
+                            config=cfg.to_dict(), step=result.fit.steps,
+                            extra={**_summary(result), "x_min": result.posterior.x_range[0].flatten().tolist(),
+                                   "x_max": result.posterior.x_range[1].flatten().tolist()})
     return result
 
 
@@ -381,7 +384,7 @@ def _summary(result: NPEResult) -> dict[str, Any]:
             "checkpoint": str(result.fit.checkpoint) if result.fit.checkpoint is not None else None}
 
 
-def train(cfg: NPEConfig, *, resume: bool = True, progress: bool = True) -> FitResult:
+def train(cfg: NPEConfig, *, resume: bool | str = True, progress: bool = True) -> FitResult:
     """``surrogate train FILE``: :func:`train_posterior`, returning what the training loop did."""
     return train_posterior(cfg, resume=resume, progress=progress).fit
 
@@ -425,7 +428,7 @@ def validate(cfg: NPEConfig, posterior: NeuralPosterior,
             "coverage": calibration, "files": files}
 
 
-def run(cfg: NPEConfig, *, progress: bool = True) -> Path:
+def run(cfg: NPEConfig, *, resume: bool | str = True, progress: bool = True) -> Path:
     """``surrogate run FILE``: simulate -> train -> validate -> ``report.json``.
 
     Training resumes an interrupted run and reuses a finished one with the same settings
@@ -445,7 +448,7 @@ def run(cfg: NPEConfig, *, progress: bool = True) -> Path:
     from surrogate.metrics.report import write_report
 
     references = load_references(cfg)
-    result = train_posterior(cfg, resume=True, progress=progress)
+    result = train_posterior(cfg, resume=resume, progress=progress)
     path = cfg.run.output_dir / "report.json"
     with distributed.main_rank_first():
         if distributed.context().is_main:

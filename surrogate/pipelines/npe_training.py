@@ -232,7 +232,7 @@ def train_npe(
     min_acceptance: float = 1e-3,
     seed: int = 0,
     out_dir: str | os.PathLike | None = None,
-    resume: bool = False,
+    resume: bool | str = False,
     checkpoint_every: int | None = None,
     log_every: int | None = None,
     num_workers: int = 0,

@@ -14,7 +14,9 @@ over ranks and joins the shards.
 
 from __future__ import annotations
 
+import math
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -24,11 +26,14 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from surrogate.checks import ExtrapolationWarning, warn_outside
 from surrogate.config import PipelineConfig, SimulateConfig, TrainConfig, load_simulate_recipe, setting
-from surrogate.data.calo import CaloGANWriter, CaloShowerDataset, validate_calogan
+from surrogate.data.calo import CALOGAN_FIELDS, CaloGANWriter, CaloShowerDataset, validate_calogan
+from surrogate.data.hdf5 import check_layout, open_hdf5
 from surrogate.geometry import CALOGAN_LAYERS
 from surrogate.simulators.gflash import READOUT_THRESHOLD_MEV
 from surrogate.train import distributed
+from surrogate.train.checkpoint import checkpoint_config, find_checkpoint
 from surrogate.train.loop import FitResult
 
 __all__ = [
@@ -43,6 +48,7 @@ __all__ = [
     "run_shower_pipeline",
     "shower_loader",
     "simulate",
+    "training_energy_range",
 ]
 
 
@@ -231,8 +237,8 @@ def generate_showers(
     lo, hi = map(float, energy_range_gev)
     if n_events < 1 or batch_size < 1:
         raise ValueError(f"n_events and batch_size must be >= 1, got {n_events}, {batch_size}")
-    if not 0 < lo <= hi:
-        raise ValueError(f"energy range must satisfy 0 < min <= max (GeV), got {lo}:{hi}")
+    if not (math.isfinite(hi) and 0 < lo <= hi):
+        raise ValueError(f"energy range must satisfy 0 < min <= max < inf (GeV), got {lo}:{hi}")
     rng = torch.Generator(device="cpu").manual_seed(seed)
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -303,6 +309,49 @@ def generate_showers_distributed(
     return output
 
 
+EDGE_TOLERANCE = 1.03
+"""Factor by which generation may reach below the smallest and above the largest training
+incident energy without a warning: a training file's smallest and largest energies fall a few
+per cent inside the range they were drawn from."""
+
+
+def training_energy_range(checkpoint: str | os.PathLike) -> tuple[float, float, str]:
+    """The incident-energy range a shower run (calo_gan, calo_flow) was trained on, from its checkpoint's stored config.
+
+    The ``[data] train_recipe``'s ``[simulate]`` range when that recipe is still readable (the
+    range of the training showers), else the smallest and largest incident energy of the
+    ``[data] train_file`` when it is still readable; otherwise ``[generate] energy_min_gev,
+    energy_max_gev`` (the range the run generates and validates over).
+
+    Arguments:
+        checkpoint: checkpoint file or run folder.
+
+    Returns:
+        ``(low, high, source)``: GeV, and which of the two was used.
+
+    Raises:
+        FileNotFoundError: no checkpoint there.
+        ValueError: neither range stored.
+    """
+    path = find_checkpoint(checkpoint)
+    config = checkpoint_config(path)
+    data = config.get("data") or {}
+    recipe, train_file = data.get("train_recipe"), data.get("train_file")
+    if recipe is not None and Path(recipe).is_file():
+        table = load_simulate_recipe(recipe)
+        return table.energy_min_gev, table.energy_max_gev, f"[data] train_recipe {recipe}"
+    if train_file is not None and Path(train_file).is_file():
+        with open_hdf5(train_file) as file:
+            check_layout(file, CALOGAN_FIELDS, path=train_file)
+            energy = file["energy"][:]
+        return float(energy.min()), float(energy.max()), f"[data] train_file {train_file}"
+    generate = config.get("generate") or {}
+    if "energy_min_gev" in generate and "energy_max_gev" in generate:
+        return float(generate["energy_min_gev"]), float(generate["energy_max_gev"]), "[generate]"
+    raise ValueError(f"checkpoint {path} stores no energy range ([data] train_recipe or [generate]); "
+                     "pass energy_range_gev")
+
+
 def generate_stage(load: Callable[..., torch.nn.Module],
                    sampler: Callable[[torch.nn.Module], ShowerSampler]) -> Callable[..., Path]:
     """A shower family's ``generate`` stage (``surrogate generate``) from its loader and sampler.
@@ -324,7 +373,17 @@ def generate_stage(load: Callable[..., torch.nn.Module],
                  device: str = "auto", progress: bool = True) -> Path:
         """``n_events`` showers of the trained run ``checkpoint`` (file or folder) at incident
         energies uniform in ``energy_range_gev`` (GeV) into the CaloGAN-layout file ``output``;
-        ``device`` is ``"auto"``, ``"cpu"`` or ``"cuda"``. Returns ``output``."""
+        ``device`` is ``"auto"``, ``"cpu"`` or ``"cuda"``. Returns ``output``. Energies outside
+        the training range (:func:`training_energy_range`, widened by the factor
+        :data:`EDGE_TOLERANCE` at both ends) give an :class:`~surrogate.checks.ExtrapolationWarning`."""
+        try:
+            low, high, source = training_energy_range(checkpoint)
+        except ValueError as exc:
+            warnings.warn(f"{exc}: cannot check the energies against it", ExtrapolationWarning, stacklevel=2)
+        else:
+            asked = [float(e) for e in energy_range_gev]
+            if not (low / EDGE_TOLERANCE <= asked[0] and asked[1] <= high * EDGE_TOLERANCE):
+                warn_outside("incident energy", *asked, (low, high), unit="GeV", source=source, where=checkpoint)
         model = load(checkpoint, device=distributed.resolve_device(device))
         return generate_showers_distributed(sampler(model), output, n_events, energy_range_gev=energy_range_gev,
                                             batch_size=batch_size, seed=seed, progress=progress)
@@ -337,7 +396,7 @@ def generate_stage(load: Callable[..., torch.nn.Module],
 
 
 def run_shower_pipeline(cfg: PipelineConfig, *, train: Callable[..., FitResult], generate: Callable[..., Path],
-                        progress: bool = True) -> Path:
+                        resume: bool | str = True, progress: bool = True) -> Path:
     """simulate (or read) -> train (resuming) -> generate -> validate, for a shower family.
 
     Across ranks: rank 0 simulates while the others wait, all ranks train, all generate their
@@ -348,6 +407,7 @@ def run_shower_pipeline(cfg: PipelineConfig, *, train: Callable[..., FitResult],
             sections of the types above).
         train: the family's ``train(cfg, *, resume, progress) -> FitResult``.
         generate: the family's ``generate(checkpoint, output, n_events, ...) -> Path``.
+        resume: as :func:`surrogate.train.fit`'s (``True``, ``False`` or ``"anyway"``).
         progress: show progress bars.
 
     Returns:
@@ -357,7 +417,7 @@ def run_shower_pipeline(cfg: PipelineConfig, *, train: Callable[..., FitResult],
 
     out = cfg.run.output_dir
     out.mkdir(parents=True, exist_ok=True)
-    result = train(cfg, resume=True, progress=progress)
+    result = train(cfg, resume=resume, progress=progress)
     _, reference_file = data_files(cfg, quiet=True)
     generated = out / "generated.h5"
     g = cfg.generate

@@ -23,6 +23,7 @@ from __future__ import annotations
 import collections
 import os
 import re
+import zipfile
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -34,13 +35,26 @@ __all__ = [
     "CHECKPOINT_FORMAT",
     "checkpoint_config",
     "checkpoint_path",
+    "config_changes",
     "find_checkpoint",
     "latest_checkpoint",
     "load_checkpoint",
     "rng_state",
     "save_checkpoint",
     "set_rng_state",
+    "RESUME_NEUTRAL",
 ]
+
+RESUME_NEUTRAL = (
+    "run.threads", "run.device", "run.output_dir",
+    "train.max_steps", "train.max_epochs", "train.checkpoint_every", "train.log_every", "train.keep_checkpoints",
+    "generate", "validate",
+)
+"""Settings (``section.key``, or a whole section) of a pipeline configuration that a resumed run
+may change without altering the training trajectory: how long it runs, how often it writes, on
+how many threads, and the stages after training. Every other change (seed, model, data, batch
+size, learning rate, ...) is refused by :func:`surrogate.train.fit` unless ``resume="anyway"``.
+(A cosine schedule's shape follows ``max_steps``: such a change is allowed and reported.)"""
 
 CHECKPOINT_FORMAT = 2
 _NAME = re.compile(r"^step_(\d{8,})\.pt$")
@@ -160,6 +174,9 @@ def load_checkpoint(path: str | os.PathLike, *, map_location: Any = "cpu", mmap:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"{path} is not a checkpoint: not a zip archive written by torch.save (truncated, or "
+                         "another kind of file)")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as exc:  # torch raises several types for corrupt or unsafe files
@@ -207,3 +224,38 @@ def find_checkpoint(path: str | os.PathLike) -> Path:
     if found is None:
         raise FileNotFoundError(f"no checkpoint in {path}/checkpoints or {path}/train/checkpoints")
     return found
+
+
+def _flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, name + "."))
+        else:
+            flat[name] = list(value) if isinstance(value, tuple) else value
+    return flat
+
+
+def config_changes(stored: Mapping[str, Any], current: Mapping[str, Any],
+                   neutral: tuple[str, ...] = RESUME_NEUTRAL) -> tuple[list[str], list[str]]:
+    """What changed between the configuration stored in a checkpoint and the current one.
+
+    Arguments:
+        stored, current: nested plain configurations (``PipelineConfig.to_dict()``).
+        neutral: settings whose change leaves the training trajectory alone
+            (:data:`RESUME_NEUTRAL`).
+
+    Returns:
+        ``(trajectory, neutral)``: each a sorted list of ``"[section] key: old -> new"`` lines.
+    """
+    old, new = _flatten(stored), _flatten(current)
+    changed, harmless = [], []
+    for name in sorted(set(old) | set(new)):
+        a, b = old.get(name, "(unset)"), new.get(name, "(unset)")
+        if a == b:
+            continue
+        section, _, key = name.partition(".")
+        line = f"[{section}] {key}: {a!r} -> {b!r}"
+        (harmless if name in neutral or section in neutral else changed).append(line)
+    return changed, harmless

@@ -9,13 +9,13 @@ over those steps and over ranks, ``seconds`` since the start) and one per valida
 from __future__ import annotations
 
 import csv
-import os
 import time
 from pathlib import Path
 from typing import Mapping
 
 from tqdm.auto import tqdm
 
+from surrogate.data.hdf5 import atomic_output
 from surrogate.train import distributed
 
 __all__ = ["CsvLog", "MetricLog"]
@@ -44,12 +44,10 @@ class CsvLog:
                 path.unlink()
 
     def _rewrite(self, rows: list[dict]) -> None:
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        with open(tmp, "w", newline="") as f:
+        with atomic_output(self.path, fsync=False) as tmp, open(tmp, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=self.fields)
             writer.writeheader()
             writer.writerows(rows)
-        os.replace(tmp, self.path)
 
     def write(self, row: Mapping[str, float]) -> None:
         """Appends ``row`` (missing columns empty)."""

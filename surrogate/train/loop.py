@@ -19,22 +19,27 @@ with the same weights as one that never stopped (tested in ``tests/train/test_lo
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import itertools
 import math
 import os
 import signal
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Protocol
 
 import torch
 
+from surrogate.rundir import RunDirectoryLocked, lock_run_directory
 from surrogate.train import distributed
 from surrogate.train.checkpoint import (
     CHECKPOINT_FORMAT,
+    checkpoint_config,
     checkpoint_path,
+    config_changes,
     latest_checkpoint,
     load_checkpoint,
     rng_state,
@@ -230,6 +235,20 @@ class _Checkpoints:
                                     "out_dir must be on a file system shared by all ranks")
         return found
 
+    def set_aside(self) -> None:
+        """A run that does not resume moves the checkpoints of an earlier run in ``out`` to
+        ``checkpoints.replaced-<time>`` (rank 0): kept, but never mistaken for this run's (their
+        higher steps would otherwise survive pruning and be resumed from later). Returns ``None``."""
+        if self.out is None:
+            return None
+        folder = self.out / "checkpoints"
+        if distributed.context().is_main and latest_checkpoint(self.out) is not None:
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            folder.rename(folder.with_name(f"checkpoints.replaced-{stamp}"))
+            print(f"not resuming: the earlier checkpoints of {self.out} were moved to checkpoints.replaced-{stamp}")
+        distributed.barrier()
+        return None
+
     def save(self, at: _Position, extra: Mapping[str, Any]) -> Path | None:
         """Rank 0 writes the checkpoint of ``at`` (every rank's RNG state in it), then prunes."""
         if self.out is None:
@@ -244,6 +263,46 @@ class _Checkpoints:
                 old.unlink(missing_ok=True)
         distributed.barrier()  # no rank goes on (or exits) before the file is in place
         return path
+
+
+@contextlib.contextmanager
+def _single_writer(out: Path | None) -> Iterator[None]:
+    """Rank 0 holds the lock of the run folder ``out`` for the body (every rank raises when it
+    cannot: :class:`~surrogate.rundir.RunDirectoryLocked`, naming the other process); abandoned
+    temporaries of killed runs there are removed first."""
+    if out is None:
+        yield
+        return
+    with contextlib.ExitStack() as stack:
+        refused = None
+        if distributed.context().is_main:
+            try:
+                stack.enter_context(lock_run_directory(out))
+            except RunDirectoryLocked as exc:
+                refused = str(exc)
+        refused = distributed.broadcast_object(refused)
+        if refused is not None:
+            raise RunDirectoryLocked(refused)
+        yield
+
+
+def _check_resume(found: Path, config: Mapping[str, Any] | None, *, anyway: bool) -> None:
+    """Compares the configuration stored in ``found`` with ``config`` (see
+    :func:`~surrogate.train.checkpoint.config_changes`).
+
+    Raises:
+        ValueError: a change that alters the training trajectory, unless ``anyway`` (each
+            change named with its old and new value).
+    """
+    if config is None:
+        return
+    changed, harmless = config_changes(checkpoint_config(found), config)
+    if changed and not anyway:
+        raise ValueError(f"cannot resume {found}: its run had other settings ({'; '.join(changed)}); these change "
+                         "the training, so resume with --resume-anyway (resume='anyway'), start over with "
+                         "--no-resume, or use another output_dir")
+    if distributed.context().is_main and (changed or harmless):
+        print(f"resuming {found} with changed settings: {'; '.join(changed + harmless)}")
 
 
 def _restore(step: Step, path: Path, seed: int | None) -> tuple[_Position, Mapping[str, Any] | None, dict]:
@@ -314,8 +373,10 @@ def _epoch_batches(loader: Iterable[Any], at: _Position, rng: Mapping[str, Any] 
                          "with drop_last?")
 
 
-def _check_arguments(max_steps: int, out_dir: Any, resume: bool, checkpoint_every: int | None,
+def _check_arguments(max_steps: int, out_dir: Any, resume: bool | str, checkpoint_every: int | None,
                      every: Mapping[str, int]) -> None:
+    if resume not in (True, False, "anyway"):
+        raise ValueError(f"resume must be True, False or 'anyway', got {resume!r}")
     if max_steps < 0:
         raise ValueError(f"max_steps must be >= 0, got {max_steps}")
     if resume and out_dir is None:
@@ -340,7 +401,7 @@ def fit(
     checkpoint_every: int | None = None,
     keep_checkpoints: int = 3,
     config: Mapping[str, Any] | None = None,
-    resume: bool = False,
+    resume: bool | str = False,
     seed: int | None = None,
     progress: bool = True,
     log_every: int = 10,
@@ -368,7 +429,12 @@ def fit(
         keep_checkpoints: how many of the most recent checkpoints to keep.
         config: plain-data experiment configuration, stored in every checkpoint.
         resume: continue from the latest checkpoint in ``out_dir`` if there is one (restoring
-            weights, the step's state, data position and the torch RNG state).
+            weights, the step's state, data position and the torch RNG state), provided that
+            ``config`` differs from the checkpoint's only in settings that leave the training
+            trajectory alone (:data:`~surrogate.train.checkpoint.RESUME_NEUTRAL`; those changes
+            are printed); ``"anyway"`` resumes whatever changed. ``False`` starts afresh: the
+            checkpoints of an earlier run in ``out_dir`` are moved to
+            ``checkpoints.replaced-<time>``.
         seed: if given and the run is not resumed, ``torch.manual_seed(seed)`` is called first,
             so the step's noise is reproducible; ``None`` leaves the global generator alone.
         progress: show a tqdm progress bar with the latest metrics.
@@ -383,6 +449,9 @@ def fit(
             the step in progress (several ranks: at the next multiple of ``log_every`` or
             ``checkpoint_every``) and raise :class:`TrainingInterrupted` (a requeued batch job
             then resumes from it). A signal during the last step ends the run normally.
+
+    **One writer**: rank 0 holds the lock of ``out_dir`` (:func:`surrogate.rundir.lock_run_directory`)
+    while training, and removes the temporaries that killed runs left there.
 
     **Across ranks** (after :func:`surrogate.train.distributed.init_distributed`; the step
     wraps its networks for data parallelism, each rank's loader reads its own shard): the
@@ -404,48 +473,52 @@ def fit(
             yields no batch, or the checkpoint does not match the step (modules, state).
         FileNotFoundError: resuming, the checkpoint rank 0 chose is missing on another rank
             (``out_dir`` not on a shared file system).
+        surrogate.rundir.RunDirectoryLocked: another live process trains in ``out_dir``.
+        ValueError: resuming, ``config`` changes a setting that alters the trajectory (named),
+            and ``resume`` is not ``"anyway"``.
         TrainingInterrupted: a stop signal arrived (see ``handle_signals``).
     """
     _check_arguments(max_steps, out_dir, resume, checkpoint_every,
                      {"log_every": log_every, "validate_every": validate_every})
     out = Path(out_dir) if out_dir is not None else None
-    checkpoints = _Checkpoints(out, step, config, keep_checkpoints)
-    found = checkpoints.latest() if resume else None
-    at, rng, saved = _restore(step, found, seed) if found is not None else (_Position(), None, {})
-    if found is None and seed is not None:
-        torch.manual_seed(distributed.rank_seed(seed))
-    if out is not None and distributed.context().is_main:
-        out.mkdir(parents=True, exist_ok=True)
-    early = _EarlyStopping(step, validation, patience, saved)
-    result = FitResult(steps=at.step, checkpoint=found, best_validation=early.best)
-    stop, interrupted = at.step >= max_steps, None
+    with _single_writer(out):
+        checkpoints = _Checkpoints(out, step, config, keep_checkpoints)
+        found = checkpoints.latest() if resume else checkpoints.set_aside()
+        if found is not None:
+            _check_resume(found, config, anyway=resume == "anyway")
+        at, rng, saved = _restore(step, found, seed) if found is not None else (_Position(), None, {})
+        if found is None and seed is not None:
+            torch.manual_seed(distributed.rank_seed(seed))
+        early = _EarlyStopping(step, validation, patience, saved)
+        result = FitResult(steps=at.step, checkpoint=found, best_validation=early.best)
+        stop, interrupted = at.step >= max_steps, None
 
-    log = MetricLog(out, at.step, max_steps=max_steps, progress=progress)
-    with _StopSignals(handle_signals) as signals, log:
-        while not stop:
-            batches, rng = _epoch_batches(loader, at, rng), None  # the saved RNG state only once
-            for batch in batches:
-                log.add(step(batch))
-                at.advance()
-                if at.step % log_every == 0 or at.step == max_steps:
-                    log.row(at.step, at.epoch)
-                if validation is not None and at.step % validate_every == 0:
-                    stop = early(at, log)
-                save_now = bool(checkpoint_every) and at.step % checkpoint_every == 0
-                if at.step < max_steps:
-                    interrupted = signals.agreed(boundary=at.step % log_every == 0 or save_now)
-                stop = stop or interrupted is not None or at.step >= max_steps
-                if save_now and not stop:
-                    result.checkpoint = checkpoints.save(at, early.state())
-                if stop:
-                    break
-            else:
-                at.next_epoch()
-        if interrupted is not None:
-            raise TrainingInterrupted(at.step, checkpoints.save(at, early.state()), interrupted)
-        if validation is not None and early.last_step != at.step:
-            early(at, log)
-    result.stopped_early = early.restore_best() and at.step < max_steps
-    result.steps, result.history, result.best_validation = at.step, log.history, early.best
-    result.checkpoint = checkpoints.save(at, early.state()) or result.checkpoint
+        log = MetricLog(out, at.step, max_steps=max_steps, progress=progress)
+        with _StopSignals(handle_signals) as signals, log:
+            while not stop:
+                batches, rng = _epoch_batches(loader, at, rng), None  # the saved RNG state only once
+                for batch in batches:
+                    log.add(step(batch))
+                    at.advance()
+                    if at.step % log_every == 0 or at.step == max_steps:
+                        log.row(at.step, at.epoch)
+                    if validation is not None and at.step % validate_every == 0:
+                        stop = early(at, log)
+                    save_now = bool(checkpoint_every) and at.step % checkpoint_every == 0
+                    if at.step < max_steps:
+                        interrupted = signals.agreed(boundary=at.step % log_every == 0 or save_now)
+                    stop = stop or interrupted is not None or at.step >= max_steps
+                    if save_now and not stop:
+                        result.checkpoint = checkpoints.save(at, early.state())
+                    if stop:
+                        break
+                else:
+                    at.next_epoch()
+            if interrupted is not None:
+                raise TrainingInterrupted(at.step, checkpoints.save(at, early.state()), interrupted)
+            if validation is not None and early.last_step != at.step:
+                early(at, log)
+        result.stopped_early = early.restore_best() and at.step < max_steps
+        result.steps, result.history, result.best_validation = at.step, log.history, early.best
+        result.checkpoint = checkpoints.save(at, early.state()) or result.checkpoint
     return result

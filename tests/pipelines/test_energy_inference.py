@@ -29,8 +29,8 @@ from surrogate.pipelines.energy_inference import (
     energy_posterior,
     infer_energy,
     read_showers,
-    training_energy_range,
 )
+from surrogate.pipelines.showers import training_energy_range
 from surrogate.train.checkpoint import save_checkpoint
 
 TINY = {"hidden_features": 8, "num_transforms": 2, "num_bins": 4, "energy_hidden_features": 8,

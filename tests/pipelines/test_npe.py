@@ -296,15 +296,19 @@ def test_pipeline_run_smoke(tmp_path, capsys):
     assert again.best_validation == report["best_validation_loss"] and str(again.checkpoint) == report["checkpoint"]
 
 
-def test_train_stage_retrains_for_other_settings(tmp_path):
+def test_train_stage_refuses_other_settings_and_retrains_without_resume(tmp_path):
     def small(**model) -> NPEConfig:
         cfg = load_pipeline(_write_small(tmp_path, **model))
         return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, max_epochs=1))
 
     first = train(small(), progress=False)
     assert first.steps == 2 and first.checkpoint.is_file()  # 450 training pairs in batches of 256
-    # another architecture in the same folder: its checkpoints are not resumed, posterior.pt is replaced
-    assert train(small(hidden_features=24), progress=False).steps == 2
+    # another architecture in the same folder: resuming its checkpoints is refused, naming the change
+    with pytest.raises(ValueError, match=r"\[model\] hidden_features: 16 -> 24"):
+        train(small(hidden_features=24), progress=False)
+    # without resume it trains afresh; the earlier checkpoints are kept aside and posterior.pt replaced
+    assert train(small(hidden_features=24), resume=False, progress=False).steps == 2
+    assert list((tmp_path / "out" / "train").glob("checkpoints.replaced-*/step_*.pt"))
     theta, x = simulate_dataset("two_moons", 10, seed=0)
     wider = build_npe_flow(theta, x, hidden_features=24, num_transforms=2, num_bins=4)
     stored = load_posterior(tmp_path / "out").flow

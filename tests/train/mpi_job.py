@@ -2,14 +2,15 @@
 ``surrogate.train``, ``surrogate.models`` and ``surrogate.losses`` pieces only, launched as
 
     mpiexec -n 2 python -m mpi4py tests/train/mpi_job.py FAMILY OUT [--batch B] [--steps S]
-        [--checkpoint-every N] [--log-every N] [--resume] [--fail-at K]
+        [--checkpoint-every N] [--log-every N] [--resume] [--fail-at K] [--hang-at K] [--timeout S]
 
 FAMILY is ``calo`` (a small CaloGAN with :class:`~surrogate.train.GANStep` and cosine schedules
 on synthetic showers), ``galaxy`` (the galaxy VAE and then its flow prior, as in the galaxy
 pipeline), or ``npe`` (a conditional spline flow on synthetic pairs, a deterministic model;
 ``--steps`` counts epochs). The steps get plain modules and wrap them for data parallelism
 themselves. Every rank writes its trained parameters to ``OUT/params_rank<r>.pt``; rank 0 writes
-``OUT/done.json``. With ``--fail-at K`` rank 1 raises at its K-th step. A stop signal ends the
+``OUT/done.json``. With ``--fail-at K`` rank 1 raises at its K-th step; with ``--hang-at K``
+it sleeps there instead (the others must end after the collective timeout ``--timeout``). A stop signal ends the
 job with status 75 after a checkpoint (as ``python -m surrogate`` does).
 """
 
@@ -19,6 +20,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -55,15 +57,17 @@ def _parameters(modules) -> dict[str, torch.Tensor]:
 
 
 class _FailingStep:
-    """Wraps a step; rank 1 raises at its ``fail_at``-th call."""
+    """Wraps a step; rank 1 raises (or, with ``hang``, sleeps for an hour) at its ``fail_at``-th call."""
 
-    def __init__(self, step, fail_at: int, rank: int):
-        self.step, self.fail_at, self.rank, self.calls = step, fail_at, rank, 0
+    def __init__(self, step, fail_at: int, rank: int, hang: bool = False):
+        self.step, self.fail_at, self.rank, self.hang, self.calls = step, fail_at, rank, hang, 0
         self.modules, self.state_dict, self.load_state_dict = step.modules, step.state_dict, step.load_state_dict
 
     def __call__(self, batch):
         self.calls += 1
         if self.rank == 1 and self.calls == self.fail_at:
+            if self.hang:
+                time.sleep(3600)
             raise RuntimeError(f"rank 1 fails on purpose at step {self.calls}")
         return self.step(batch)
 
@@ -140,8 +144,8 @@ def galaxy(args):
     optimizer = torch.optim.Adam(model.vae_parameters(), lr=1e-3)
     step = LikelihoodStep(model, optimizer, galaxy_vae_loss, max_grad_norm=5.0,
                           scheduler=make_lr_scheduler(optimizer, schedule="cosine", total_steps=args.steps))
-    if args.fail_at:
-        step = _FailingStep(step, args.fail_at, distributed.context().rank)
+    if args.fail_at or args.hang_at:
+        step = _FailingStep(step, args.fail_at or args.hang_at, distributed.context().rank, hang=bool(args.hang_at))
     stamps = {k: data[k] for k in ("observed", "psf", "noise_variance")}
     fit(step, _loader(stamps, args.batch, seed=0), max_steps=args.steps, out_dir=args.out / "vae", seed=0,
         progress=False, log_every=2)
@@ -176,15 +180,17 @@ def main() -> int:
     parser.add_argument("--log-every", type=int, default=5)
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--fail-at", type=int, default=None)
+    parser.add_argument("--hang-at", type=int, default=None)
+    parser.add_argument("--timeout", type=float, default=300.0, help="collective timeout, seconds")
     args = parser.parse_args()
     torch.set_num_threads(1)
 
     from surrogate.train import TrainingInterrupted, distributed, load_checkpoint
 
-    ctx = distributed.init_distributed("cpu")
+    ctx = distributed.init_distributed("cpu", timeout_s=args.timeout)
     args.out.mkdir(parents=True, exist_ok=True)
-    if args.fail_at and args.family != "galaxy":
-        raise SystemExit("--fail-at is implemented for the galaxy job")
+    if (args.fail_at or args.hang_at) and args.family != "galaxy":
+        raise SystemExit("--fail-at and --hang-at are implemented for the galaxy job")
     try:
         result, modules = {"calo": calo, "npe": npe, "galaxy": galaxy}[args.family](args)
     except TrainingInterrupted as exc:

@@ -40,7 +40,7 @@ def test_checkpoint_config_refuses_what_load_checkpoint_refuses(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         checkpoint_config(tmp_path / "none.pt")
     (tmp_path / "text.pt").write_text("not a checkpoint")
-    with pytest.raises(ValueError, match="cannot read checkpoint"):
+    with pytest.raises(ValueError, match="text.pt is not a checkpoint: not a zip archive"):
         checkpoint_config(tmp_path / "text.pt")
 
 

@@ -6,7 +6,9 @@ batch B matches 1 rank with batch 2B; a stop signal stops both ranks at the same
 checkpoint and status 75 and a 2-rank job killed mid-run resumes on 1 rank (both through the
 ``surrogate train`` command under ``mpiexec``); a rank that raises ends the job within seconds;
 ``main_rank_first`` lets rank 0 write before the others read; a launch whose task count
-disagrees with MPI's world size is refused. The other jobs (``mpi_job.py``) use only public
+disagrees with MPI's world size is refused; a bad start (torchrun's variables left in the
+environment, a Slurm task count that differs from MPI's, a port in use) ends within the start
+timeout with one line naming the variables. The other jobs (``mpi_job.py``) use only public
 ``surrogate.train``, ``surrogate.models`` and ``surrogate.losses`` pieces.
 """
 
@@ -29,8 +31,10 @@ from surrogate.train.checkpoint import latest_checkpoint, load_checkpoint
 
 JOB = Path(__file__).resolve().parent / "mpi_job.py"
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-for _name in ("PMI_SIZE", "PMI_RANK", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "SLURM_STEP_NUM_TASKS", "RANK", "WORLD_SIZE"):
+for _name in ("PMI_SIZE", "PMI_RANK", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "SLURM_STEP_NUM_TASKS", "SLURM_NTASKS",
+              "RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID"):
     ENV.pop(_name, None)
+STALE_TORCHRUN = {"RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29571"}
 
 
 def _mpiexec() -> str:
@@ -279,3 +283,54 @@ def test_single_process_context_and_collectives_are_identities():
     assert distributed.rank_seed(7) == 7
     with distributed.main_rank_first():
         pass
+
+
+def _start_errors(stderr: str) -> list[str]:
+    lines = [line for line in stderr.splitlines() if line.startswith("surrogate: error:")]
+    assert lines and "Traceback" not in stderr, stderr[-2000:]
+    return lines
+
+
+def test_stale_torchrun_variables_fail_within_the_start_timeout(tmp_path):
+    """A job script that exports torchrun's variables, started without torchrun: no peer joins."""
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "surrogate", "--start-timeout", "3", "train", str(tmp_path / "a.toml")],
+                          capture_output=True, text=True, env={**ENV, **STALE_TORCHRUN}, timeout=60)
+    elapsed = time.perf_counter() - t0
+    (line,) = _start_errors(proc.stderr)
+    assert proc.returncode == 2 and elapsed < 30, (proc.returncode, elapsed)
+    assert "1 of 2 ranks joined" in line and "WORLD_SIZE=2" in line and "TORCHELASTIC_RUN_ID unset" in line
+
+
+def test_torchrun_variables_under_mpiexec_are_refused_at_once(tmp_path):
+    t0 = time.perf_counter()
+    proc = subprocess.run([_mpiexec(), "-n", "2", sys.executable, "-m", "mpi4py", "-m", "surrogate", "train",
+                           str(tmp_path / "a.toml")], capture_output=True, text=True, env={**ENV, **STALE_TORCHRUN},
+                          timeout=60)
+    assert proc.returncode != 0 and time.perf_counter() - t0 < 30
+    line = _start_errors(proc.stderr)[0]
+    assert "RANK=0 WORLD_SIZE=2" in line and "PMI_SIZE=2" in line and "TORCHELASTIC_RUN_ID is unset" in line
+
+
+def test_a_slurm_task_count_that_differs_from_mpi_is_refused_under_mpiexec(tmp_path):
+    proc = subprocess.run([_mpiexec(), "-n", "2", sys.executable, "-m", "mpi4py", "-m", "surrogate", "train",
+                           str(tmp_path / "a.toml")], capture_output=True, text=True,
+                          env={**ENV, "SLURM_NTASKS": "4"}, timeout=60)
+    assert proc.returncode != 0
+    line = _start_errors(proc.stderr)[0]
+    assert "SLURM_NTASKS=4" in line and "world size 2" in line
+
+
+def test_a_rendezvous_port_in_use_is_named(tmp_path):
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        proc = subprocess.run([_mpiexec(), "-n", "2", sys.executable, "-m", "mpi4py", "-m", "surrogate", "train",
+                               str(tmp_path / "a.toml")], capture_output=True, text=True,
+                              env={**ENV, "MASTER_PORT": str(port)}, timeout=60)
+    assert proc.returncode != 0
+    line = _start_errors(proc.stderr)[0]
+    assert f"port {port} is in use" in line and f"MASTER_PORT={port}" in line
