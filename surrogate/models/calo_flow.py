@@ -96,6 +96,7 @@ from torch import Tensor, nn
 from surrogate.checks import check_choice, check_float, check_int
 from surrogate.geometry import CALOGAN, CaloGeometry
 from surrogate.models.flows import LULinear
+from surrogate.models.splines import RQSCouplingTransform
 
 __all__ = ["CELL_MIXING", "CaloFlow"]
 
@@ -129,7 +130,7 @@ def _spline_coupling_flow(features: int, context_features: int, *, hidden_featur
         mask = torch.ones(1) if features == 1 else create_alternating_binary_mask(features, even=(i % 2 == 0))
         net = partial(_residual_net, hidden_features=hidden_features, context_features=context_features,
                       num_blocks=num_blocks, dropout_probability=dropout_probability)
-        blocks.append(T.PiecewiseRationalQuadraticCouplingTransform(
+        blocks.append(RQSCouplingTransform(
             mask=mask, transform_net_create_fn=net, num_bins=num_bins, tails="linear", tail_bound=tail_bound))
         if features > 1 and i < num_transforms - 1:
             blocks.append(LULinear(features) if mixing == "lu"

@@ -9,7 +9,9 @@ whose forward *and* inverse pass run warning-free on torch 2.x (listed in
 
 - :class:`nflows.transforms.MaskedAffineAutoregressiveTransform` (MAF),
 - :class:`nflows.transforms.MaskedPiecewiseRationalQuadraticAutoregressiveTransform`,
-- :class:`nflows.transforms.PiecewiseRationalQuadraticCouplingTransform` (NSF),
+- :class:`surrogate.models.splines.RQSCouplingTransform` (NSF): nflows'
+  ``PiecewiseRationalQuadraticCouplingTransform`` with its spline evaluated about twice as fast
+  (same parameters and checkpoints),
 - :class:`LULinear` below: nflows' LU-parametrised linear layer with its inverse rewritten on
   ``torch.linalg.solve_triangular``,
 - fixed permutations (:class:`nflows.transforms.Permutation`, reverse or seeded random) and
@@ -50,6 +52,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from surrogate.checks import check_choice, check_int
+from surrogate.models.splines import RQSCouplingTransform
 
 __all__ = [
     "FLOW_KINDS",
@@ -119,7 +122,7 @@ class LULinear(T.LULinear):
 SUPPORTED_TRANSFORMS = (
     T.MaskedAffineAutoregressiveTransform,
     T.MaskedPiecewiseRationalQuadraticAutoregressiveTransform,
-    T.PiecewiseRationalQuadraticCouplingTransform,
+    RQSCouplingTransform,
     LULinear,
     T.Permutation,
     T.PointwiseAffineTransform,
@@ -264,7 +267,7 @@ def _flow_block(
         block = T.MaskedPiecewiseRationalQuadraticAutoregressiveTransform(
             num_bins=num_bins, tails="linear", tail_bound=tail_bound, **made)
     else:
-        block = T.PiecewiseRationalQuadraticCouplingTransform(
+        block = RQSCouplingTransform(
             mask=create_alternating_binary_mask(features, even=(index % 2 == 0)),
             transform_net_create_fn=partial(
                 _residual_net,

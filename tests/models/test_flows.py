@@ -14,6 +14,7 @@ from nflows.utils import create_alternating_binary_mask
 from torch.autograd.functional import jacobian
 
 from surrogate.models.flows import FLOW_KINDS, SUPPORTED_TRANSFORMS, LULinear, build_flow
+from surrogate.models.splines import RQSCouplingTransform
 
 D, C = 4, 3  # features, context features
 
@@ -37,7 +38,7 @@ def _transforms() -> dict[str, tuple[T.Transform, bool]]:
             True,
         ),
         "rq_coupling": (
-            T.PiecewiseRationalQuadraticCouplingTransform(
+            RQSCouplingTransform(
                 create_alternating_binary_mask(D, even=True), net, num_bins=5, tails="linear", tail_bound=3.0
             ),
             True,
