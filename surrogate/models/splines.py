@@ -39,19 +39,17 @@ from torch import Tensor
 __all__ = ["RQSCouplingTransform", "rational_quadratic_spline"]
 
 
-def _softmax(logits: Tensor) -> Tensor:
-    """Softmax over the last axis, written out (see the module documentation for why)."""
-    e = torch.exp(logits - logits.amax(-1, keepdim=True))
-    return e / e.sum(-1, keepdim=True)
-
-
-def _knots(unnormalized: Tensor, minimum: float, bound: float) -> tuple[Tensor, Tensor]:
-    """Knot positions ``(..., K + 1)`` from ``-bound`` to ``bound`` and bin sizes ``(..., K)``."""
+def _bins(unnormalized: Tensor, minimum: float, bound: float) -> tuple[Tensor, Tensor]:
+    """Right edges ``(..., K)`` of the ``K`` bins of ``[-bound, bound]`` (the last exactly
+    ``bound``) and their sizes ``(..., K)``, each at least ``minimum`` of the interval, from
+    logits ``(..., K)``: a softmax written out (see the module documentation for why)."""
     k = unnormalized.shape[-1]
-    sizes = minimum + (1 - minimum * k) * _softmax(unnormalized)
-    knots = F.pad(torch.cumsum(sizes, -1), (1, 0)) * (2 * bound) - bound
-    knots[..., 0], knots[..., -1] = -bound, bound
-    return knots, knots[..., 1:] - knots[..., :-1]
+    e = torch.exp(unnormalized - unnormalized.amax(-1, keepdim=True))
+    total = e.sum(-1, keepdim=True)
+    sizes = (minimum + (1 - minimum * k) * e / total) * (2 * bound)
+    edges = torch.cumsum(sizes, -1) - bound
+    edges[..., -1] = bound
+    return edges, sizes
 
 
 def rational_quadratic_spline(
@@ -91,20 +89,22 @@ def rational_quadratic_spline(
                          f"got {min_bin_width}, {min_bin_height}")
     inside = (inputs >= -tail_bound) & (inputs <= tail_bound)
     x = inputs.clamp(-tail_bound, tail_bound)
-    cumwidths, widths = _knots(unnormalized_widths, min_bin_width, tail_bound)
-    cumheights, heights = _knots(unnormalized_heights, min_bin_height, tail_bound)
-    # derivative 1 at both ends: the tails are the identity
-    end = math.log(math.expm1(1 - min_derivative))
-    derivatives = min_derivative + F.softplus(F.pad(unnormalized_derivatives, (1, 1), value=end))
+    right_x, widths = _bins(unnormalized_widths, min_bin_width, tail_bound)
+    right_y, heights = _bins(unnormalized_heights, min_bin_height, tail_bound)
+    edges = right_y if inverse else right_x
+    bins = torch.searchsorted(edges[..., :-1].contiguous(), x.unsqueeze(-1).contiguous(), right=True)
 
-    knots = cumheights if inverse else cumwidths
-    bins = torch.searchsorted(knots[..., 1:-1].contiguous(), x.unsqueeze(-1).contiguous(), right=True)
+    def at(values: Tensor, index: Tensor = bins) -> Tensor:
+        return values.gather(-1, index).squeeze(-1)
 
-    def at(values: Tensor) -> Tensor:
-        return values.gather(-1, bins).squeeze(-1)
-
-    x_k, w_k, y_k, h_k = at(cumwidths), at(widths), at(cumheights), at(heights)
-    d_k, d_k1 = at(derivatives[..., :-1]), at(derivatives[..., 1:])
+    w_k, h_k = at(widths), at(heights)
+    x_k, y_k = at(right_x) - w_k, at(right_y) - h_k
+    # knot derivatives: min_derivative + softplus of the inner knots' parameters, 1 at both ends
+    # (the identity tails); only the two around each input's bin are computed
+    first, last = bins.squeeze(-1) == 0, bins.squeeze(-1) == k - 1
+    inner = unnormalized_derivatives
+    d_k = torch.where(first, 1.0, min_derivative + F.softplus(at(inner, (bins - 1).clamp_min(0))))
+    d_k1 = torch.where(last, 1.0, min_derivative + F.softplus(at(inner, bins.clamp_max(k - 2))))
     s_k = h_k / w_k
     curvature = d_k1 + d_k - 2 * s_k
     if inverse:
