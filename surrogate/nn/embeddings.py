@@ -5,6 +5,10 @@
 - :class:`MLPEmbedding`: a multilayer perceptron for vector data ``(*, D)``.
 - :class:`CNNEmbedding`: a small convolutional network for images ``(*, C, H, W)`` (or their
   flattened version ``(*, C*H*W)``).
+- :class:`Conv1DEmbedding` and :class:`GRUEmbedding`: time series ``(*, C, L)`` (channels first,
+  as images; or flattened ``(*, C*L)``), by 1-D convolutions or a gated recurrent unit.
+- :class:`DeepSetEmbedding`: a permutation-invariant summary of i.i.d. trials ``(*, n, F)``
+  (Zaheer et al. 2017, arXiv:1703.06114), for any number of trials ``n``.
 
 Example:
     >>> import torch
@@ -26,6 +30,9 @@ from surrogate.checks import check_float, check_int
 
 __all__ = [
     "CNNEmbedding",
+    "Conv1DEmbedding",
+    "DeepSetEmbedding",
+    "GRUEmbedding",
     "MLPEmbedding",
     "MarginalGaussianize",
     "Standardize",
@@ -288,3 +295,150 @@ class CNNEmbedding(nn.Module):
         images = x.reshape(-1, c, h, w)
         out = self.head(self.features(images).flatten(1))
         return out.reshape(*batch, self.out_features)
+
+
+def _series(x: Tensor, channels: int, length: int, where: str) -> tuple[Tensor, torch.Size]:
+    """``x (*, C, L)`` or ``(*, C*L)`` as ``(B, C, L)`` and the batch shape ``*``."""
+    if x.shape[-2:] == (channels, length):
+        batch = x.shape[:-2]
+    elif x.shape[-1:] == (channels * length,):
+        batch = x.shape[:-1]
+    else:
+        raise ValueError(f"{where}: expected x of shape (*, {channels}, {length}) or (*, {channels * length}), "
+                         f"got {tuple(x.shape)}")
+    return x.reshape(-1, channels, length), batch
+
+
+class Conv1DEmbedding(nn.Module):
+    """1-D convolutional embedding for time series: conv blocks (convolution, ReLU, max-pool by
+    2), then a fully connected head.
+
+    Arguments:
+        in_channels: ``C``, the quantities recorded at each time step.
+        length: ``L``, the time steps.
+        out_features: dimension of the summary.
+        channels: output channels of the successive conv blocks; each block halves ``L``
+            (floor), so ``L`` must be at least ``2 ** len(channels)``.
+        kernel_size: odd kernel size ("same" padding).
+        hidden_features: width of the hidden layer of the head.
+
+    Raises:
+        ValueError: series too short for the number of blocks, even kernel, non-positive sizes.
+
+    Example:
+        >>> net = Conv1DEmbedding(2, 40, 8)
+        >>> net(torch.randn(5, 2, 40)).shape, net(torch.randn(5, 80)).shape
+        (torch.Size([5, 8]), torch.Size([5, 8]))
+    """
+
+    def __init__(self, in_channels: int, length: int, out_features: int, *, channels: Sequence[int] = (16, 32),
+                 kernel_size: int = 5, hidden_features: int = 64):
+        super().__init__()
+        where = "Conv1DEmbedding"
+        self.in_channels = check_int("in_channels", in_channels, minimum=1, where=where)
+        self.length = check_int("length", length, minimum=1, where=where)
+        self.out_features = check_int("out_features", out_features, minimum=1, where=where)
+        hidden_features = check_int("hidden_features", hidden_features, minimum=1, where=where)
+        channels = tuple(check_int(f"channels[{i}]", c, minimum=1, where=where) for i, c in enumerate(channels))
+        kernel_size = check_int("kernel_size", kernel_size, minimum=1, where=where)
+        if kernel_size % 2 == 0:
+            raise ValueError(f"{where}: kernel_size must be odd, got {kernel_size}")
+        if length < 2 ** len(channels):
+            raise ValueError(f"{where}: length {length} is too short for {len(channels)} pooling blocks "
+                             f"(needs >= {2 ** len(channels)} time steps)")
+        blocks: list[nn.Module] = []
+        c_in, steps = self.in_channels, length
+        for c_out in channels:
+            blocks += [nn.Conv1d(c_in, c_out, kernel_size, padding=kernel_size // 2), nn.ReLU(), nn.MaxPool1d(2)]
+            c_in, steps = c_out, steps // 2
+        self.features = nn.Sequential(*blocks)
+        self.head = _mlp(c_in * steps, (hidden_features,), self.out_features, nn.ReLU)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Arguments: x: ``(*, C, L)`` or ``(*, C*L)``. Returns: ``(*, out_features)``."""
+        series, batch = _series(x, self.in_channels, self.length, "Conv1DEmbedding")
+        return self.head(self.features(series).flatten(1)).reshape(*batch, self.out_features)
+
+
+class GRUEmbedding(nn.Module):
+    """Recurrent embedding for time series: a GRU (Cho et al. 2014, arXiv:1406.1078) reads the
+    steps in order; its last hidden state goes through a linear layer.
+
+    Arguments:
+        in_channels: ``C``, the quantities recorded at each time step.
+        length: ``L``, the time steps (fixed, so that flattened series can be read).
+        out_features: dimension of the summary.
+        hidden_size: GRU state size.
+        num_layers: stacked GRU layers.
+
+    Raises:
+        ValueError: non-positive sizes.
+
+    Example:
+        >>> net = GRUEmbedding(1, 30, 4, hidden_size=8)
+        >>> net(torch.randn(3, 1, 30)).shape, net(torch.randn(2, 3, 30)).shape
+        (torch.Size([3, 4]), torch.Size([2, 3, 4]))
+    """
+
+    def __init__(self, in_channels: int, length: int, out_features: int, *, hidden_size: int = 64,
+                 num_layers: int = 1):
+        super().__init__()
+        where = "GRUEmbedding"
+        self.in_channels = check_int("in_channels", in_channels, minimum=1, where=where)
+        self.length = check_int("length", length, minimum=1, where=where)
+        self.out_features = check_int("out_features", out_features, minimum=1, where=where)
+        hidden_size = check_int("hidden_size", hidden_size, minimum=1, where=where)
+        num_layers = check_int("num_layers", num_layers, minimum=1, where=where)
+        self.gru = nn.GRU(self.in_channels, hidden_size, num_layers=num_layers, batch_first=True)
+        self.head = nn.Linear(hidden_size, self.out_features)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Arguments: x: ``(*, C, L)`` or ``(*, C*L)``. Returns: ``(*, out_features)``."""
+        series, batch = _series(x, self.in_channels, self.length, "GRUEmbedding")
+        _, state = self.gru(series.transpose(1, 2))  # (layers, B, hidden)
+        return self.head(state[-1]).reshape(*batch, self.out_features)
+
+
+class DeepSetEmbedding(nn.Module):
+    """Permutation-invariant embedding of i.i.d. trials: ``rho(mean_j phi(x_j))``, ``phi`` and
+    ``rho`` fully connected (Zaheer et al. 2017, "Deep Sets", arXiv:1703.06114). The mean makes the
+    summary independent of the order and of the number of trials.
+
+    Arguments:
+        in_features: ``F``, numbers per trial.
+        out_features: dimension of the summary.
+        hidden_features: widths of the hidden layers of ``phi`` (the last one is the pooled width)
+            and of ``rho``'s hidden layer.
+        activation: activation module class.
+
+    Raises:
+        ValueError: non-positive sizes, empty ``hidden_features``.
+
+    Example:
+        >>> net = DeepSetEmbedding(2, 4, hidden_features=(8, 8))
+        >>> trials = torch.randn(3, 10, 2)
+        >>> net(trials).shape
+        torch.Size([3, 4])
+        >>> bool(torch.allclose(net(trials), net(trials.flip(1)), atol=1e-6))
+        True
+    """
+
+    def __init__(self, in_features: int, out_features: int, *, hidden_features: Sequence[int] = (64, 64),
+                 activation: type[nn.Module] = nn.ReLU):
+        super().__init__()
+        where = "DeepSetEmbedding"
+        self.in_features = check_int("in_features", in_features, minimum=1, where=where)
+        self.out_features = check_int("out_features", out_features, minimum=1, where=where)
+        hidden = tuple(check_int(f"hidden_features[{i}]", h, minimum=1, where=where)
+                       for i, h in enumerate(hidden_features))
+        if not hidden:
+            raise ValueError(f"{where}: hidden_features needs at least one width")
+        self.phi = nn.Sequential(_mlp(self.in_features, hidden[:-1], hidden[-1], activation), activation())
+        self.rho = _mlp(hidden[-1], (hidden[-1],), self.out_features, activation)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Arguments: x: ``(*, n, F)``, ``n >= 1`` trials. Returns: ``(*, out_features)``."""
+        if x.ndim < 2 or x.shape[-1] != self.in_features or x.shape[-2] < 1:
+            raise ValueError(f"DeepSetEmbedding: expected x of shape (*, n, {self.in_features}) with n >= 1 trials, "
+                             f"got {tuple(x.shape)}")
+        return self.rho(self.phi(x).mean(-2))

@@ -38,6 +38,9 @@ class Family:
         generate: ``generate(checkpoint, output, n_events, *, energy_range_gev, batch_size, seed,
             device, progress)`` -> the file written (``surrogate generate``), or ``None`` for a
             family that does not generate events.
+        sample: ``sample(run_dir, observation_csv, output_csv, *, n, seed, device)`` -> the file
+            written (``surrogate sample``: posterior samples of one observation), or ``None`` for a
+            family that estimates no posterior.
     """
 
     name: str
@@ -45,6 +48,7 @@ class Family:
     train: Callable[..., Any]
     run: Callable[..., Any]
     generate: Callable[..., Any] | None = None
+    sample: Callable[..., Any] | None = None
 
 
 FAMILIES: dict[str, str] = {

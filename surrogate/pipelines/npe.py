@@ -1,27 +1,42 @@
-"""The NPE family: simulate an sbibm task -> train a neural posterior -> sample and validate.
+"""The NPE family: simulations -> train a neural posterior -> save it -> sample and validate.
 
-The pipeline file (``pipelines/npe_two_moons.toml``) is read into :class:`NPEConfig` by
-:func:`surrogate.config.load_pipeline`; each stage is a public function taking the typed
-configuration or explicit arguments, and the CLI (``surrogate train|run FILE``) dispatches
-through :data:`FAMILY`. Sections of the file (every key optional; the defaults are the values
-of ``pipelines/npe_two_moons.toml``)::
+The pipeline file (``pipelines/npe_two_moons.toml``, ``pipelines/npe_user_simulator.toml``) is
+read into :class:`NPEConfig` (defined in :mod:`surrogate.pipelines.npe_config`, with the
+embedding registry) by :func:`surrogate.config.load_pipeline`; each stage is a public
+function taking the typed configuration or explicit arguments, and the CLI (``surrogate
+train|run FILE``, ``surrogate sample RUN_DIR``) dispatches through :data:`FAMILY`. Sections of
+the file (every key optional unless marked; the model and training defaults are
+:data:`~surrogate.pipelines.npe_training.NPE_DEFAULTS`, also :func:`train_npe`'s)::
 
     [run]              pipeline = "npe", output_dir, seed, device, threads
-    [data]             task, num_simulations, observations, reference_root
+    [data]             what to train on, one of: task (an sbibm task) | file (HDF5 pairs, with
+                       [prior]); or a [simulator] section (with [prior]); and num_simulations,
+                       observations, reference_root (tasks), references (simulator or file)
+    [simulator]        entry_point = "module:function" (required), batch_size
+    [prior]            the prior of a simulator or file (surrogate.simulators.priors)
     [model]            kind and arguments of the flow (surrogate.models.flows.build_flow),
                        z_score_theta, z_score_x
-    [model.embedding]  kind ("none" | "mlp"), out_features, hidden_features
+    [model.embedding]  kind ("none" | "mlp" | "cnn" | "conv1d" | "gru" | "deepset") and the
+                       keyword arguments of its class (EMBEDDINGS)
     [train]            the shared knobs (surrogate.config.TrainConfig) and weight_decay,
                        validation_fraction, drop_invalid
     [validate]         num_samples, min_acceptance, c2st, pair_plots, coverage_observations,
                        coverage_samples
 
 Files written to ``[run] output_dir``: ``train/`` (checkpoints, ``log.csv``), ``posterior.pt``
-(the trained flow and its configuration, :func:`load_posterior`), ``report.json``,
-``pairs_obs<k>.png`` and ``coverage.png``. The files of the previous release (sections
-``[task]``, ``[flow]``, ``[embedding]``, ``[training]``, ``[sampling]``, ``[evaluation]``) still
-load, with a :class:`~surrogate.config.ConfigDeprecationWarning` per renamed key
-(:attr:`NPEConfig.RENAMED`).
+(:func:`load_posterior`: the trained flow with its standardisation statistics, the whole
+configuration with the ``[prior]`` table, the data shape and range), ``report.json``,
+``pairs_obs<k>.png`` and ``coverage.png``. The files of an earlier release (sections ``[task]``,
+``[flow]``, ``[embedding]``, ``[training]``, ``[sampling]``, ``[evaluation]``) still load, with a
+:class:`~surrogate.config.ConfigDeprecationWarning` per renamed key (:attr:`NPEConfig.RENAMED`).
+
+Example (a saved posterior):
+
+.. code-block:: python
+
+    posterior = load_posterior("runs/npe_two_moons")       # the run's output_dir
+    samples = posterior.sample((10_000,), x=x_o)           # (10000, D)
+    log_q = posterior.log_prob(samples, x=x_o)             # (10000,)
 
 References:
     Papamakarios & Murray (2016), arXiv:1605.06376; Greenberg, Nonnenmacher & Macke (2019),
@@ -31,31 +46,44 @@ References:
 
 from __future__ import annotations
 
+import math
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from surrogate.config import PipelineConfig, TrainConfig, build_section, setting
+from surrogate.config import build_section
+from surrogate.config_types import import_object
 from surrogate.models.npe import NeuralPosterior, build_npe_flow
 from surrogate.pipelines import Family
+from surrogate.pipelines import npe_sources as sources
+from surrogate.pipelines.npe_config import (
+    EMBEDDINGS,
+    NPEConfig,
+    NPEDataConfig,
+    NPEModelConfig,
+    NPESimulatorConfig,
+    NPETrainConfig,
+    NPEValidateConfig,
+    embedding_kwargs,
+)
 from surrogate.pipelines.npe_training import NPEResult, train_npe
 from surrogate.pipelines.npe_validate import coverage, evaluate
-from surrogate.simulators.sbi_tasks import ReferencePosterior, SBITask, get_task, load_reference, simulate_dataset
+from surrogate.simulators.sbi_tasks import ReferencePosterior, get_task
 from surrogate.train import distributed
 from surrogate.train.checkpoint import load_checkpoint, save_checkpoint
 from surrogate.train.loop import FitResult
 
 __all__ = [
+    "EMBEDDINGS",
     "FAMILY",
     "NPEConfig",
     "NPEDataConfig",
-    "NPEEmbeddingConfig",
     "NPEModelConfig",
+    "NPESimulatorConfig",
     "NPETrainConfig",
     "NPEValidateConfig",
     "build_embedding",
@@ -64,195 +92,79 @@ __all__ = [
     "load_posterior",
     "load_references",
     "run",
+    "sample",
     "simulate",
     "train",
     "train_posterior",
     "validate",
 ]
 
-
-# --------------------------------------------------------------------------------------------
-# The pipeline file
-
-
-@dataclass(frozen=True)
-class NPEDataConfig:
-    """``[data]``: the sbibm task, its simulations and the observations to validate on.
-
-    Attributes:
-        task: one of :data:`surrogate.simulators.sbi_tasks.TASK_NAMES` (``"two_moons"``,
-            ``"slcp"``, ``"gaussian_linear"``, ``"gaussian_mixture"``, ``"bernoulli_glm"``,
-            ``"sir"``).
-        num_simulations: ``(theta, x)`` pairs drawn from the prior and simulator (seed
-            ``[run] seed``), a validation share included.
-        observations: sbibm observation numbers (1 to 10) to sample and score by C2ST.
-        reference_root: folder holding ``<task>/num_observation_<k>/`` (relative to the
-            pipeline file); ``None``: the repository's ``datasets/sbibm``.
-    """
-
-    task: Literal["two_moons", "slcp", "gaussian_linear", "gaussian_mixture", "bernoulli_glm",
-                  "sir"] = "two_moons"
-    num_simulations: int = setting(10_000, ge=1)
-    observations: tuple[int, ...] = tuple(range(1, 11))
-    reference_root: Path | None = None
-
-    def __post_init__(self):
-        bad = [k for k in self.observations if not 1 <= k <= 10]
-        if bad:
-            raise ValueError(f"observations: sbibm numbers them 1 to 10, got {bad}")
-
-
-@dataclass(frozen=True)
-class NPEEmbeddingConfig:
-    """``[model.embedding]``: the summary network of ``x``.
-
-    Attributes:
-        kind: ``"none"`` (the flow sees the z-scored ``x``) or ``"mlp"``
-            (:class:`surrogate.nn.embeddings.MLPEmbedding`).
-        out_features: summary dimension (``"mlp"``).
-        hidden_features: hidden layer widths (``"mlp"``).
-    """
-
-    kind: Literal["none", "mlp"] = "none"
-    out_features: int = setting(32, ge=1)
-    hidden_features: tuple[int, ...] = (64, 64)
-
-
-@dataclass(frozen=True)
-class NPEModelConfig:
-    """``[model]``: the conditional flow ``q(theta | x)`` (:func:`surrogate.models.npe.build_npe_flow`).
-
-    Attributes:
-        kind: ``"nsf"`` (spline coupling with LU mixing), ``"maf_rqs"`` (spline
-            autoregressive) or ``"maf"`` (affine autoregressive).
-        hidden_features, num_transforms, num_blocks, num_bins, tail_bound, linear, activation,
-            dropout_probability: arguments of :func:`surrogate.models.flows.build_flow`
-            (``tail_bound`` in z-scored units; ``linear`` ``None``: the kind's default).
-        z_score_theta: z-score ``theta`` with the training simulations' statistics.
-        z_score_x: ``"independent"``, ``"structured"``, ``"gaussianize"`` or ``"none"``.
-        embedding: the ``[model.embedding]`` sub-table.
-    """
-
-    kind: Literal["nsf", "maf", "maf_rqs"] = "nsf"
-    hidden_features: int = setting(64, ge=1)
-    num_transforms: int = setting(5, ge=1)
-    num_blocks: int = setting(2, ge=1)
-    num_bins: int = setting(10, ge=1)
-    tail_bound: float = setting(3.0, gt=0)
-    linear: Literal["lu", "random", "reverse", "none"] | None = None
-    activation: Literal["relu", "tanh", "elu", "gelu", "silu"] = "relu"
-    dropout_probability: float = setting(0.0, ge=0, le=1)
-    z_score_theta: bool = True
-    z_score_x: Literal["independent", "structured", "gaussianize", "none"] = "independent"
-    embedding: NPEEmbeddingConfig = field(default_factory=NPEEmbeddingConfig)
-
-
-@dataclass(frozen=True)
-class NPETrainConfig(TrainConfig):
-    """``[train]``: the shared knobs (:class:`surrogate.config.TrainConfig`, with NPE's defaults:
-    AdamW, 256 simulations per step, at most 150 epochs with cosine decay, early stopping after
-    30 epochs without a better validation loss, clipping at 5) and NPE's own.
-
-    Attributes:
-        weight_decay: AdamW weight decay.
-        validation_fraction: share of the simulations held out for early stopping, in (0, 1).
-        drop_invalid: drop (and count) simulations with NaN/inf; ``false`` refuses them.
-    """
-
-    batch_size: int = setting(256, ge=1)
-    max_steps: int | None = setting(None, ge=1)
-    max_epochs: int | None = setting(150, ge=1)
-    lr_schedule: Literal["constant", "cosine"] = "cosine"
-    patience: int | None = setting(30, ge=1)
-    max_grad_norm: float | None = setting(5.0, gt=0)
-    weight_decay: float = setting(0.0, ge=0)
-    validation_fraction: float = setting(0.1, gt=0)
-    drop_invalid: bool = True
-
-    def __post_init__(self):
-        super().__post_init__()
-        if not self.validation_fraction < 1:
-            raise ValueError(f"validation_fraction must be < 1, got {self.validation_fraction}")
-
-
-@dataclass(frozen=True)
-class NPEValidateConfig:
-    """``[validate]``: sampling and the checks against the reference posteriors.
-
-    Attributes:
-        num_samples: posterior samples per observation, also the C2ST sample size (sbibm: 10000).
-        min_acceptance: :class:`~surrogate.models.npe.LowAcceptanceError` below this fraction of
-            proposals inside the prior's support.
-        c2st: score each observation's samples against the reference ones (0.5 is perfect).
-        pair_plots: write ``pairs_obs<k>.png``.
-        coverage_observations: fresh simulations for expected coverage and SBC (0: none).
-        coverage_samples: posterior samples per coverage simulation.
-    """
-
-    num_samples: int = setting(10_000, ge=1)
-    min_acceptance: float = setting(1e-3, gt=0, le=1)
-    c2st: bool = True
-    pair_plots: bool = True
-    coverage_observations: int = setting(200, ge=0)
-    coverage_samples: int = setting(1000, ge=1)
-
-
-@dataclass(frozen=True)
-class NPEConfig(PipelineConfig):
-    """A whole NPE pipeline file (see the module documentation)."""
-
-    data: NPEDataConfig = field(default_factory=NPEDataConfig)
-    model: NPEModelConfig = field(default_factory=NPEModelConfig)
-    train: NPETrainConfig = field(default_factory=NPETrainConfig)
-    validate: NPEValidateConfig = field(default_factory=NPEValidateConfig)
-
-    RENAMED = {
-        "task.name": "data.task",
-        "task": "data",
-        "training.z_score_theta": "model.z_score_theta",
-        "training.z_score_x": "model.z_score_x",
-        "flow": "model",
-        "embedding": "model.embedding",
-        "training": "train",
-        "sampling": "validate",
-        "evaluation": "validate",
-    }
-
-
 # --------------------------------------------------------------------------------------------
 # Stages
 
 
 def simulate(cfg: NPEConfig) -> tuple[Tensor, Tensor]:
-    """``[data] num_simulations`` pairs ``(theta (N, D), x (N, x_dim))`` of the task, seeded by
-    ``[run] seed`` (the same on every rank; torch's global generator is untouched)."""
-    return simulate_dataset(cfg.data.task, cfg.data.num_simulations, seed=cfg.run.seed)
+    """The training pairs ``(theta (N, D), x (N, *x_shape))`` of the pipeline's source
+    (:func:`surrogate.pipelines.npe_sources.training_pairs`), seeded by ``[run] seed`` (the same on
+    every rank; torch's global generator is untouched); failed simulations are NaN rows."""
+    return sources.training_pairs(cfg)
 
 
-def load_references(cfg: NPEConfig) -> list[ReferencePosterior]:
-    """The sbibm reference posteriors of ``[data] observations``.
+def load_references(cfg: NPEConfig) -> list[ReferencePosterior] | None:
+    """The reference posteriors of ``[data] observations`` (``None``: the simulator or file has
+    none), :func:`surrogate.pipelines.npe_sources.references`.
 
     Raises:
         FileNotFoundError: a reference file is missing (naming it).
     """
-    return [load_reference(cfg.data.task, k, root=cfg.data.reference_root) for k in cfg.data.observations]
+    return sources.references(cfg)
 
 
-def build_embedding(embedding: NPEEmbeddingConfig, x_dim: int) -> nn.Module | None:
-    """The ``[model.embedding]`` network for observations of ``x_dim`` features (``None``: none)."""
-    from surrogate.nn.embeddings import MLPEmbedding
+def _reshaped(net: nn.Module, *layers: nn.Module) -> nn.Module:
+    """``net`` after ``layers`` (reshapes), keeping its ``out_features``."""
+    if not layers:
+        return net
+    wrapped = nn.Sequential(*layers, net)
+    wrapped.out_features = net.out_features
+    return wrapped
 
-    if embedding.kind == "none":
+
+def build_embedding(embedding: Mapping[str, Any], x_shape: Sequence[int]) -> nn.Module | None:
+    """The ``[model.embedding]`` network for observations of shape ``x_shape`` (``None``: none),
+    with the shape arguments of its class (:data:`EMBEDDINGS`) filled in.
+
+    Raises:
+        ValueError: an invalid table, or data whose shape the kind does not take (naming both).
+    """
+    kind, kwargs = embedding_kwargs(embedding)
+    if kind == "none":
         return None
-    return MLPEmbedding(x_dim, embedding.out_features, hidden_features=embedding.hidden_features)
+    x_shape = tuple(int(s) for s in x_shape)
+    cls = import_object(EMBEDDINGS[kind][0])
+    rank = len(x_shape)
+    expected = {"cnn": "images (H, W) or (C, H, W)", "conv1d": "time series (L,) or (C, L)",
+                "gru": "time series (L,) or (C, L)", "deepset": "trials (n,) or (n, F)"}
+    if kind == "mlp":
+        net = cls(int(np.prod(x_shape)), **kwargs)
+        return _reshaped(net, nn.Flatten(1)) if rank > 1 else net
+    if kind == "cnn" and rank in (2, 3):
+        net = cls(x_shape[0] if rank == 3 else 1, (x_shape[-2], x_shape[-1]), **kwargs)
+        return _reshaped(net, nn.Flatten(1)) if rank == 2 else net
+    if kind in ("conv1d", "gru") and rank in (1, 2):
+        return cls(*((1, *x_shape) if rank == 1 else x_shape), **kwargs)  # (B, L) is the flattened (B, 1*L)
+    if kind == "deepset" and rank in (1, 2):
+        net = cls(1 if rank == 1 else x_shape[1], **kwargs)
+        return _reshaped(net, nn.Unflatten(1, (x_shape[0], 1))) if rank == 1 else net
+    raise ValueError(f"[model.embedding] kind = {kind!r} takes {expected[kind]} per simulation, but the data have "
+                     f"shape {x_shape}")
 
 
-def _flow_arguments(model: NPEModelConfig, task: SBITask, seed: int) -> dict[str, Any]:
+def _flow_arguments(model: NPEModelConfig, x_shape: Sequence[int], seed: int) -> dict[str, Any]:
     """The model's keyword arguments of :func:`~surrogate.pipelines.npe_training.train_npe`
     (``kind``, ``embedding_net``, z-scoring, ``flow_kwargs``); the embedding is initialised from ``seed``."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)  # the embedding's initial weights follow the seed
-        embedding_net = build_embedding(model.embedding, task.x_dim)
+        embedding_net = build_embedding(model.embedding, x_shape)
     return {"kind": model.kind, "embedding_net": embedding_net,
             "z_score_theta": model.z_score_theta, "z_score_x": model.z_score_x,
             "flow_kwargs": {"hidden_features": model.hidden_features, "num_transforms": model.num_transforms,
@@ -266,23 +178,45 @@ def _training_settings(config: Mapping[str, Any]) -> dict[str, Any]:
     checkpoint of something else gives entries that match no pipeline file)."""
     data, run, train = (config.get(section) or {} for section in ("data", "run", "train"))
     skip = ("checkpoint_every", "log_every", "num_workers")
-    return {"task": data.get("task"), "num_simulations": data.get("num_simulations"), "seed": run.get("seed"),
+    return {"task": data.get("task"), "file": data.get("file"), "num_simulations": data.get("num_simulations"),
+            "simulator": config.get("simulator"), "prior": config.get("prior"), "seed": run.get("seed"),
             "model": config.get("model"), "train": {k: v for k, v in train.items() if k not in skip}}
+
+
+def _stored_shapes(config: Mapping[str, Any], path: Path) -> tuple[int, tuple[int, ...]]:
+    """``(theta_dim, x_shape)`` recorded with the weights (a task's, for files of older releases)."""
+    shapes = config.get("shapes")
+    if shapes:
+        return int(shapes["theta_dim"]), tuple(int(s) for s in shapes["x_shape"])
+    task = (config.get("data") or {}).get("task")
+    if task is None:
+        raise ValueError(f"{path} records no data shape (config 'shapes'); load the run's posterior.pt")
+    spec = get_task(task)
+    return spec.theta_dim, (spec.x_dim,)
 
 
 def load_posterior(path: str | os.PathLike, *, min_acceptance: float | None = None,
                    device: str | torch.device = "cpu") -> NeuralPosterior:
-    """Rebuilds a trained posterior from ``posterior.pt`` (or a training checkpoint).
+    """Rebuilds a trained posterior from ``posterior.pt`` (or a training checkpoint) alone: the
+    flow from the stored ``[model]`` table, data shape and weights (z-scoring statistics
+    included), the prior from the stored task or ``[prior]`` table. The simulator and the
+    training data are not needed.
 
     Arguments:
-        path: a ``posterior.pt`` or checkpoint file, or a run's ``output_dir``.
+        path: a run's ``output_dir`` (its ``posterior.pt``), a ``posterior.pt`` or a checkpoint file.
         min_acceptance: for rejection against the prior (default: the stored ``[validate]``
             value).
         device: where the flow goes.
 
+    Returns:
+        A :class:`~surrogate.models.npe.NeuralPosterior`: ``sample((n,), x=x_o)``,
+        ``log_prob(theta, x=x_o)``; ``x_o`` of another shape than the training data's is refused
+        with a ``ValueError`` naming both shapes.
+
     Raises:
         FileNotFoundError: no such file.
-        ValueError: the file is not a checkpoint of an NPE run.
+        ValueError: the file is not a checkpoint of an NPE run, or its weights do not fit the
+            flow its configuration describes.
     """
     path = Path(path)
     path = path / "posterior.pt" if path.is_dir() else path
@@ -291,19 +225,28 @@ def load_posterior(path: str | os.PathLike, *, min_acceptance: float | None = No
     if "model" not in ckpt["modules"] or config.get("run", {}).get("pipeline") != "npe":
         raise ValueError(f"{path} is not a checkpoint of an NPE pipeline run")
     model = build_section(NPEModelConfig, config["model"], f"{path} config [model]")
-    task = get_task(config["data"]["task"])
-    theta, x = simulate_dataset(task, 64, seed=0)  # shapes only: the stored buffers replace the statistics
+    theta_dim, x_shape = _stored_shapes(config, path)
+    prior = sources.stored_prior(config, where=f"{path} config [prior]")
+    if tuple(prior.event_shape) != (theta_dim,):
+        raise ValueError(f"{path}: the stored prior has event shape {tuple(prior.event_shape)}, the flow "
+                         f"{theta_dim} parameters")
     seed = int(config["run"]["seed"])
     with torch.random.fork_rng(devices=[]):
-        arguments = _flow_arguments(model, task, seed)
-        flow = build_npe_flow(theta, x, **{k: v for k, v in arguments.items() if k != "flow_kwargs"},
+        arguments = _flow_arguments(model, x_shape, seed)
+        # shapes only: the stored buffers replace these statistics
+        flow = build_npe_flow(torch.zeros(2, theta_dim), torch.zeros(2, *x_shape),
+                              **{k: v for k, v in arguments.items() if k != "flow_kwargs"},
                               **arguments["flow_kwargs"], seed=seed)
-    flow.load_state_dict(ckpt["modules"]["model"])
+    try:
+        flow.load_state_dict(ckpt["modules"]["model"])
+    except RuntimeError as exc:
+        detail = str(exc).strip().splitlines()
+        raise ValueError(f"{path}: the stored weights do not fit a flow for {theta_dim} parameters and data of shape "
+                         f"{x_shape} ({detail[1].strip() if len(detail) > 1 else detail[0]})") from exc
     minimum = min_acceptance if min_acceptance is not None else config["validate"]["min_acceptance"]
     extra = ckpt.get("extra") or {}
     x_range = (torch.tensor(extra["x_min"]), torch.tensor(extra["x_max"])) if "x_min" in extra else None
-    return NeuralPosterior(flow.to(device).eval(), task.prior, (task.x_dim,), min_acceptance=minimum,
-                           x_range=x_range)
+    return NeuralPosterior(flow.to(device).eval(), prior, x_shape, min_acceptance=minimum, x_range=x_range)
 
 
 def _trained(cfg: NPEConfig) -> NPEResult | None:
@@ -326,22 +269,23 @@ def _trained(cfg: NPEConfig) -> NPEResult | None:
 
 
 def train_posterior(cfg: NPEConfig, *, resume: bool | str = True, progress: bool = True) -> NPEResult:
-    """Simulates and trains the posterior of ``cfg`` (:func:`~surrogate.pipelines.npe_training.train_npe`),
-    writing checkpoints and ``log.csv`` to ``output_dir/train`` and the trained flow to
-    ``output_dir/posterior.pt``.
+    """Simulates (or reads) the training pairs and trains the posterior of ``cfg``
+    (:func:`~surrogate.pipelines.npe_training.train_npe`), writing checkpoints and ``log.csv`` to
+    ``output_dir/train`` and the posterior to ``output_dir/posterior.pt`` (:func:`load_posterior`).
 
-    With ``resume``, a ``posterior.pt`` trained with the same ``[data]`` task and size,
-    ``[model]``, ``[train]`` and seed is loaded instead of training again, and an interrupted
-    run continues from its last checkpoint (:func:`surrogate.train.fit`: a change of settings
-    that alters training is refused unless ``resume="anyway"``). Under several ranks every rank simulates the same data
-    and trains its share of each batch; rank 0 writes ``posterior.pt`` while the others wait.
+    With ``resume``, a ``posterior.pt`` trained with the same source (task, simulator, file,
+    prior, number of simulations), ``[model]``, ``[train]`` and seed is loaded instead of
+    training again, and an interrupted run continues from its last checkpoint
+    (:func:`surrogate.train.fit`: a change of settings that alters training is refused unless
+    ``resume="anyway"``). Under several ranks every rank simulates the same data and trains its
+    share of each batch; rank 0 writes ``posterior.pt`` while the others wait.
 
     Returns:
         An :class:`~surrogate.pipelines.npe_training.NPEResult`.
 
     Raises:
         ValueError: simulations or settings that :func:`~surrogate.pipelines.npe_training.train_npe`
-            refuses.
+            refuses; a simulator or file that does not fit the configuration.
         surrogate.train.loop.TrainingInterrupted: a stop signal arrived (a checkpoint was written;
             call again to resume).
     """
@@ -352,16 +296,19 @@ def train_posterior(cfg: NPEConfig, *, resume: bool | str = True, progress: bool
                   "(surrogate train --no-resume retrains)")
         return found
     theta, x = simulate(cfg)
-    task, m, t = get_task(cfg.data.task), cfg.model, cfg.train
+    x_shape = tuple(int(s) for s in x.shape[1:])
+    prior = sources.stored_prior(cfg.to_dict())
+    config = {**cfg.to_dict(), "shapes": {"theta_dim": int(theta.shape[1]), "x_shape": list(x_shape)}}
+    m, t = cfg.model, cfg.train
     result = train_npe(
-        theta, x, prior=task.prior, **_flow_arguments(m, task, cfg.run.seed), batch_size=t.batch_size,
+        theta, x, prior=prior, **_flow_arguments(m, x_shape, cfg.run.seed), batch_size=t.batch_size,
         learning_rate=t.learning_rate, weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm,
         validation_fraction=t.validation_fraction, patience=t.patience, max_epochs=t.max_epochs,
         max_steps=t.max_steps, lr_schedule=t.lr_schedule, warmup_steps=t.warmup_steps,
         final_lr_fraction=t.final_lr_fraction, drop_invalid=t.drop_invalid,
         min_acceptance=cfg.validate.min_acceptance, seed=cfg.run.seed, out_dir=cfg.run.output_dir / "train",
         resume=resume, checkpoint_every=t.checkpoint_every, log_every=t.log_every, num_workers=t.num_workers,
-        config=cfg.to_dict(), progress=progress, device=cfg.run.device,
+        config=config, progress=progress, device=cfg.run.device,
     )
     # the data range of the simulations (failed ones aside): observations far outside it warn
     finite = x[torch.isfinite(x).reshape(len(x), -1).all(1)]
@@ -369,7 +316,7 @@ def train_posterior(cfg: NPEConfig, *, resume: bool | str = True, progress: bool
     with distributed.main_rank_first():
         if main:
             save_checkpoint(cfg.run.output_dir / "posterior.pt", modules={"model": result.posterior.flow},
-                            config=cfg.to_dict(), step=result.fit.steps,
+                            config=config, step=result.fit.steps,
                             extra={**_summary(result), "x_min": result.posterior.x_range[0].flatten().tolist(),
                                    "x_max": result.posterior.x_range[1].flatten().tolist()})
     return result
@@ -389,11 +336,51 @@ def train(cfg: NPEConfig, *, resume: bool | str = True, progress: bool = True) -
     return train_posterior(cfg, resume=resume, progress=progress).fit
 
 
+def sample(run_dir: str | os.PathLike, observation: str | os.PathLike, out: str | os.PathLike, *,
+           n: int = 10_000, seed: int = 0, device: str = "cpu") -> Path:
+    """``surrogate sample RUN_DIR --x obs.csv --n N --out samples.csv``: ``n`` posterior samples of
+    one observation, written as a CSV in sbibm's format (header ``parameter_1,...``), atomically.
+
+    Arguments:
+        run_dir: a run's ``output_dir`` or its ``posterior.pt`` (:func:`load_posterior`).
+        observation: a CSV with a header row and one data row (sbibm's ``observation.csv``:
+            ``data_1,data_2,...``), the data flattened in C order.
+        out: the CSV to write.
+        n: samples (rejection against the prior's support).
+        seed: seeds the sampling (torch's global generator is restored afterwards).
+        device: where the flow runs.
+
+    Returns:
+        The path written.
+
+    Raises:
+        ValueError: not one data row, or a number of values that does not match the training
+            data's shape (naming the file and both sizes).
+        LowAcceptanceError: the posterior puts almost no mass inside the prior's support.
+    """
+    from surrogate.data.sbibm_csv import read_csv, write_csv
+
+    posterior = load_posterior(run_dir, device=device)
+    values = read_csv(observation)
+    size = math.prod(posterior.x_shape)
+    if values.shape[0] != 1:
+        raise ValueError(f"{observation}: {values.shape[0]} data rows; give one observation (one row below the header)")
+    if values.shape[1] != size:
+        raise ValueError(f"{observation}: {values.shape[1]} values, but the posterior in {run_dir} was trained on "
+                         f"data of shape {posterior.x_shape} ({size} values, columns data_1 to data_{size})")
+    x_o = torch.from_numpy(values[0]).reshape(posterior.x_shape)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        samples = posterior.sample((n,), x=x_o)
+    return write_csv(out, samples, prefix="parameter")
+
+
 def validate(cfg: NPEConfig, posterior: NeuralPosterior,
              references: Sequence[ReferencePosterior] | None = None) -> dict[str, Any]:
-    """Samples and scores every ``[data] observations`` (:func:`evaluate`) and the calibration
-    (:func:`coverage`), writing the PNGs to ``output_dir``; seeded by ``[run] seed`` (torch's
-    global generator is restored afterwards).
+    """Samples and scores every ``[data] observations`` against its reference posterior
+    (:func:`evaluate`) and measures the calibration on held-out simulations (:func:`coverage`),
+    writing the PNGs to ``output_dir``; seeded by ``[run] seed`` (torch's global generator is
+    restored afterwards). Without reference posteriors C2ST is skipped, coverage still computed.
 
     Arguments:
         cfg: the pipeline configuration.
@@ -401,8 +388,8 @@ def validate(cfg: NPEConfig, posterior: NeuralPosterior,
         references: the reference posteriors (default: :func:`load_references`).
 
     Returns:
-        ``{"c2st_mean", "observations": [per observation], "coverage": dict or None,
-        "files": [PNG names]}``.
+        ``{"c2st_mean", "c2st_skipped" (why, or None), "observations": [per observation],
+        "coverage": dict or None, "coverage_dropped", "files": [PNG names]}``.
 
     Raises:
         FileNotFoundError: reference files missing.
@@ -410,39 +397,47 @@ def validate(cfg: NPEConfig, posterior: NeuralPosterior,
     """
     out, v, seed = cfg.run.output_dir, cfg.validate, cfg.run.seed
     references = load_references(cfg) if references is None else references
+    labels = sources.parameter_labels(cfg)
     out.mkdir(parents=True, exist_ok=True)
-    entries, files, calibration = [], [], None
+    entries, files, calibration, dropped = [], [], None, 0
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed + 2)
-        for ref in references:
+        for ref in references or []:
             name = f"pairs_obs{ref.num_observation}.png" if v.pair_plots else None
             entries.append(evaluate(posterior, ref, num_samples=v.num_samples, c2st=v.c2st,
-                                    pair_plot=name and out / name))
+                                    pair_plot=name and out / name, labels=labels))
             files += [name] if name else []
         if v.coverage_observations > 0:
-            calibration = coverage(posterior, cfg.data.task, num_observations=v.coverage_observations,
-                                   num_samples=v.coverage_samples, seed=seed + 3, plot=out / "coverage.png").to_dict()
+            theta, x, dropped = sources.held_out_pairs(cfg, v.coverage_observations)
+            calibration = coverage(posterior, theta, x, num_samples=v.coverage_samples, plot=out / "coverage.png",
+                                   labels=labels, title=f"{sources.describe(cfg)['name']}: calibration").to_dict()
             files.append("coverage.png")
+    skipped = None
+    if not references:
+        skipped = "no reference posterior ([data] references is not set)"
+    elif not v.c2st:
+        skipped = "[validate] c2st = false"
     c2sts = [e["c2st"] for e in entries if "c2st" in e]
-    return {"c2st_mean": float(np.mean(c2sts)) if c2sts else None, "observations": entries,
-            "coverage": calibration, "files": files}
+    return {"c2st_mean": float(np.mean(c2sts)) if c2sts else None, "c2st_skipped": skipped, "observations": entries,
+            "coverage": calibration, "coverage_dropped": dropped, "files": files}
 
 
 def run(cfg: NPEConfig, *, resume: bool | str = True, progress: bool = True) -> Path:
-    """``surrogate run FILE``: simulate -> train -> validate -> ``report.json``.
+    """``surrogate run FILE``: simulate -> train -> save -> validate -> ``report.json``.
 
     Training resumes an interrupted run and reuses a finished one with the same settings
     (:func:`train_posterior`). The reference files are read first, so a missing one fails
-    before training. Under several
-    ranks all ranks train and rank 0 alone validates and writes the report while the others wait.
+    before training; a simulator or file without references runs with C2ST skipped (the report
+    says so). Under several ranks all ranks train and rank 0 alone validates and writes the report
+    while the others wait.
 
     Returns:
-        The path of ``output_dir/report.json``: task, simulations kept and dropped, training
-        summary, mean C2ST, per-observation acceptance rates and C2ST, coverage, checkpoint,
-        files and the configuration.
+        The path of ``output_dir/report.json``: source, simulations kept and dropped, training
+        summary, mean C2ST (or why it was skipped), per-observation acceptance rates and C2ST,
+        coverage, checkpoint, files and the configuration.
 
     Raises:
-        FileNotFoundError: the sbibm reference files are missing.
+        FileNotFoundError: reference files are missing.
         LowAcceptanceError: the posterior puts almost no mass inside the prior's support.
     """
     from surrogate.metrics.report import write_report
@@ -455,11 +450,14 @@ def run(cfg: NPEConfig, *, resume: bool | str = True, progress: bool = True) -> 
             summary = _summary(result)
             checkpoint = summary.pop("checkpoint")
             checks = validate(cfg, result.posterior, references)
+            if checks["c2st_skipped"]:
+                print(f"[validate] C2ST skipped: {checks['c2st_skipped']}")
             files = checks.pop("files")
-            report = {"task": cfg.data.task, "num_simulations": cfg.data.num_simulations, **summary, **checks,
-                      "checkpoint": checkpoint, "files": files, "config": cfg.to_dict()}
+            report = {"task": cfg.data.task, "source": sources.describe(cfg),
+                      "num_simulations": summary["num_train"] + summary["num_validation"] + summary["num_dropped"],
+                      **summary, **checks, "checkpoint": checkpoint, "files": files, "config": cfg.to_dict()}
             write_report(path, report)
     return path
 
 
-FAMILY = Family(name="npe", config=NPEConfig, train=train, run=run, generate=None)
+FAMILY = Family(name="npe", config=NPEConfig, train=train, run=run, generate=None, sample=sample)

@@ -1,5 +1,5 @@
 """Validation pieces of the NPE family, with explicit arguments: one sbibm observation scored
-against its reference posterior (:func:`evaluate`) and calibration over fresh simulations
+against its reference posterior (:func:`evaluate`) and calibration over held-out simulations
 (:func:`coverage`). :func:`surrogate.pipelines.npe.validate` runs them for a pipeline file.
 
 References:
@@ -12,8 +12,10 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any, Sequence
 
+from torch import Tensor
+
 from surrogate.models.npe import NeuralPosterior
-from surrogate.simulators.sbi_tasks import ReferencePosterior, simulate_dataset
+from surrogate.simulators.sbi_tasks import ReferencePosterior
 
 if TYPE_CHECKING:
     from surrogate.metrics.coverage import CoverageResult
@@ -57,29 +59,33 @@ def evaluate(posterior: NeuralPosterior, reference: ReferencePosterior, *, num_s
     return entry
 
 
-def coverage(posterior: NeuralPosterior, task: str, *, num_observations: int, num_samples: int, seed: int,
-             plot: str | os.PathLike | None = None) -> CoverageResult:
-    """Expected HPD coverage and SBC over ``num_observations`` fresh simulations of ``task``
+def coverage(posterior: NeuralPosterior, theta: Tensor, x: Tensor, *, num_samples: int,
+             plot: str | os.PathLike | None = None, labels: Sequence[str] | None = None,
+             title: str | None = None) -> CoverageResult:
+    """Expected HPD coverage and SBC over held-out simulations ``(theta, x)``
     (:func:`surrogate.metrics.coverage.expected_coverage`); posterior samples come from torch's
     global generator.
 
     Arguments:
         posterior: the trained posterior.
-        task: the sbibm task name.
-        num_observations: simulations ``(theta, x)`` drawn with ``seed``.
+        theta: true parameters ``(N, D)``, drawn from the prior, not trained on.
+        x: their simulations ``(N, *x_shape)``.
         num_samples: posterior samples per simulation.
-        seed: seed of the simulations.
         plot: if given, a PNG of coverage against credibility level.
+        labels: parameter names for the plot (default ``theta_1 ...``).
+        title: title of the plot.
 
     Returns:
         A :class:`surrogate.metrics.coverage.CoverageResult`.
+
+    Raises:
+        ValueError: see :func:`~surrogate.metrics.coverage.expected_coverage`.
     """
     from surrogate.metrics.coverage import expected_coverage
     from surrogate.metrics.posterior_plots import plot_coverage
 
-    theta, x = simulate_dataset(task, num_observations, seed=seed)
     result = expected_coverage(posterior, theta, x, num_samples=num_samples)
     if plot is not None:
-        labels = [f"theta_{i + 1}" for i in range(theta.shape[1])]
-        plot_coverage(result, plot, labels=labels, title=f"{task}: calibration")
+        labels = list(labels or [f"theta_{i + 1}" for i in range(theta.shape[1])])
+        plot_coverage(result, plot, labels=labels, title=title)
     return result

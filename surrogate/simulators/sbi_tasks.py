@@ -20,7 +20,6 @@ Example:
 
 from __future__ import annotations
 
-import bz2
 import functools
 import math
 import os
@@ -35,6 +34,7 @@ from torch import Tensor
 from torch.distributions import Distribution, Independent, LogNormal, MultivariateNormal, Uniform
 
 from surrogate.checks import check_float, check_int
+from surrogate.data.sbibm_csv import read_csv as _read_csv
 
 __all__ = [
     "ReferencePosterior",
@@ -530,12 +530,6 @@ def default_sbibm_root() -> Path:
     """``<repository>/datasets/sbibm``, the copy of the sbibm reference files that ships with the
     repository (card in ``datasets/README.md``)."""
     return (Path(__file__).resolve().parents[2] / "datasets" / "sbibm").resolve()
-
-
-def _read_csv(path: Path) -> np.ndarray:
-    opener = bz2.open if path.suffix == ".bz2" else open
-    with opener(path, "rt") as f:
-        return np.loadtxt(f, delimiter=",", skiprows=1, ndmin=2, dtype=np.float32)
 
 
 def _task_folder(task: str | os.PathLike, root: str | Path | None) -> tuple[str, Path]:

@@ -7,6 +7,9 @@ import torch
 
 from surrogate.nn.embeddings import (
     CNNEmbedding,
+    Conv1DEmbedding,
+    DeepSetEmbedding,
+    GRUEmbedding,
     MarginalGaussianize,
     MLPEmbedding,
     Standardize,
@@ -44,6 +47,11 @@ def test_zscore_statistics_structured_and_errors():
         (lambda: MLPEmbedding(10, 4, hidden_features=(8, 8)), torch.randn(5, 10)),
         (lambda: CNNEmbedding(2, (12, 16), 4, channels=(4, 8)), torch.randn(5, 2, 12, 16)),
         (lambda: CNNEmbedding(2, (12, 16), 4, channels=(4, 8)), torch.randn(5, 2 * 12 * 16)),
+        (lambda: Conv1DEmbedding(3, 20, 4, channels=(4, 8), kernel_size=3), torch.randn(5, 3, 20)),
+        (lambda: Conv1DEmbedding(1, 20, 4, channels=(4,)), torch.randn(5, 20)),
+        (lambda: GRUEmbedding(3, 15, 4, hidden_size=8, num_layers=2), torch.randn(5, 3, 15)),
+        (lambda: GRUEmbedding(3, 15, 4, hidden_size=8), torch.randn(5, 45)),
+        (lambda: DeepSetEmbedding(2, 4, hidden_features=(8, 6)), torch.randn(5, 11, 2)),
     ],
 )
 def test_embeddings_shapes_gradients_roundtrip(make, x, seed, tmp_path):
@@ -58,6 +66,25 @@ def test_embeddings_shapes_gradients_roundtrip(make, x, seed, tmp_path):
     assert torch.allclose(clone(x), out)
 
 
+def test_time_series_and_trial_embeddings_shapes_and_invariances(seed):
+    """Batch dimensions pass through; the flattened series is the same series; a deep set does
+    not depend on the order of the trials and takes any number of them; a GRU does depend on
+    the order of the time steps."""
+    series = torch.randn(2, 3, 2, 16)  # (*, C, L) with two batch dimensions
+    for net in (Conv1DEmbedding(2, 16, 5, channels=(4,)), GRUEmbedding(2, 16, 5, hidden_size=6)):
+        out = net(series)
+        assert out.shape == (2, 3, 5)
+        assert torch.allclose(net(series.reshape(2, 3, 32)), out)
+    gru = GRUEmbedding(1, 16, 5, hidden_size=6)
+    assert not torch.allclose(gru(series[0, :, :1]), gru(series[0, :, :1].flip(-1)))
+    deepset = DeepSetEmbedding(3, 4, hidden_features=(8,))
+    trials = torch.randn(6, 9, 3)
+    assert torch.allclose(deepset(trials), deepset(trials[:, torch.randperm(9)]), atol=1e-6)
+    assert deepset(trials[:, :2]).shape == (6, 4) and deepset(torch.randn(2, 6, 9, 3)).shape == (2, 6, 4)
+    # repeating every trial leaves the mean-pooled summary unchanged
+    assert torch.allclose(deepset(trials.repeat(1, 2, 1)), deepset(trials), atol=1e-6)
+
+
 def test_embedding_errors():
     with pytest.raises(ValueError, match=r"\(\*, 10\)"):
         MLPEmbedding(10, 4)(torch.randn(5, 9))
@@ -65,6 +92,16 @@ def test_embedding_errors():
         CNNEmbedding(1, (3, 3), 4, channels=(4, 8))
     with pytest.raises(ValueError, match=r"\(\*, 1, 8, 8\)"):
         CNNEmbedding(1, (8, 8), 4)(torch.randn(5, 1, 8, 9))
+    with pytest.raises(ValueError, match="too short for 2 pooling blocks"):
+        Conv1DEmbedding(1, 3, 4, channels=(4, 8))
+    with pytest.raises(ValueError, match="kernel_size must be odd"):
+        Conv1DEmbedding(1, 8, 4, kernel_size=4)
+    with pytest.raises(ValueError, match=r"GRUEmbedding: expected x of shape \(\*, 2, 10\) or \(\*, 20\)"):
+        GRUEmbedding(2, 10, 4)(torch.randn(5, 10, 2))
+    with pytest.raises(ValueError, match=r"expected x of shape \(\*, n, 3\)"):
+        DeepSetEmbedding(3, 4)(torch.randn(5, 4))
+    with pytest.raises(ValueError, match="at least one width"):
+        DeepSetEmbedding(3, 4, hidden_features=())
 
 
 def test_marginal_gaussianize(seed):

@@ -5,6 +5,7 @@ keys) and the pipeline run through ``load_pipeline`` and ``FAMILY``."""
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import math
 import os
@@ -29,7 +30,14 @@ from surrogate.pipelines.npe import (
     load_posterior,
     train,
 )
-from surrogate.pipelines.npe_training import check_simulations, epoch_batches, train_npe
+from surrogate.pipelines.npe_sources import DEFAULT_NUM_SIMULATIONS
+from surrogate.pipelines.npe_training import (
+    FLOW_DEFAULT_KEYS,
+    NPE_DEFAULTS,
+    check_simulations,
+    epoch_batches,
+    train_npe,
+)
 from surrogate.simulators.sbi_tasks import TASK_NAMES, gaussian_linear_posterior, get_task, simulate_dataset
 
 REPO = Path(__file__).resolve().parents[2]
@@ -165,11 +173,30 @@ def test_pipeline_files_load_without_warnings(path):
 
 
 def test_two_moons_file_states_the_defaults():
-    """The file restates the schema's defaults, so a key left out does not change the numbers."""
+    """The file restates the schema's defaults, so a key left out does not change the numbers
+    (its task and the number of simulations a task gets by default are stated too)."""
     cfg = load_pipeline(REPO / "pipelines" / "npe_two_moons.toml")
     assert (cfg.data, cfg.model, cfg.train, cfg.validate) == (
-        NPEDataConfig(), NPEModelConfig(), NPETrainConfig(), NPEValidateConfig())
-    assert typing.get_args(typing.get_type_hints(NPEDataConfig)["task"]) == TASK_NAMES
+        NPEDataConfig(task="two_moons", num_simulations=DEFAULT_NUM_SIMULATIONS), NPEModelConfig(),
+        NPETrainConfig(), NPEValidateConfig())
+    task_type = typing.get_type_hints(NPEDataConfig)["task"]
+    assert typing.get_args(typing.get_args(task_type)[0]) == TASK_NAMES
+
+
+def test_one_set_of_defaults_for_train_npe_and_pipeline_files():
+    """train_npe's keyword defaults, the flow arguments it fills in and the pipeline schema's
+    defaults are all NPE_DEFAULTS."""
+    params = inspect.signature(train_npe).parameters
+    model, train_cfg, validate_cfg = NPEModelConfig(), NPETrainConfig(), NPEValidateConfig()
+    for key, value in NPE_DEFAULTS.items():
+        if key in FLOW_DEFAULT_KEYS:
+            assert key not in params and getattr(model, key) == value, key
+        else:
+            assert params[key].default == value, key
+            holder = next(c for c in (model, train_cfg, validate_cfg) if hasattr(c, key))
+            assert getattr(holder, key) == value, key
+    assert (NPE_DEFAULTS["hidden_features"], NPE_DEFAULTS["lr_schedule"], NPE_DEFAULTS["max_epochs"],
+            NPE_DEFAULTS["patience"]) == (64, "cosine", 150, 30)  # the measured pipeline settings
 
 
 OLD_FILE = """
@@ -211,7 +238,7 @@ def test_old_names_load_with_deprecation_warnings(tmp_path):
     assert (cfg.data.task, cfg.data.num_simulations, cfg.data.observations) == ("slcp", 321, (2,))
     assert (cfg.model.kind, cfg.model.hidden_features, cfg.model.linear) == ("maf", 12, "reverse")
     assert (cfg.model.z_score_theta, cfg.model.z_score_x) == (False, "gaussianize")
-    assert (cfg.model.embedding.kind, cfg.model.embedding.out_features) == ("mlp", 7)
+    assert cfg.model.embedding == {"kind": "mlp", "out_features": 7}
     assert (cfg.train.batch_size, cfg.train.patience) == (64, 3)
     assert (cfg.validate.num_samples, cfg.validate.c2st) == (99, False)
 
@@ -251,6 +278,7 @@ pipeline = "npe"
 output_dir = "out"
 seed = 0
 [data]
+task = "two_moons"
 num_simulations = 500
 observations = [1]
 reference_root = "{os.path.relpath(LOCAL_SBIBM, tmp_path)}"
@@ -328,7 +356,7 @@ def test_load_posterior_refuses_other_checkpoints(tmp_path, seed):
 
 def test_config_built_in_python(tmp_path):
     cfg = NPEConfig(source=None, run=RunConfig(pipeline="npe", output_dir=tmp_path),
-                    data=NPEDataConfig(num_simulations=200), model=NPEModelConfig(**SMALL_FLOW),
+                    data=NPEDataConfig(task="two_moons", num_simulations=200), model=NPEModelConfig(**SMALL_FLOW),
                     train=NPETrainConfig(max_epochs=1))
     assert cfg.to_dict()["data"]["observations"] == list(range(1, 11))
     assert train(cfg, progress=False).steps == 1
