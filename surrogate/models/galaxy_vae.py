@@ -331,20 +331,22 @@ class GalaxyVAE(nn.Module):
     which :meth:`warn_extrapolation` stays silent (the model keeps only the training set's mean
     and standard deviation of its context, :attr:`context_loc` and :attr:`context_scale`)."""
 
-    def warn_extrapolation(self, magnitude: Tensor | float, half_light_radius: Tensor | float) -> None:
+    def warn_extrapolation(self, magnitude: Tensor | float, half_light_radius: Tensor | float, *,
+                           where: str | None = None) -> None:
         """An :class:`~surrogate.checks.ExtrapolationWarning` for magnitudes (mag) or half-light
         radii (arcsec) beyond :attr:`CONTEXT_RANGE_SIGMAS` training standard deviations of the
-        training mean (of the magnitude and of the log radius)."""
+        training mean (of the magnitude and of the log radius); ``where`` prefixes the message
+        (e.g. the name of the stamp)."""
         loc, scale = self.context_loc.tolist(), self.context_scale.tolist()
         k = self.CONTEXT_RANGE_SIGMAS
         m = torch.as_tensor(magnitude, dtype=torch.float32).reshape(-1)
         r = torch.as_tensor(half_light_radius, dtype=torch.float32).reshape(-1)
         source = f"mean +- {k:g} standard deviations of the training set"
         warn_outside("magnitude", float(m.min()), float(m.max()), (loc[0] - k * scale[0], loc[0] + k * scale[0]),
-                     unit="mag", source=source, stacklevel=3)
+                     unit="mag", source=source, where=where, stacklevel=3)
         warn_outside("half-light radius", float(r.min()), float(r.max()),
                      (math.exp(loc[1] - k * scale[1]), math.exp(loc[1] + k * scale[1])), unit="arcsec",
-                     source=source, stacklevel=3)
+                     source=source, where=where, stacklevel=3)
 
     def prior(self, magnitude: Tensor | float, half_light_radius: Tensor | float) -> FlowPrior:
         """The latent prior :math:`p(z | m, r_{1/2})` for ``B`` galaxies (a :class:`FlowPrior`)."""
@@ -368,8 +370,8 @@ class GalaxyVAE(nn.Module):
         Conditions far outside the training set give an
         :class:`~surrogate.checks.ExtrapolationWarning` (:meth:`warn_extrapolation`).
         """
+        context = self.context(magnitude, half_light_radius, batch=n)  # checks the values first
         self.warn_extrapolation(magnitude, half_light_radius)
-        context = self.context(magnitude, half_light_radius, batch=n)
         noise = torch.randn(n, self.latent_dim).to(context) * temperature
         z, _ = self.flow._transform.inverse(noise, context=self.flow._embedding_net(context))
         return self.decode(z)

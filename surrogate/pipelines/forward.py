@@ -8,13 +8,20 @@ uses it (no trainable module lives here).
 :func:`fit_map` inverts it for observed stamps: the maximum a posteriori latent under the
 conditional flow prior,
 
-.. math:: \hat z = \arg\max_z\; \log p(x | z, \text{PSF}, \sigma^2) + \log p(z | m, r_{1/2}),
+.. math:: \hat z = \arg\max_z\; \log p(x | z, \text{PSF}, \text{noise}) + \log p(z | m, r_{1/2}),
 
 started from the encoder's mean and refined with Adam, and returns the deconvolved (PSF-free)
-profile :math:`G(\hat z)` and the reduced chi-squared per pixel
+profile :math:`G(\hat z)`, the residual in units of the noise and the reduced chi-squared per
+pixel. The noise is either white, one variance :math:`\sigma^2` per stamp, with
 :math:`\chi^2 / n_{pix} = \frac{1}{n_{pix}} \sum_i (x_i - [\text{PSF} * G(\hat z)]_i)^2 / \sigma^2`,
-about 1 when the model describes the stamp down to the noise (slightly less: ``D`` latents
-are fitted out of ``S*S`` pixels).
+or stationary and correlated, given by its power spectrum :math:`P_k` (``noise_power``), with
+the Whittle likelihood :math:`\chi^2 = \frac{1}{n_{pix}} \sum_k |\mathrm{DFT}(x - \text{PSF} *
+G(\hat z))_k|^2 / P_k` (:class:`~surrogate.models.forward.StationaryNormal`, where the formula
+and its sources are). Either is about 1 per pixel when the model describes the stamp down to
+the noise (slightly less: ``D`` latents are fitted out of ``S*S`` pixels). Real stamps at any
+pixel scale, with their own PSF and correlated noise, are prepared for this by
+:mod:`surrogate.pipelines.real_stamps` and fitted in one call by
+:func:`surrogate.pipelines.fit_stamps.fit_stamps`.
 
 References:
     Lanusse et al. (2021), arXiv:2008.03833, section 6 (the VAE as a prior in a forward model
@@ -54,9 +61,14 @@ class MAPFit:
         profile: ``(B, 1, S, S)`` deconvolved (PSF-free) profiles, counts per pixel.
         model_image: ``(B, 1, S, S)`` the profiles convolved with the PSFs (noiseless model of
             the observation).
-        chi2_per_pixel: ``(B,)`` reduced chi-squared ``sum((x - model)^2 / sigma^2) / (S*S)``.
+        chi2_per_pixel: ``(B,)`` reduced chi-squared over the stamp, ``chi2 / (S*S)`` (white
+            noise: ``sum((x - model)^2 / sigma^2) / (S*S)``).
         log_posterior: ``(B,)`` ``log p(x|z) + log p(z|m, r)`` at the optimum, nats.
         history: mean negative log posterior per pixel every 10 iterations.
+        residual_sigma: ``(B, 1, S, S)`` residuals in units of the noise: ``(x - model) / sigma``
+            for white noise, the whitened residual for a power spectrum
+            (:meth:`~surrogate.models.forward.StationaryNormal.whiten`); the mean of its square
+            is ``chi2_per_pixel``.
     """
 
     latent: Tensor
@@ -65,19 +77,25 @@ class MAPFit:
     chi2_per_pixel: Tensor
     log_posterior: Tensor
     history: list[float]
+    residual_sigma: Tensor
 
 
-def fit_map(vae: GalaxyVAE, observed: Tensor, psf: Tensor, noise_variance: Tensor | float, *,
-            magnitude: Tensor | float, half_light_radius: Tensor | float, steps: int = 300,
-            learning_rate: float = 0.05, init: str = "encoder") -> MAPFit:
+def fit_map(vae: GalaxyVAE, observed: Tensor, psf: Tensor, noise_variance: Tensor | float | None = None, *,
+            magnitude: Tensor | float, half_light_radius: Tensor | float, noise_power: Tensor | None = None,
+            steps: int = 300, learning_rate: float = 0.05, init: str = "encoder") -> MAPFit:
     """Maximum a posteriori latent of observed stamps under the flow prior; deconvolved profiles.
 
     Arguments:
         vae: trained VAE with a trained flow prior (its weights are not changed).
-        observed: ``(B, 1, S, S)``, ``(B, S, S)`` or ``(S, S)`` stamps, counts per pixel.
+        observed: ``(B, 1, S, S)``, ``(B, S, S)`` or ``(S, S)`` stamps, counts per pixel, at
+            the model's pixel scale.
         psf: their PSFs, ``(B, 1, P, P)``, ``(B, P, P)`` or ``(P, P)`` (one for all), unit sum,
             at the stamps' pixel scale; need not be a PSF the model was trained with.
-        noise_variance: ``(B,)`` or one value, counts².
+        noise_variance: white noise: ``(B,)`` or one variance, counts².
+        noise_power: correlated noise instead of ``noise_variance``: its power spectrum
+            ``(S, S)``, ``(B, S, S)`` or ``(B, 1, S, S)``, counts², in ``torch.fft.fft2`` order
+            (:class:`~surrogate.models.forward.StationaryNormal`; e.g. from
+            :func:`surrogate.pipelines.real_stamps.noise_power_spectrum`).
         magnitude: ``(B,)`` or one value, AB mag (context of the prior).
         half_light_radius: ``(B,)`` or one value, arcsec (context of the prior).
         steps: Adam iterations.
@@ -92,7 +110,8 @@ def fit_map(vae: GalaxyVAE, observed: Tensor, psf: Tensor, noise_variance: Tenso
     (:meth:`~surrogate.models.galaxy_vae.GalaxyVAE.warn_extrapolation`).
 
     Raises:
-        ValueError: bad shapes or ``init``.
+        ValueError: bad shapes or ``init``; neither or both of ``noise_variance`` and
+            ``noise_power``.
     """
     if init not in ("encoder", "prior"):
         raise ValueError(f"init must be 'encoder' or 'prior', got {init!r}")
@@ -103,7 +122,12 @@ def fit_map(vae: GalaxyVAE, observed: Tensor, psf: Tensor, noise_variance: Tenso
     x = _images(observed, "observed").to(device=device, dtype=torch.float32)
     B = x.shape[0]
     forward = ForwardModel(vae)
-    variance = torch.as_tensor(noise_variance, dtype=x.dtype, device=device).reshape(-1).expand(B)
+    if (noise_variance is None) == (noise_power is None):
+        raise ValueError("fit_map: give exactly one of noise_variance (white noise) and noise_power (correlated)")
+    if noise_power is not None:
+        noise = {"noise_power": torch.as_tensor(noise_power).to(device=device, dtype=x.dtype)}
+    else:
+        noise = {"noise_variance": torch.as_tensor(noise_variance, dtype=x.dtype, device=device).reshape(-1).expand(B)}
     was_training = vae.training
     vae.eval()
     requires = [p.requires_grad for p in vae.parameters()]
@@ -119,7 +143,7 @@ def fit_map(vae: GalaxyVAE, observed: Tensor, psf: Tensor, noise_variance: Tenso
         history: list[float] = []
 
         def objective() -> Tensor:
-            return forward.likelihood(z, psf, variance).log_prob(x) + prior.log_prob(z)
+            return forward.likelihood(z, psf, **noise).log_prob(x) + prior.log_prob(z)
 
         for i in range(steps):
             loss = -objective().sum() / (B * npix)
@@ -131,11 +155,17 @@ def fit_map(vae: GalaxyVAE, observed: Tensor, psf: Tensor, noise_variance: Tenso
         with torch.no_grad():
             profile = vae.decode(z)
             model_image = forward.convolve(profile, psf)
-            chi2 = ((x - model_image) ** 2 / variance.view(-1, 1, 1, 1)).sum(dim=(1, 2, 3)) / npix
+            if noise_power is not None:
+                likelihood = forward.likelihood(z, psf, **noise)
+                residual_sigma = likelihood.whiten(x)
+                chi2 = likelihood.chi2(x) / npix
+            else:
+                residual_sigma = (x - model_image) / noise["noise_variance"].sqrt().view(-1, 1, 1, 1)
+                chi2 = residual_sigma.square().sum(dim=(1, 2, 3)) / npix
             log_posterior = objective()
     finally:
         for p, r in zip(vae.parameters(), requires):
             p.requires_grad_(r)
         vae.train(was_training)
     return MAPFit(latent=z.detach(), profile=profile, model_image=model_image, chi2_per_pixel=chi2,
-                  log_posterior=log_posterior.detach(), history=history)
+                  log_posterior=log_posterior.detach(), history=history, residual_sigma=residual_sigma)

@@ -27,7 +27,9 @@ What :func:`run` writes into ``[run] output_dir``::
     data/train.h5, data/heldout.h5, data/unseen_psf.h5   GalSim stamps
     vae/, prior/      checkpoints + log.csv of the two training stages (a rerun resumes)
     model.pt          the trained GalaxyVAE; its config holds the file's sections, with
-                      config["model"] = all the constructor arguments (load_galaxy_vae)
+                      config["model"] = all the constructor arguments (load_galaxy_vae),
+                      config["pixel_scale"] (arcsec/pixel) and config["zero_point"] (AB mag of
+                      1 count, flux_zero_point; used by surrogate fit)
     report.json       KS distances, chi^2 of the forward-model fits, timings, settings
     morphology.png, morphology_psf_free.png, stamps.png, stamps_psf_free.png, deconvolution.png
 
@@ -57,7 +59,8 @@ import torch
 from surrogate.config import PipelineConfig, TrainConfig, check_kwargs, setting
 from surrogate.models.galaxy_vae import GalaxyVAE
 from surrogate.pipelines import Family
-from surrogate.pipelines.galaxy_vae_training import GalaxyTrainResult, model_arguments, train_prior, train_vae
+from surrogate.pipelines.galaxy_vae_training import (GalaxyTrainResult, flux_zero_point, model_arguments, train_prior,
+                                                     train_vae)
 from surrogate.pipelines.galaxy_vae_validate import fit_unseen_psf, reconstruction_chi2, sample, summary, validate
 
 __all__ = [
@@ -365,6 +368,9 @@ def train(cfg: GalaxyConfig, *, resume: bool | str = True, progress: bool = True
     path = out / "model.pt"
     with distributed.main_rank_first():
         if ctx.is_main:
+            # the magnitude zero point of the training fluxes (surrogate fit's magnitude estimates);
+            # in model.pt only, so that the stage checkpoints' resume checks are unchanged
+            config = {**config, "zero_point": flux_zero_point(stamps)}
             save_checkpoint(path, modules={"model": model.eval()}, config=config, step=vae.steps + prior.steps)
     return GalaxyTrainResult(steps=vae.steps + prior.steps, history=vae.history, checkpoint=path, vae=vae, prior=prior,
                              model_arguments=kwargs, seconds={"train_vae_s": t1 - t0, "train_prior_s": t2 - t1})

@@ -30,7 +30,7 @@ from surrogate.train import FitResult
 if TYPE_CHECKING:
     from surrogate.pipelines.galaxy_vae import GalaxyPriorConfig, GalaxyTrainConfig
 
-__all__ = ["GalaxyTrainResult", "model_arguments", "train_prior", "train_vae"]
+__all__ = ["GalaxyTrainResult", "flux_zero_point", "model_arguments", "train_prior", "train_vae"]
 
 
 @dataclass
@@ -74,6 +74,32 @@ def model_arguments(model: Mapping[str, Any], stamps: Mapping[str, np.ndarray], 
             "flux_scale": float(np.median(stamps["profile"].sum(axis=(1, 2)))),
             "context_loc": [float(mag.mean()), float(log_r.mean())],
             "context_scale": [float(mag.std() + 1e-6), float(log_r.std() + 1e-6)]}
+
+
+def flux_zero_point(stamps: Mapping[str, np.ndarray]) -> float:
+    r"""The training set's magnitude zero point: the median of ``magnitude + 2.5 log10(flux)``.
+
+    With it an image in the training set's flux units gives the magnitude the model's prior is
+    conditioned on, :math:`m = ZP - 2.5 \log_{10} F` (Pogson's relation; ``F`` the total flux
+    in counts). The training magnitudes are the catalogue's F814W ``MAG_AUTO`` and the fluxes
+    the PSF-free profiles' sums over the stamp (counts of a 1 s HST/ACS exposure,
+    :mod:`surrogate.simulators.galaxies`), so ``ZP`` also absorbs the typical difference between
+    ``MAG_AUTO`` and the total flux (about 26.0 mag for the COSMOS example catalogue).
+
+    Arguments:
+        stamps: ``"magnitude"`` ``(N,)`` AB mag and ``"profile"`` ``(N, S, S)`` counts per pixel.
+
+    Returns:
+        ``ZP`` in AB mag (magnitude of 1 count).
+
+    Raises:
+        ValueError: no stamp with a positive flux.
+    """
+    flux = stamps["profile"].reshape(len(stamps["profile"]), -1).astype(np.float64).sum(axis=1)
+    good = flux > 0
+    if not good.any():
+        raise ValueError("flux_zero_point: no training stamp has a positive flux")
+    return float(np.median(stamps["magnitude"][good].astype(np.float64) + 2.5 * np.log10(flux[good])))
 
 
 def train_vae(model: GalaxyVAE, train_file: Path, settings: GalaxyTrainConfig, *, out_dir: Path, seed: int,

@@ -39,3 +39,20 @@ def test_fit_map_bad_input(seed, small_vae_kwargs, gaussian_psf):
         fit_map(vae, torch.zeros(16, 16), gaussian_psf(5, 1.0), 1.0, magnitude=21.0, half_light_radius=0.4, init="x")
     with pytest.raises(ValueError, match=r"observed must have shape"):
         fit_map(vae, torch.zeros(2, 3, 16, 16), gaussian_psf(5, 1.0), 1.0, magnitude=21.0, half_light_radius=0.4)
+
+
+def test_fit_map_with_a_flat_power_spectrum_is_the_white_noise_fit(seed, small_vae_kwargs, gaussian_psf):
+    """noise_power = sigma^2 everywhere is the same likelihood as noise_variance = sigma^2: the
+    same optimum (chi^2 per pixel to 1e-4, float32 Adam paths) and residuals in sigma."""
+    vae = GalaxyVAE(**small_vae_kwargs).eval()
+    psf = gaussian_psf(7, 1.0)
+    with torch.no_grad():
+        observed = ForwardModel(vae).observe(torch.randn(3, 4), psf, 0.01, generator=torch.Generator().manual_seed(2))
+    white = fit_map(vae, observed, psf, 0.01, magnitude=21.0, half_light_radius=0.4, steps=60)
+    power = fit_map(vae, observed, psf, noise_power=torch.full((16, 16), 0.01), magnitude=21.0,
+                    half_light_radius=0.4, steps=60)
+    torch.testing.assert_close(power.chi2_per_pixel, white.chi2_per_pixel, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(power.residual_sigma, white.residual_sigma, rtol=1e-3, atol=1e-3)
+    torch.testing.assert_close(white.residual_sigma.square().mean(dim=(1, 2, 3)), white.chi2_per_pixel)
+    with pytest.raises(ValueError, match="exactly one of noise_variance"):
+        fit_map(vae, observed, psf, magnitude=21.0, half_light_radius=0.4)

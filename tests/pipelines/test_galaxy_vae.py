@@ -246,6 +246,24 @@ def test_small_run_end_to_end_and_resume(tmp_path):
     assert not model.training
     stored = load_checkpoint(result.checkpoint)["config"]
     assert stored["run"]["pipeline"] == "galaxy_vae" and stored["model"] == report["model"]
+    # magnitude = zero_point - 2.5 log10(flux) of the COSMOS training stamps (surrogate fit's estimates)
+    assert stored["pixel_scale"] == 0.15 and 25.5 < stored["zero_point"] < 26.5
+
+
+def test_flux_zero_point_inverts_pogson():
+    """Stamps made with m = 25.9 - 2.5 log10(F) give the zero point 25.9 back (to 1e-9 mag);
+    stamps without flux do not count."""
+    import numpy as np
+
+    from surrogate.pipelines.galaxy_vae_training import flux_zero_point
+
+    flux = np.array([3.0, 10.0, 50.0, 0.0])
+    profile = np.zeros((4, 8, 8))
+    profile[:, 4, 4] = flux
+    magnitude = np.where(flux > 0, 25.9 - 2.5 * np.log10(np.maximum(flux, 1e-30)), 99.0)
+    assert flux_zero_point({"profile": profile, "magnitude": magnitude}) == pytest.approx(25.9, abs=1e-9)
+    with pytest.raises(ValueError, match="no training stamp has a positive flux"):
+        flux_zero_point({"profile": np.zeros((2, 4, 4)), "magnitude": np.ones(2)})
 
 
 @pytest.mark.slow
