@@ -302,13 +302,22 @@ def load_pipeline(path: str | os.PathLike) -> PipelineConfig:
 
 @dataclass(frozen=True)
 class SimulateConfig:
-    """``[simulate]`` of a calorimeter dataset recipe (``datasets/calogan_*.toml``).
+    """``[simulate]`` of a calorimeter dataset recipe (``datasets/calogan_*.toml``,
+    ``datasets/calochallenge_*.toml``).
 
     Attributes:
-        simulator: ``"gflash"`` (parametrized EM showers in the CaloGAN geometry).
-        particle: ``"e+"`` or ``"gamma"``.
+        simulator: ``"gflash"`` (parametrized EM showers).
+        particle: ``"e+"``, ``"e-"`` or ``"gamma"``.
         n_events: number of showers.
-        energy_min_gev, energy_max_gev: incident energies are uniform in this range, GeV.
+        energy_min_gev, energy_max_gev: range of the incident energies, GeV.
+        energy_distribution: ``"uniform"`` (the only one for CaloGAN files), ``"log-uniform"``
+            or ``"powers-of-two"`` (:func:`surrogate.simulators.gflash_calochallenge.sample_incident_energies`).
+        geometry: a CaloChallenge binning file (XML, relative to the recipe's folder): the
+            showers are then written in the CaloChallenge layout; ``None``: the CaloGAN geometry
+            and layout.
+        calorimeter: the sampling calorimeter behind a ``geometry``'s voxels, a name of
+            :data:`surrogate.simulators.gflash_calochallenge.CALORIMETERS` (``"atlas_barrel"``,
+            ``"par04"``); CaloGAN's when ``geometry`` is ``None``.
         seed: random seed.
         threshold_mev: readout threshold in MeV: cells below it are written as 0 (default
             0.01 MeV, :data:`surrogate.simulators.gflash.READOUT_THRESHOLD_MEV`; 0: no threshold).
@@ -316,10 +325,13 @@ class SimulateConfig:
     """
 
     simulator: Literal["gflash"] = "gflash"
-    particle: Literal["e+", "gamma"] = "e+"
+    particle: Literal["e+", "e-", "gamma"] = "e+"
     n_events: int = setting(10000, ge=1)
     energy_min_gev: float = setting(1.0, gt=0)
     energy_max_gev: float = setting(100.0, gt=0)
+    energy_distribution: Literal["uniform", "log-uniform", "powers-of-two"] = "uniform"
+    geometry: Path | None = None
+    calorimeter: Literal["atlas_barrel", "par04", "calogan"] | None = None
     seed: int = setting(0, ge=0)
     threshold_mev: float = setting(0.01, ge=0)
     output: Path = Path("data/showers.h5")
@@ -327,13 +339,20 @@ class SimulateConfig:
     def __post_init__(self):
         if not self.energy_min_gev <= self.energy_max_gev:
             raise ValueError(f"need energy_min_gev <= energy_max_gev, got {self.energy_min_gev}, {self.energy_max_gev}")
+        if self.geometry is None and (self.energy_distribution != "uniform" or self.calorimeter is not None):
+            raise ValueError("energy_distribution other than \"uniform\" and calorimeter need a geometry (a "
+                             "CaloChallenge binning file); CaloGAN files have uniform energies and CaloGAN's "
+                             "calorimeter")
+        if self.geometry is not None and self.calorimeter is None:
+            raise ValueError(f"geometry {self.geometry} needs a calorimeter (\"atlas_barrel\" for dataset 1, "
+                             "\"par04\" for datasets 2 and 3)")
 
 
 def load_simulate_recipe(path: str | os.PathLike) -> SimulateConfig:
     """Reads a calorimeter dataset recipe (a TOML file with a ``[simulate]`` table).
 
     The ``output`` path is kept relative to the current working directory, as documented in
-    ``datasets/README.md``.
+    ``datasets/README.md``; a relative ``geometry`` is resolved against the recipe's folder.
 
     Raises:
         FileNotFoundError: the file does not exist.
@@ -343,4 +362,7 @@ def load_simulate_recipe(path: str | os.PathLike) -> SimulateConfig:
     data = read_toml(path)
     if "simulate" not in data:
         raise ConfigError(f"{path}: no [simulate] table")
-    return build_section(SimulateConfig, data["simulate"], f"{path} [simulate]")
+    recipe = build_section(SimulateConfig, data["simulate"], f"{path} [simulate]")
+    if recipe.geometry is not None and not recipe.geometry.is_absolute():
+        recipe = dataclasses.replace(recipe, geometry=Path(path).parent / recipe.geometry)
+    return recipe

@@ -54,7 +54,7 @@ from surrogate.checks import check_choice, check_int
 from surrogate.data.event_writer import EventWriter
 from surrogate.data.hdf5 import Field, as_float32, check_layout, check_values, open_hdf5, scan_values
 from surrogate.data.sharding import epoch_segments, shard_length
-from surrogate.geometry import CALOGAN
+from surrogate.geometry import CALOGAN, CaloGeometry
 
 __all__ = [
     "CALOCHALLENGE_FIELDS",
@@ -66,6 +66,7 @@ __all__ = [
     "CaloShowerDataset",
     "read_calochallenge",
     "read_calogan",
+    "read_incident_energies",
     "validate_calochallenge",
     "validate_calogan",
     "write_calochallenge",
@@ -272,6 +273,38 @@ def read_calochallenge(path: str | os.PathLike, *, start: int = 0, stop: int | N
     return _read(path, CALOCHALLENGE_FIELDS, start, stop)
 
 
+def read_incident_energies(path: str | os.PathLike) -> np.ndarray:
+    """The incident energies of a shower file of either layout, in MeV.
+
+    Arguments:
+        path: HDF5 file in the CaloChallenge layout (``incident_energies``, MeV) or the CaloGAN
+            layout (``energy``, GeV); the layout is recognised by these keys.
+
+    Returns:
+        float64 ``(N,)`` in MeV (CaloGAN's GeV times 1000).
+
+    Raises:
+        FileNotFoundError: If ``path`` does not exist.
+        ValueError: If the file has neither key, does not match the layout, or an energy is not
+            finite and > 0 (the message names the file and key).
+
+    References:
+        Krause et al., arXiv:2410.21611; Paganini et al., arXiv:1705.02355.
+    """
+    with open_hdf5(path) as file:
+        layout = "calochallenge" if "incident_energies" in file else "calogan" if "energy" in file else None
+        if layout is None:
+            raise ValueError(f"{path}: no 'incident_energies' (CaloChallenge layout, MeV) or 'energy' (CaloGAN "
+                             f"layout, GeV); found keys {sorted(file)}")
+        fields = _LAYOUTS[layout]
+        check_layout(file, fields, path=path)
+        field = fields[0] if layout == "calochallenge" else next(f for f in fields if f.name == "energy")
+        values = as_float32(file[field.name][:])
+        check_values(values, field, path=path)
+    scale = 1.0 if layout == "calochallenge" else 1000.0
+    return values.reshape(-1).astype(np.float64) * scale
+
+
 def validate_calochallenge(path: str | os.PathLike) -> int:
     """Checks a whole CaloChallenge-layout file: metadata, then every value chunk by chunk.
 
@@ -298,6 +331,9 @@ class CaloChallengeWriter(EventWriter):
         n_events: Number of events the file will hold (>= 1).
         n_voxels: Voxels per shower ``V``.
         compression, chunk_events: As :class:`CaloGANWriter`.
+        attrs: Further file attributes to store next to ``layout = "calochallenge"`` (e.g.
+            ``{"readout_threshold_mev": 1.0, "geometry": "binning_dataset_1_photons"}``); the
+            challenge's evaluation reads only the two datasets.
 
     Raises:
         ValueError: For a bad batch (keys ``"incident_energies"`` (n, 1) > 0 and ``"showers"``
@@ -315,12 +351,14 @@ class CaloChallengeWriter(EventWriter):
         n_voxels: int,
         compression: str | None = "gzip",
         chunk_events: int | None = None,
+        attrs: Mapping[str, Any] | None = None,
     ) -> None:
         n_voxels = check_int("n_voxels", n_voxels, minimum=1, where=path)
         super().__init__(
             path, n_events, fields=CALOCHALLENGE_FIELDS,
             event_shapes={"incident_energies": (1,), "showers": (n_voxels,)},
-            compression=compression, chunk_events=chunk_events, attrs={"layout": "calochallenge"},
+            compression=compression, chunk_events=chunk_events,
+            attrs={**(attrs or {}), "layout": "calochallenge"},
         )
 
     def __enter__(self) -> CaloChallengeWriter:
@@ -394,17 +432,23 @@ class CaloShowerDataset(torch.utils.data.IterableDataset):
         rank, world_size: This process's rank and the number of data-parallel ranks.
         drop_last: Give every rank exactly ``N // world_size`` events per epoch (data-parallel
             ranks must take equal numbers of steps); the rest of the epoch's order is skipped.
+        geometry: For ``"calochallenge"`` files only: the geometry of their voxels (e.g.
+            :func:`surrogate.data.binning.read_binning_xml` of the dataset's binning file). Events
+            are then yielded as CaloGAN-layout events are, one array per layer and the incident
+            energy in GeV, which is what the shower models take.
 
     Yields:
         For ``"calogan"``: ``{"layer_0": (3, 96), "layer_1": (12, 12), "layer_2": (12, 6)`` in MeV,
         ``"energy": (1,)`` in GeV``}``; for ``"calochallenge"``: ``{"showers": (V,),
-        "incident_energies": (1,)}`` in MeV. All float32 tensors.
+        "incident_energies": (1,)}`` in MeV, or with a ``geometry`` ``{layer: layer.shape`` in
+        MeV, ``"energy": (1,)`` in GeV``}``. All float32 tensors.
 
     Raises:
         FileNotFoundError: If ``path`` does not exist.
         ValueError: For an unknown layout or bad option, a file not matching the layout or with
-            bad incident energies (at construction), or bad cell values (when read); messages name
-            the file and key.
+            bad incident energies, a ``geometry`` with another voxel count than the file's, or one
+            given for a CaloGAN file (at construction), or bad cell values (when read); messages
+            name the file and key.
 
     References:
         Paganini, de Oliveira, Nachman, arXiv:1705.02355; Krause et al., arXiv:2410.21611.
@@ -421,12 +465,16 @@ class CaloShowerDataset(torch.utils.data.IterableDataset):
         rank: int = 0,
         world_size: int = 1,
         drop_last: bool = False,
+        geometry: CaloGeometry | None = None,
     ) -> None:
         super().__init__()
         check_choice("layout", layout, sorted(_LAYOUTS))
         epoch_segments(0, block_size, seed=seed, rank=rank, world_size=world_size)  # checks the options
         self.path = Path(path)
         self.layout = layout
+        if geometry is not None and (layout != "calochallenge" or not isinstance(geometry, CaloGeometry)):
+            raise ValueError(f"{self.path}: geometry applies to layout 'calochallenge' (CaloGAN files have CaloGAN's "
+                             f"geometry), got layout {layout!r} and {type(geometry).__name__}")
         fields = _LAYOUTS[layout]
         self._fields = tuple(f for f in fields if f.name != "overflow")
         with open_hdf5(self.path) as file:
@@ -434,6 +482,11 @@ class CaloShowerDataset(torch.utils.data.IterableDataset):
             for field in self._fields:
                 if field.positive:  # incident energies: small, checked in full now
                     scan_values(file[field.name], field, path=self.path)
+        if geometry is not None:
+            if self.event_shapes["showers"] != (geometry.n_voxels,):
+                raise ValueError(f"{self.path}: 'showers' has {self.event_shapes['showers'][0]} voxels per event; "
+                                 f"expected {geometry.n_voxels} of geometry {geometry.describe()}")
+        self.geometry = geometry
         self.block_size, self.shuffle, self.seed = block_size, bool(shuffle), seed
         self.rank, self.world_size, self.drop_last = rank, world_size, bool(drop_last)
         self.epoch = 0
@@ -469,6 +522,9 @@ class CaloShowerDataset(torch.utils.data.IterableDataset):
                     rng = np.random.default_rng([self.seed, epoch, 1, segment.block, segment.start])
                     order = rng.permutation(n)
                     block = {k: v[order] for k, v in block.items()}
+                if self.geometry is not None:  # the shower models' form: layers in MeV, energy in GeV
+                    energy = block["incident_energies"] / np.float32(1000.0)
+                    block = {**self.geometry.unflatten(block["showers"]), "energy": energy}
                 for i in range(n):
                     yield {k: torch.from_numpy(v[i]) for k, v in block.items()}
 

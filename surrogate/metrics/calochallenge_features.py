@@ -1,6 +1,8 @@
 """Inputs of the CaloChallenge 2022 classifier metric (:mod:`surrogate.metrics.calochallenge`)
 for the showers of a :class:`~surrogate.geometry.CaloGeometry` (default
-:data:`~surrogate.geometry.CALOGAN`), following the challenge's public evaluation script
+:data:`~surrogate.geometry.CALOGAN`; a challenge geometry from
+:func:`surrogate.data.binning.read_binning_xml` gives the challenge's own features),
+following the challenge's public evaluation script
 (``code/evaluate.py`` and ``code/HighLevelFeatures.py`` of ``CaloChallenge/homepage``, version of
 commit e1109af; line numbers refer to the file at commit 9b41df7; Krause et al., arXiv:2410.21611).
 
@@ -20,10 +22,10 @@ columns                    definition
 =========================  ==============================================================
 ``log10_E_inc``            ``log10(E_inc / MeV)``
 ``log10_E_i``              ``log10(E_i / MeV + 1e-8)``, ``E_i`` the layer's energy
-``EC_eta_i``               centre of energy in eta (here y) / 100 mm
-``EC_phi_i``               centre of energy in phi (here x) / 100 mm
-``width_eta_i``            energy-weighted standard deviation of y / 100 mm
-``width_phi_i``            same for x / 100 mm
+``EC_eta_i``               centre of energy in eta / 100 mm (two-dimensional layers only)
+``EC_phi_i``               centre of energy in phi / 100 mm (two-dimensional layers only)
+``width_eta_i``            energy-weighted standard deviation of eta / 100 mm (same layers)
+``width_phi_i``            same for phi / 100 mm
 ``log10_E_tot``            ``log10(E_tot / MeV + 1e-8)``, ``E_tot = sum_i E_i``
 ``sparsity_i``             ``1 - (fraction of the layer's cells with E > 0)`` (after the
                            threshold): 0 when every cell is hit, 1 for an empty layer
@@ -31,12 +33,17 @@ columns                    definition
 ``width_r_i``              energy-weighted standard deviation of ``r`` / 100 mm
 =========================  ==============================================================
 
-(26 columns for CaloGAN's three layers.) The challenge's voxel coordinates are the Cartesian
-centre ``(r cos alpha, r sin alpha)`` of a polar voxel (``XMLHandler.py`` l. 105-108) and its
-radial coordinate the midpoint of the voxel's radial bin (``HighLevelFeatures.py`` l. 47-51);
-for a rectangular cell we use its centre ``(y, x)`` (eta ~ y, phi ~ x; see
-:meth:`~surrogate.geometry.CaloLayer.cell_centres_mm`) and ``r = sqrt(x^2 + y^2)`` of that
-centre. As in the script, centres are ``sum(c E) / (sum(E) + 1e-16)`` and widths
+``i`` is the layer's name without ``layer_`` (the challenge's layer id). The eta and phi
+columns exist only for layers whose ``two_dimensional`` is true: every rectangular layer, and
+the polar layers with more than one angular bin (the challenge's ``layersBinnedInAlpha``,
+``evaluate.py`` l. 197-201). 26 columns for CaloGAN's three layers; 1 + 5 + 4 x 2 + 1 + 3 x 5 = 30
+for DS1 photons (layers 0, 1, 2, 3, 12; eta/phi for 1 and 2), 2 + 8 x 45 = 362 for DS2. The
+coordinates are each voxel's ``voxel_centres_mm()``: for a polar voxel the Cartesian centre
+``(r_mid cos a_mid, r_mid sin a_mid)`` (``XMLHandler.py`` l. 105-108), whose distance from the
+axis is the midpoint of the voxel's radial bin, the challenge's ``r`` (``HighLevelFeatures.py``
+l. 47-51); for a rectangular cell its centre ``(y, x)`` (eta ~ y, phi ~ x; see
+:meth:`~surrogate.geometry.CaloLayer.cell_centres_mm`) and ``r = sqrt(x^2 + y^2)``. As in the
+script, centres are ``sum(c E) / (sum(E) + 1e-16)`` and widths
 ``sqrt(max(sum(c^2 E) / (sum(E) + 1e-16) - centre^2, 0))``, so an empty layer has centre 0
 and width 0, and a single hit cell has its centre there and width 0.
 """
@@ -51,7 +58,7 @@ from surrogate.checks import check_choice, check_float
 from surrogate.geometry import CALOGAN, CaloGeometry
 from surrogate.metrics.showers import check_showers
 
-__all__ = ["KINDS", "calochallenge_feature_names", "calochallenge_features"]
+__all__ = ["KINDS", "calochallenge_feature_names", "calochallenge_features", "calochallenge_observables"]
 
 #: Regularizers of the challenge's script: ``log10(E + 1e-8)`` of layer and total energies
 #: (``evaluate.py`` l. 221-223) and ``sum(E) + 1e-16`` in centres and widths
@@ -88,14 +95,20 @@ def calochallenge_feature_names(kind: str = "low", *, geometry: CaloGeometry = C
             f"{layer.name}[{r},{c}]" for layer in geometry.layers
             for r in range(layer.shape[0]) for c in range(layer.shape[1])
         ]
-    index = range(geometry.n_layers)
+    index = [_layer_label(layer.name) for layer in geometry.layers]
+    planar = [_layer_label(layer.name) for layer in geometry.layers if layer.two_dimensional]
     names = ["log10_E_inc"] + [f"log10_E_{i}" for i in index]
     for quantity in ("EC_eta", "EC_phi", "width_eta", "width_phi"):
-        names += [f"{quantity}_{i}" for i in index]
+        names += [f"{quantity}_{i}" for i in planar]
     names.append("log10_E_tot")
     for quantity in ("sparsity", "EC_r", "width_r"):
         names += [f"{quantity}_{i}" for i in index]
     return names
+
+
+def _layer_label(name: str) -> str:
+    """``"layer_12"`` -> ``"12"``; other names unchanged."""
+    return name.removeprefix("layer_")
 
 
 def calochallenge_features(
@@ -109,7 +122,8 @@ def calochallenge_features(
 
     Arguments:
         showers: One cell array per layer of ``geometry`` (CaloGAN: ``"layer_0"`` (N, 3, 96),
-            ``"layer_1"`` (N, 12, 12), ``"layer_2"`` (N, 12, 6)), energies in MeV, and
+            ``"layer_1"`` (N, 12, 12), ``"layer_2"`` (N, 12, 6); a challenge geometry:
+            ``geometry.unflatten(showers)`` of a challenge file), energies in MeV, and
             ``"energy"`` (N, 1), the incident energy in GeV (> 0). Other keys are ignored.
         kind: ``"low"`` (cells / E_inc and log10 E_inc) or ``"high"`` (layer energies, centres
             of energy, widths, sparsity); exact definitions in the module docstring.
@@ -118,9 +132,9 @@ def calochallenge_features(
         geometry: The calorimeter: layer names, cell grids and cell sizes (for the coordinates).
 
     Returns:
-        float64 array (N, F): F = 1 + n_voxels (505 for CaloGAN) for ``"low"``,
-        F = 2 + 8 n_layers (26 for CaloGAN) for ``"high"``; column names from
-        :func:`calochallenge_feature_names`.
+        float64 array (N, F): F = 1 + n_voxels (505 for CaloGAN, 369 for DS1 photons) for
+        ``"low"``, F = 2 + 4 n_layers + 4 n_two_dimensional (26 for CaloGAN, 30 for DS1 photons)
+        for ``"high"``; column names from :func:`calochallenge_feature_names`.
 
     Raises:
         ValueError: If ``kind`` or ``threshold_mev`` is invalid, a key is missing, an array has
@@ -142,43 +156,86 @@ def calochallenge_features(
         ((1, 26), 4.0, -0.2, 0.2)
     """
     kind = check_choice("kind", kind, KINDS)
-    threshold_mev = check_float("threshold_mev", threshold_mev, minimum=0.0, unit="MeV")
+    if kind == "low":
+        energy_mev = _incident_energy(showers, threshold_mev, geometry)
+        columns = [np.log10(energy_mev)[:, None],
+                   *(_cells(showers, layer, threshold_mev) / energy_mev[:, None] for layer in geometry.layers)]
+        return np.concatenate(columns, axis=1)
+    values = calochallenge_observables(showers, threshold_mev=threshold_mev, geometry=geometry)
+    columns = []
+    for name, column in values.items():
+        quantity = name.rsplit("_", 1)[0] if name not in ("E_inc", "E_tot") else name
+        if quantity == "E_inc":
+            column = np.log10(column)
+        elif quantity in ("E", "E_tot"):
+            column = np.log10(column + _LOG_EPSILON)
+        elif quantity != "sparsity":
+            column = column / _LENGTH_SCALE_MM
+        columns.append(column)
+    return np.stack(columns, axis=1)
+
+
+def calochallenge_observables(
+    showers: Mapping[str, np.ndarray],
+    *,
+    threshold_mev: float = 0.0,
+    geometry: CaloGeometry = CALOGAN,
+) -> dict[str, np.ndarray]:
+    """The challenge's high-level features in physical units, one array per feature.
+
+    The quantities of :func:`calochallenge_features` (``kind="high"``) before the classifier's
+    transforms (log10, / 100 mm), i.e. what the challenge's ``HighLevelFeatures`` computes and
+    its evaluation histograms for the separation powers.
+
+    Arguments:
+        showers, threshold_mev, geometry: As :func:`calochallenge_features`.
+
+    Returns:
+        Dict, in the column order of :func:`calochallenge_feature_names` (``"high"``) with
+        ``log10_`` dropped from the names, of float64 arrays (N,): ``"E_inc"`` and ``"E_i"``,
+        ``"E_tot"`` in MeV, ``"EC_eta_i"``, ``"EC_phi_i"``, ``"width_eta_i"``, ``"width_phi_i"``,
+        ``"EC_r_i"``, ``"width_r_i"`` in mm, ``"sparsity_i"`` dimensionless.
+
+    Raises:
+        ValueError: As :func:`calochallenge_features`.
+
+    References:
+        Krause et al., arXiv:2410.21611; ``CaloChallenge/homepage`` ``code/HighLevelFeatures.py``.
+    """
+    energy_mev = _incident_energy(showers, threshold_mev, geometry)
+    layer_energy, ec_eta, ec_phi, width_eta, width_phi, sparsity, ec_r, width_r = ({} for _ in range(8))
+    for layer in geometry.layers:  # one layer at a time in float64: memory of one layer's copy
+        cells = _cells(showers, layer, threshold_mev)
+        label = _layer_label(layer.name)
+        eta, phi = layer.voxel_centres_mm()  # row-major, the order of ``cells``
+        r = np.hypot(eta, phi)
+        total = cells.sum(axis=1)
+        layer_energy[f"E_{label}"] = total
+        pairs = ((eta, ec_eta, width_eta, "eta"), (phi, ec_phi, width_phi, "phi")) if layer.two_dimensional else ()
+        for coordinate, centres, widths, axis in (*pairs, (r, ec_r, width_r, "r")):
+            centres[f"EC_{axis}_{label}"], widths[f"width_{axis}_{label}"] = _centre_and_width(cells, coordinate, total)
+        sparsity[f"sparsity_{label}"] = 1.0 - (cells > 0.0).mean(axis=1)
+    e_tot = np.stack(list(layer_energy.values()), axis=1).sum(axis=1)
+    return {"E_inc": energy_mev, **layer_energy, **ec_eta, **ec_phi, **width_eta, **width_phi, "E_tot": e_tot,
+            **sparsity, **ec_r, **width_r}
+
+
+def _incident_energy(showers: Mapping[str, np.ndarray], threshold_mev: float, geometry: CaloGeometry) -> np.ndarray:
+    """Checks the showers and the threshold; returns E_inc (N,) in MeV, float64."""
+    check_float("threshold_mev", threshold_mev, minimum=0.0, unit="MeV")
     n_events = check_showers(showers, geometry)
     energy_mev = np.asarray(showers["energy"], dtype=np.float64).reshape(n_events) * 1000.0
     if np.any(energy_mev <= 0):
         raise ValueError(f"showers['energy'] has {int(np.sum(energy_mev <= 0))} values <= 0 GeV; the features "
                          "divide by and take log10 of the incident energy, which must be > 0")
-    layers = []
-    for layer in geometry.layers:
-        cells = np.asarray(showers[layer.name], dtype=np.float64).reshape(n_events, -1)
-        layers.append(np.where(cells < threshold_mev, 0.0, cells))
-    log_energy = np.log10(energy_mev)[:, None]
-    if kind == "low":
-        return np.concatenate([log_energy, *(cells / energy_mev[:, None] for cells in layers)], axis=1)
+    return energy_mev
 
-    layer_energy, ec_eta, ec_phi, width_eta, width_phi, sparsity, ec_r, width_r = ([] for _ in range(8))
-    for layer, cells in zip(geometry.layers, layers):
-        y, x = layer.cell_centres_mm()
-        eta = np.repeat(y, layer.shape[1])  # row-major: the y of every cell
-        phi = np.tile(x, layer.shape[0])
-        r = np.hypot(eta, phi)
-        total = cells.sum(axis=1)
-        layer_energy.append(total)
-        for coordinate, centres, widths in ((eta, ec_eta, width_eta), (phi, ec_phi, width_phi), (r, ec_r, width_r)):
-            centre, width = _centre_and_width(cells, coordinate, total)
-            centres.append(centre)
-            widths.append(width)
-        sparsity.append(1.0 - (cells > 0.0).mean(axis=1))
-    layer_energy = np.stack(layer_energy, axis=1)
-    columns = [
-        log_energy,
-        np.log10(layer_energy + _LOG_EPSILON),
-        *(np.stack(q, axis=1) / _LENGTH_SCALE_MM for q in (ec_eta, ec_phi, width_eta, width_phi)),
-        np.log10(layer_energy.sum(axis=1, keepdims=True) + _LOG_EPSILON),
-        np.stack(sparsity, axis=1),
-        *(np.stack(q, axis=1) / _LENGTH_SCALE_MM for q in (ec_r, width_r)),
-    ]
-    return np.concatenate(columns, axis=1)
+
+def _cells(showers: Mapping[str, np.ndarray], layer, threshold_mev: float) -> np.ndarray:
+    """One layer's cells (N, n_cells) in MeV, float64, those below the threshold set to 0."""
+    cells = np.asarray(showers[layer.name], dtype=np.float64)
+    cells = cells.reshape(cells.shape[0], -1)
+    return np.where(cells < threshold_mev, 0.0, cells)
 
 
 def _centre_and_width(cells: np.ndarray, coordinate: np.ndarray, total: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

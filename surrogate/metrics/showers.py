@@ -53,7 +53,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from surrogate.checks import check_float, check_int
+from surrogate.checks import check_choice, check_float, check_int
 from surrogate.geometry import CALOGAN, CALOGAN_LAYERS, CaloGeometry
 
 __all__ = [
@@ -278,15 +278,18 @@ def histogram_edges(reference: np.ndarray, n_bins: int = 50) -> np.ndarray:
 
 
 def separation_power(
-    reference: np.ndarray, generated: np.ndarray, bins: int | np.ndarray = 50
+    reference: np.ndarray, generated: np.ndarray, bins: int | np.ndarray = 50, *, outside: str = "count"
 ) -> float:
     """CaloChallenge separation power of two one-dimensional samples.
 
     ``S = 1/2 sum_k (h_r,k - h_g,k)^2 / (h_r,k + h_g,k)`` (terms with ``h_r,k + h_g,k = 0`` are 0)
     where ``h_r`` and ``h_g`` are the histograms of ``reference`` and ``generated`` normalized to
-    unit sum. The bins are the given edges plus an underflow and an overflow bin, so that every
-    event counts (values outside the edges are not dropped as in a plain :func:`numpy.histogram`;
-    with edges from the reference's full range only generated events can land there).
+    unit sum. With ``outside="count"`` (default) the bins are the given edges plus an underflow
+    and an overflow bin, so that every event counts (with edges from the reference's full range
+    only generated events can land there). With ``outside="drop"`` values outside the edges are
+    left out and each histogram is normalized over the bins, as the challenge's evaluation does
+    (``plt.hist(..., density=True)`` times the bin widths, ``evaluate_plotting_helper.py``,
+    ``_separation_power``) with its fixed feature ranges.
     ``S`` lies in [0, 1]: 0 for identical histograms, 1 for samples without a common bin.
 
     Arguments:
@@ -294,9 +297,11 @@ def separation_power(
         generated: Generated sample (M,), finite.
         bins: Number of equal-width bins over the reference's range (see
             :func:`histogram_edges`), or increasing edges (K + 1,).
+        outside: ``"count"`` or ``"drop"`` (see above).
 
     Returns:
-        The separation power, a float in [0, 1].
+        The separation power, a float in [0, 1]; with ``outside="drop"`` NaN when a sample has
+        no value inside the edges (the histogram cannot be normalized).
 
     Example:
         >>> separation_power([0.0, 1.0, 2.0], [0.0, 1.0, 2.0])
@@ -322,11 +327,21 @@ def separation_power(
             raise ValueError(
                 f"bins must be an int or strictly increasing edges (K+1,) with K >= 1, got {edges!r}"
             )
+    check_choice("outside", outside, ("count", "drop"))
     h_ref = _histogram_with_flow(reference, edges)
     h_gen = _histogram_with_flow(generated, edges)
+    if outside == "drop":
+        h_ref, h_gen = (_renormalized(h[1:-1]) for h in (h_ref, h_gen))
+        if not (np.isfinite(h_ref).all() and np.isfinite(h_gen).all()):
+            return float("nan")
     total = h_ref + h_gen
     terms = _safe_divide((h_ref - h_gen) ** 2, total)
     return float(np.clip(0.5 * terms.sum(), 0.0, 1.0))
+
+
+def _renormalized(histogram: np.ndarray) -> np.ndarray:
+    total = histogram.sum()
+    return histogram / total if total > 0 else np.full_like(histogram, np.nan)
 
 
 def _histogram_with_flow(values: np.ndarray, edges: np.ndarray) -> np.ndarray:

@@ -177,6 +177,8 @@ class CaloGANGenerator(nn.Module):
 
     Attributes:
         latent_dim: the latent dimension.
+        geometry: :data:`~surrogate.geometry.CALOGAN`, the only geometry the generator is built
+            for (its layer streams are CaloGAN's three grids).
 
     Raises:
         ValueError: non-positive sizes or scales, or an even kernel.
@@ -203,6 +205,7 @@ class CaloGANGenerator(nn.Module):
     ):
         super().__init__()
         where = "CaloGANGenerator"
+        self.geometry = CALOGAN
         self.latent_dim = latent_dim = check_int("latent_dim", latent_dim, minimum=1, where=where)
         self.channels = channels = check_int("channels", channels, minimum=1, where=where)
         attention_hidden = check_int("attention_hidden", attention_hidden, minimum=0, where=where)

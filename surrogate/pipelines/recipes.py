@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from surrogate.config import ConfigError, SimulateConfig, build_section, read_toml
+from surrogate.config import ConfigError, load_simulate_recipe, read_toml
 
 __all__ = ["SIMULATORS", "simulate_recipe"]
 
@@ -20,7 +20,7 @@ __all__ = ["SIMULATORS", "simulate_recipe"]
 def _showers(path: Path, table: Mapping[str, Any], *, output, n, seed, progress) -> tuple[Path, str]:
     from surrogate.pipelines.showers import simulate
 
-    recipe = build_section(SimulateConfig, table, f"{path} [simulate]")
+    recipe = load_simulate_recipe(path)
     changes = {k: v for k, v in (("n_events", n), ("seed", seed)) if v is not None}
     recipe = dataclasses.replace(recipe, **changes)
     return simulate(recipe, output=output, progress=progress), f"{recipe.n_events} showers"

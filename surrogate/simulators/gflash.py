@@ -3,6 +3,11 @@
 A fast, vectorized numpy stand-in for Geant4 that produces showers in the CaloGAN HDF5 layout
 (``layer_0`` (N, 3, 96), ``layer_1`` (N, 12, 12), ``layer_2`` (N, 12, 6) cell energies in MeV,
 ``energy`` (N, 1) incident energy in GeV, ``overflow`` (N, 3) MeV outside the +-240 mm grid).
+:func:`simulate_batch` takes any :class:`~surrogate.geometry.CaloGeometry` whose layers match
+the calorimeter's readout layers: rectangular grids as CaloGAN's, or the polar voxels of the
+CaloChallenge geometries (spots binned by radius and angle; the challenge's datasets, files and
+calorimeters are in :mod:`surrogate.simulators.gflash_calochallenge`). The CaloGAN functions
+below are unchanged by this: same seed, same showers.
 
 Physics, per shower (Grindhammer & Peters, hep-ex/0001020; formulas and numbers in
 :mod:`surrogate.simulators.gflash_params`):
@@ -70,7 +75,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from surrogate.checks import check_float, check_int
-from surrogate.geometry import CALOGAN, CaloLayer
+from surrogate.geometry import CALOGAN, CaloGeometry, CaloLayer, PolarLayer
 from surrogate.simulators.gflash_params import (
     CALOGAN_CALORIMETER,
     PHOTON_CONVERSION_LENGTH_X0,
@@ -179,6 +184,7 @@ def simulate_batch(
     spot_scale: float = 1.0,
     impact_jitter_mm: float = 0.0,
     threshold_mev: float = READOUT_THRESHOLD_MEV,
+    geometry: CaloGeometry = CALOGAN,
 ) -> dict[str, np.ndarray]:
     """Simulate one batch of showers at the given incident energies (see the module docstring).
 
@@ -186,7 +192,8 @@ def simulate_batch(
         energy_gev: incident energies in GeV, float ``(B,)``.
         rng: numpy generator (the only source of randomness).
         particle: ``"e+"``, ``"e-"`` or ``"gamma"``.
-        calo: the sampling calorimeter; its ``readout_ends`` must give 3 readout layers.
+        calo: the sampling calorimeter; its ``readout_ends`` must give one readout layer per
+            layer of ``geometry`` (3 for CaloGAN).
         spot_scale: multiplies the GFlash spot count (> 0).
         impact_jitter_mm: half-width in mm of a uniform random shift of the shower axis in x and
             y (0: the axis is at the centre (0, 0) of the grid).
@@ -194,12 +201,18 @@ def simulate_batch(
             are set to exactly 0 and their energy is lost (step 5 of the module docstring;
             default :data:`READOUT_THRESHOLD_MEV`, 0 keeps every deposit). The random draws do
             not depend on it.
+        geometry: the readout cells of each layer: rectangular :class:`~surrogate.geometry.CaloLayer`
+            grids (CaloGAN, default) or polar :class:`~surrogate.geometry.PolarLayer` bins (the
+            CaloChallenge geometries, :func:`surrogate.data.binning.read_binning_xml`); spots are
+            histogrammed into a polar layer by their radius and angle
+            (:meth:`~surrogate.geometry.PolarLayer.voxel_index`).
 
     Returns:
-        CaloGAN layout dict: ``"layer_0"`` float32 (B, 3, 96), ``"layer_1"`` (B, 12, 12),
-        ``"layer_2"`` (B, 12, 6) cell energies in MeV at the EM scale, each 0 or at least
-        ``threshold_mev``; ``"energy"`` (B, 1) GeV; ``"overflow"`` (B, 3) MeV per layer outside
-        +-240 mm (not thresholded).
+        Dict of the geometry's layers, float32 ``(B, *layer.shape)`` cell energies in MeV at the
+        EM scale, each 0 or at least ``threshold_mev`` (CaloGAN: ``"layer_0"`` (B, 3, 96),
+        ``"layer_1"`` (B, 12, 12), ``"layer_2"`` (B, 12, 6)); ``"energy"`` (B, 1) GeV;
+        ``"overflow"`` (B, n_layers) MeV per layer outside the cells (CaloGAN: +-240 mm; not
+        thresholded).
 
     Raises:
         ValueError: bad particle, energies, spot_scale, jitter, threshold or readout geometry.
@@ -207,10 +220,13 @@ def simulate_batch(
     check_float("spot_scale", spot_scale, minimum=0, exclusive_minimum=True)
     check_float("impact_jitter_mm", impact_jitter_mm, minimum=0, unit="mm")
     threshold_mev = check_float("threshold_mev", threshold_mev, minimum=0, unit="MeV")
-    layers = CALOGAN.layers
+    if not isinstance(geometry, CaloGeometry):
+        raise ValueError(f"geometry: expected a CaloGeometry, got {type(geometry).__name__}")
+    layers = geometry.layers
     if len(calo.readout_ends) != len(layers):
         raise ValueError(
-            f"calo.readout_ends: expected {len(layers)} readout layers, got {calo.readout_ends}"
+            f"calo.readout_ends: expected {len(layers)} readout layers (those of geometry {geometry.name!r}), "
+            f"got {calo.readout_ends}"
         )
     long = sample_longitudinal(energy_gev, rng, particle=particle, calo=calo)
     energy_gev = np.asarray(energy_gev, dtype=np.float64)
@@ -235,21 +251,22 @@ def simulate_batch(
     for index, layer in enumerate(layers):
         lo = 0 if index == 0 else calo.readout_ends[index - 1]
         hi = calo.readout_ends[index]
-        out[layer.name], overflow[:, index] = _deposit_spots(
+        deposit = _deposit_spots if isinstance(layer, CaloLayer) else _deposit_spots_polar
+        out[layer.name], overflow[:, index] = deposit(
             layer, counts[:, :, lo:hi], radius_mm[:, :, lo:hi], spot_mev[:, None, lo:hi], offsets, rng
         )
     out["overflow"] = overflow
 
     # sampling fluctuations: Gamma(mean e, variance c^2 e) per cell, e in GeV (1000x for MeV)
     var_per_mev = 1000.0 * calo.resolution_term**2
-    for key in (*CALOGAN.layer_names, "overflow"):
+    for key in (*geometry.layer_names, "overflow"):
         values = out[key]
         if var_per_mev > 0:
             positive = values > 0
             values[positive] = rng.gamma(values[positive] / var_per_mev, var_per_mev)
         out[key] = values.astype(np.float32)
     # zero suppression after all draws (cells only): the same seed gives the same cells above it
-    for key in CALOGAN.layer_names:
+    for key in geometry.layer_names:
         out[key][out[key] < threshold_mev] = 0.0
     out["energy"] = energy_gev.astype(np.float32)[:, None]
     return out
@@ -313,6 +330,54 @@ def _deposit_spots(
     index += base
     deposit = np.bincount(index, weights=weight, minlength=b * (n_cells + 1)).reshape(b, n_cells + 1)
     return deposit[:, :n_cells].reshape(b, ny, nx), deposit[:, n_cells]
+
+
+def _spot_offsets(counts: np.ndarray, radius_mm: np.ndarray, spot_mev: np.ndarray, offsets: np.ndarray | None,
+                  rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Transverse positions of every spot: ``(x, y, weight, per_shower)``; the draws of :func:`_deposit_spots`."""
+    flat_counts = counts.ravel()
+    scale = np.repeat(radius_mm.ravel(), flat_counts)
+    weight = np.repeat(np.broadcast_to(spot_mev, counts.shape).ravel(), flat_counts)
+    per_shower = counts.sum(axis=(1, 2))
+    s = rng.standard_exponential(scale.size, dtype=np.float32)
+    np.maximum(s, np.float32(1e-30), out=s)
+    np.sqrt(s, out=s)
+    np.divide(scale, s, out=s)
+    x = rng.standard_normal(scale.size, dtype=np.float32)
+    y = rng.standard_normal(scale.size, dtype=np.float32)
+    x *= s
+    y *= s
+    if offsets is not None:
+        x += np.repeat(offsets[0], per_shower)
+        y += np.repeat(offsets[1], per_shower)
+    return x, y, weight, per_shower
+
+
+def _deposit_spots_polar(
+    layer: PolarLayer,
+    counts: np.ndarray,
+    radius_mm: np.ndarray,
+    spot_mev: np.ndarray,
+    offsets: np.ndarray | None,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_deposit_spots` for a polar layer: spots binned by radius and angle.
+
+    The spots are drawn as for a rectangular layer (same random draws); a spot at ``(x, y)`` mm
+    falls into the voxel of ``(eta, phi) = (y, x)`` (:meth:`~surrogate.geometry.PolarLayer.voxel_index`),
+    or into the overflow beyond the last radial edge.
+
+    Returns:
+        ``(cells, overflow)``: float64 ``(B, n_alpha, n_r)`` deposits in MeV and ``(B,)`` MeV of
+        the spots beyond the last radial edge.
+    """
+    b = counts.shape[0]
+    n_cells = layer.n_cells
+    x, y, weight, per_shower = _spot_offsets(counts, radius_mm, spot_mev, offsets, rng)
+    index = layer.voxel_index(y, x)
+    index += np.repeat(np.arange(b) * (n_cells + 1), per_shower)
+    deposit = np.bincount(index, weights=weight, minlength=b * (n_cells + 1)).reshape(b, n_cells + 1)
+    return deposit[:, :n_cells].reshape(b, *layer.shape), deposit[:, n_cells]
 
 
 def _check_run_arguments(n_events: int, energy_range_gev, batch_size: int) -> tuple[float, float]:

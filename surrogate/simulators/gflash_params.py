@@ -35,6 +35,8 @@ __all__ = [
     "Material",
     "LEAD",
     "LIQUID_ARGON",
+    "TUNGSTEN",
+    "SILICON",
     "SamplingCalorimeter",
     "CALOGAN_CALORIMETER",
     "PARTICLES",
@@ -92,6 +94,10 @@ class Material:
 LEAD = Material("Pb", 82.0, 207.2, 11.35, 6.37, 1.122)
 #: Liquid argon (PDG): X0 = 19.55 g/cm^2 (140 mm), dE/dx_min = 1.519 MeV cm^2/g.
 LIQUID_ARGON = Material("LAr", 18.0, 39.948, 1.396, 19.55, 1.519)
+#: Tungsten (PDG): X0 = 6.76 g/cm^2 (3.50 mm), dE/dx_min = 1.145 MeV cm^2/g.
+TUNGSTEN = Material("W", 74.0, 183.84, 19.3, 6.76, 1.145)
+#: Silicon (PDG): X0 = 21.82 g/cm^2 (93.7 mm), dE/dx_min = 1.664 MeV cm^2/g.
+SILICON = Material("Si", 14.0, 28.0855, 2.329, 21.82, 1.664)
 
 
 @dataclass(frozen=True)

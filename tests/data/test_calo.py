@@ -22,12 +22,13 @@ from surrogate.data import (
     CaloShowerDataset,
     read_calochallenge,
     read_calogan,
+    read_incident_energies,
     validate_calochallenge,
     validate_calogan,
     write_calochallenge,
     write_calogan,
 )
-from surrogate.geometry import CALOGAN_LAYER_SHAPES
+from surrogate.geometry import CALOGAN_LAYER_SHAPES, CaloGeometry, PolarLayer
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -446,6 +447,50 @@ def test_calochallenge_dataset(tmp_path, rng):
     rows = (got["incident_energies"][:, 0] / 1000.0).astype(int) - 1
     np.testing.assert_array_equal(np.sort(rows), np.arange(30))
     np.testing.assert_array_equal(got["showers"], showers[rows])
+
+
+def test_calochallenge_dataset_with_a_geometry_yields_the_models_form(tmp_path, rng):
+    """With the file's geometry, challenge events arrive as CaloGAN events do: one array per layer
+    (MeV) in the challenge's voxel order, the incident energy in GeV; every event once."""
+    geometry = CaloGeometry("toy", [PolarLayer("layer_0", (0.0, 1.0, 2.0, 3.0), 2), PolarLayer("layer_4", (0.0, 5.0), 1)])
+    energies = np.arange(1, 21, dtype=np.float32)[:, None] * 1000.0
+    showers = rng.exponential(1.0, (20, geometry.n_voxels)).astype(np.float32)
+    path = write_calochallenge(tmp_path / "cc.h5", energies, showers)
+    dataset = CaloShowerDataset(path, layout="calochallenge", geometry=geometry, block_size=8, seed=1)
+    got = collect(dataset, num_workers=0, batch_size=6)
+    assert set(got) == {"layer_0", "layer_4", "energy"}
+    assert got["layer_0"].shape == (20, 2, 3) and got["layer_4"].shape == (20, 1, 1)
+    rows = np.rint(got["energy"][:, 0]).astype(int) - 1  # GeV
+    np.testing.assert_array_equal(np.sort(rows), np.arange(20))
+    np.testing.assert_array_equal(got["layer_0"].reshape(20, 6), showers[rows, :6])
+    np.testing.assert_array_equal(got["layer_4"][:, 0, 0], showers[rows, 6])
+    wrong = CaloGeometry("seven", [PolarLayer("layer_0", (0.0, 1.0), 7)])
+    with pytest.raises(ValueError, match=r"cc.h5: 'showers' has 7 voxels per event; expected 6 of geometry 'six' \(1 layer, 6 voxels\)"):
+        CaloShowerDataset(path, layout="calochallenge", geometry=CaloGeometry("six", [PolarLayer("a", (0.0, 1.0), 6)]))
+    assert CaloShowerDataset(path, layout="calochallenge", geometry=wrong).n_events == 20
+    with pytest.raises(ValueError, match="geometry applies to layout 'calochallenge'"):
+        CaloShowerDataset(path, layout="calogan", geometry=wrong)
+
+
+def test_incident_energies_of_either_layout_in_mev(tmp_path, rng):
+    energies = np.array([[256.0], [4194304.0]], np.float32)
+    path = write_calochallenge(tmp_path / "cc.h5", energies, np.zeros((2, 3), np.float32))
+    np.testing.assert_array_equal(read_incident_energies(path), [256.0, 4194304.0])
+    calogan = {name: np.zeros((2, *shape), np.float32) for name, shape in CALOGAN_LAYER_SHAPES.items()}
+    calogan |= {"energy": np.array([[2.0], [50.0]], np.float32), "overflow": np.zeros((2, 3), np.float32)}
+    np.testing.assert_allclose(read_incident_energies(write_calogan(tmp_path / "cg.h5", calogan)), [2000.0, 50000.0])
+    with h5py.File(tmp_path / "other.h5", "w") as file:
+        file["x"] = np.ones(3)
+    with pytest.raises(ValueError, match=r"other.h5: no 'incident_energies' .* or 'energy'"):
+        read_incident_energies(tmp_path / "other.h5")
+
+
+def test_calochallenge_writer_stores_attributes(tmp_path):
+    path = tmp_path / "a.h5"
+    with CaloChallengeWriter(path, 1, n_voxels=2, attrs={"geometry": "toy", "layout": "ignored"}) as writer:
+        writer.write({"incident_energies": np.ones((1, 1), np.float32), "showers": np.zeros((1, 2), np.float32)})
+    with h5py.File(path, "r") as file:
+        assert file.attrs["geometry"] == "toy" and file.attrs["layout"] == "calochallenge"
 
 
 def test_dataset_holds_no_file_handle_and_pickles(event_file):

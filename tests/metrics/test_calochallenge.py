@@ -142,6 +142,37 @@ def test_feature_option_errors():
         calochallenge_features(np.zeros((2, 504)))
 
 
+def test_high_level_features_in_a_challenge_geometry():
+    """DS1 photons (layers 0, 1, 2, 3, 12; 10 angular bins in 1 and 2): 30 columns, eta and phi
+    only for layers 1 and 2, voxel coordinates as the challenge's XMLHandler places them (a hit in
+    angular bin j, radial bin i of layer 1 sits at r_mid (cos a_mid, sin a_mid))."""
+    from pathlib import Path
+
+    from surrogate.data.binning import read_binning_xml
+
+    geometry = read_binning_xml(Path(__file__).resolve().parents[2] / "datasets/calochallenge/binning_dataset_1_photons.xml")
+    names = calochallenge_feature_names("high", geometry=geometry)
+    assert len(names) == 30 and names[1:6] == ["log10_E_0", "log10_E_1", "log10_E_2", "log10_E_3", "log10_E_12"]
+    assert [n for n in names if n.startswith("EC_eta")] == ["EC_eta_1", "EC_eta_2"]
+    assert names[-5:] == ["width_r_0", "width_r_1", "width_r_2", "width_r_3", "width_r_12"]
+    voxels = np.zeros((1, 368))
+    j, i = 2, 3  # layer 1 has 16 radial bins: edges 6 and 8 mm for i = 3
+    voxels[0, 8 + j * 16 + i] = 300.0
+    voxels[0, 363] = 0.5  # layer 12, first ring: below the 1 MeV threshold
+    features = calochallenge_features({**geometry.unflatten(voxels), "energy": np.array([[4.096]])}, kind="high",
+                                      geometry=geometry, threshold_mev=1.0)
+    row = dict(zip(names, features[0]))
+    a_mid = -np.pi + (j + 0.5) * 2 * np.pi / 10
+    assert row["log10_E_inc"] == pytest.approx(np.log10(4096.0))
+    assert row["EC_eta_1"] == pytest.approx(7.0 * np.cos(a_mid) / 100) and row["EC_phi_1"] == pytest.approx(
+        7.0 * np.sin(a_mid) / 100)
+    assert row["EC_r_1"] == pytest.approx(0.07) and row["width_r_1"] == 0.0 and row["EC_r_12"] == 0.0
+    assert row["sparsity_1"] == pytest.approx(1 - 1 / 160) and row["sparsity_12"] == 1.0
+    assert row["log10_E_12"] == pytest.approx(-8.0)
+    assert calochallenge_features({**geometry.unflatten(voxels), "energy": np.array([[4.096]])},
+                                  geometry=geometry).shape == (1, 369)
+
+
 # ---------------------------------------------------------------- classifier
 
 

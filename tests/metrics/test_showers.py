@@ -202,6 +202,19 @@ def test_separation_power_known_values(rng):
     assert separation_power([0.5, 1.5], [0.5, 9.0], edges) == pytest.approx(0.5, rel=1e-12)
 
 
+def test_separation_power_dropping_values_outside_the_edges_as_the_challenge_does():
+    """outside="drop": the evaluation's density histograms times bin widths (values outside the
+    range are not counted, each histogram sums to 1 over the bins)."""
+    edges = np.array([0.0, 1.0, 2.0, 3.0])
+    # in range: h_r = (1/3, 1/3, 1/3), h_g = (2/3, 0, 1/3): S = 1/2 (1/9 / 1 + 1/9 / (1/3)) = 2/9
+    reference, generated = [0.5, 1.5, 2.5, 10.0], [0.5, 0.6, 2.5, -3.0]
+    assert separation_power(reference, generated, edges, outside="drop") == pytest.approx(2 / 9, rel=1e-12)
+    assert separation_power(reference, generated, edges) == pytest.approx(5 / 12, rel=1e-12)  # counted outside
+    assert np.isnan(separation_power(reference, [10.0, 11.0], edges, outside="drop"))  # nothing in range
+    with pytest.raises(ValueError, match="outside must be one of"):
+        separation_power(reference, generated, edges, outside="ignore")
+
+
 def test_separation_power_of_two_samples_of_one_distribution_is_small(rng):
     # expected value ~ bins / (2 N) = 50 / 40000 for two independent samples of N events
     s = separation_power(rng.normal(size=20000), rng.normal(size=20000), 50)
