@@ -1,4 +1,4 @@
-"""Command line: ``surrogate simulate|train|generate|validate|run|infer-energy``.
+"""Command line: ``surrogate simulate|train|generate|validate|run|infer-energy|sample|fit``.
 
 The only place that reads configuration files and changes torch's global settings (number of
 threads, seeds). Every error ends the command with one line naming what is wrong (the file, key,
@@ -64,6 +64,28 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _numbers(text: str) -> list[float]:
+    """``"21.5"`` or ``"21.5,22,23.1"``: one value or one per stamp."""
+    try:
+        values = [float(p) for p in text.split(",")]
+    except ValueError:
+        values = []
+    if not values or not all(math.isfinite(v) for v in values):
+        raise argparse.ArgumentTypeError(f"expected a number or comma-separated numbers, got {text!r}")
+    return values
+
+
+def _indices(text: str) -> list[int]:
+    """``"0,2,4"``: indices >= 0."""
+    try:
+        values = [int(p) for p in text.split(",")]
+    except ValueError:
+        values = []
+    if not values or min(values) < 0:
+        raise argparse.ArgumentTypeError(f"expected comma-separated indices >= 0, got {text!r}")
+    return values
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="surrogate", description="Generative surrogates of physics simulators.")
     from surrogate import __version__
@@ -92,10 +114,18 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--resume-anyway", action="store_true",
                    help="resume even if the configuration changed in a way that alters training (seed, model, data)")
 
-    g = sub.add_parser("generate", help="generate showers from a checkpoint into a CaloGAN-layout HDF5 file")
+    g = sub.add_parser("generate", help="generate showers from a checkpoint into a CaloGAN- or CaloChallenge-layout "
+                                        "HDF5 file")
     g.add_argument("checkpoint", type=Path, help="checkpoint file or run folder")
-    g.add_argument("--n", type=_positive_int, required=True, help="number of showers")
+    g.add_argument("--n", type=_positive_int, default=None,
+                   help="number of showers (required unless --energies-from gives them)")
     g.add_argument("--energy", type=_energy_range, default=(1.0, 100.0), help="incident energy E or EMIN:EMAX in GeV (uniform)")
+    g.add_argument("--format", choices=("calogan", "calochallenge"), default="calogan",
+                   help="file layout: calogan (layers, GeV) or calochallenge (incident_energies, showers; MeV)")
+    g.add_argument("--geometry", type=Path, default=None, metavar="XML",
+                   help="CaloChallenge binning file of the voxels (with --format calochallenge)")
+    g.add_argument("--energies-from", type=Path, default=None, metavar="H5",
+                   help="draw the incident energies from this shower file (all of them, in order, without --n)")
     g.add_argument("--out", type=Path, required=True)
     g.add_argument("--batch-size", type=_positive_int, default=1024)
     g.add_argument("--seed", type=int, default=0)
@@ -107,10 +137,23 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--out", type=Path, required=True, help="report folder")
     v.add_argument("--seed", type=int, default=0)
     v.add_argument("--threshold-mev", type=float, default=None,
-                   help="readout threshold in MeV for both files: cells below it are empty (default 0.01)")
+                   help="readout threshold in MeV for both files: cells below it are empty (default 0.01; with "
+                        "--geometry the challenge evaluation's: 1 for dataset 1, 0.01515 for datasets 2 and 3)")
+    v.add_argument("--geometry", type=Path, default=None, metavar="XML",
+                   help="compare CaloChallenge-layout files in this binning file's geometry, as the challenge's "
+                        "evaluation does (its high-level features, separation powers, classifier AUCs)")
     v.add_argument("--classifier", choices=["fast", "calochallenge"], default="fast",
                    help="classifier test: fast (seconds) or the CaloChallenge 2022 protocol (a 3x2048 DNN, "
                         "50 epochs: about 15 CPU minutes per feature set at 10k vs 10k showers)")
+
+    smp = sub.add_parser("sample", help="posterior samples of one observation from a trained NPE run (sbibm CSV)")
+    smp.add_argument("run_dir", type=Path, help="the run's output_dir (its posterior.pt) or a posterior.pt file")
+    smp.add_argument("--x", type=Path, required=True,
+                     help="observation CSV: a header row (data_1,...) and one data row, as sbibm's observation.csv")
+    smp.add_argument("--n", type=_positive_int, default=10_000, help="number of samples (default 10000)")
+    smp.add_argument("--out", type=Path, required=True, help="CSV to write (header parameter_1,parameter_2,...)")
+    smp.add_argument("--seed", type=int, default=0)
+    smp.add_argument("--device", default="cpu")
 
     r = sub.add_parser("run", help="run a whole pipeline file (pipelines/*.toml)")
     r.add_argument("config", type=Path)
@@ -124,6 +167,35 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--prior", choices=("uniform", "log-uniform"), default="uniform",
                    help="prior over the training energy range (default: uniform)")
     e.add_argument("--n-grid", type=_positive_int, default=64, help="grid energies per pass (default: 64)")
+
+    fi = sub.add_parser("fit", help="MAP-fit real galaxy stamps with a galaxy_vae run (any pixel scale, own PSF, "
+                                    "correlated noise)")
+    fi.add_argument("run_dir", type=Path, help="galaxy_vae run folder (its model.pt) or checkpoint")
+    fi.add_argument("stamps", type=Path, help="a GalSim RealGalaxyCatalog FITS table, or FITS stamps (one per image "
+                                              "HDU, or a cube)")
+    fi.add_argument("--out", type=Path, required=True, help="output folder: fit.h5, fit_NN.png, summary.json")
+    fi.add_argument("--indices", type=_indices, default=None, help="which stamps or catalogue rows, e.g. 0,2 (default all)")
+    fi.add_argument("--psf", type=Path, default=None, help="plain stamps: FITS PSF image(s), one for all or one per stamp")
+    fi.add_argument("--pixel-scale", type=float, default=None, help="plain stamps: arcsec/pixel")
+    fi.add_argument("--psf-pixel-scale", type=float, default=None, help="plain stamps: arcsec/pixel of the PSF "
+                                                                        "images (default --pixel-scale)")
+    fi.add_argument("--noise-variance", type=_numbers, default=None,
+                    help="plain stamps: pixel noise variance in counts^2, one value or one per stamp")
+    fi.add_argument("--noise-correlation", type=Path, default=None,
+                    help="plain stamps: FITS noise correlation function image (zero lag at the centre); default white")
+    fi.add_argument("--magnitude", type=_numbers, default=None,
+                    help="the prior's magnitudes in the model's AB system, one or one per stamp (default: estimated "
+                         "from each stamp with the model's zero point)")
+    fi.add_argument("--half-light-radius", type=_numbers, default=None,
+                    help="the prior's PSF-free half-light radii in arcsec, one or one per stamp (default: estimated)")
+    fi.add_argument("--catalog-magnitude", action="store_true",
+                    help="use the catalogue's MAG as the prior's magnitude (only if it is in the model's band and system)")
+    fi.add_argument("--white-noise", action="store_true",
+                    help="white-noise likelihood of the stamps' pixel variance, ignoring correlations (for comparison)")
+    fi.add_argument("--steps", type=_positive_int, default=1000, help="Adam iterations of the MAP fit (default 1000)")
+    fi.add_argument("--learning-rate", type=float, default=0.05, help="Adam learning rate (default 0.05)")
+    fi.add_argument("--seed", type=int, default=0, help="seed of the noise padding and noise-power estimate")
+    fi.add_argument("--device", default="cpu")
     return p
 
 
@@ -180,9 +252,34 @@ def _run(args: argparse.Namespace) -> int:
         family = _stored_family(args.checkpoint)
         if family.generate is None:
             raise ValueError(f"{args.checkpoint}: the {family.name!r} family does not generate events")
+        showers = {}
+        if args.format != "calogan" or args.geometry is not None or args.energies_from is not None:
+            from surrogate.data.binning import read_binning_xml
+
+            geometry = None if args.geometry is None else read_binning_xml(args.geometry)
+            showers = {"layout": args.format, "geometry": geometry, "energies_from": args.energies_from}
+        elif args.n is None:
+            raise ValueError("generate: give --n (the number of showers) or --energies-from")
         path = family.generate(args.checkpoint, args.out, args.n, energy_range_gev=args.energy,
-                               batch_size=args.batch_size, seed=args.seed, device=args.device, progress=progress)
-        say(f"wrote {args.n} events to {path}")
+                               batch_size=args.batch_size, seed=args.seed, device=args.device, progress=progress,
+                               **showers)
+        count = f"{args.n} events" if args.n is not None else f"showers at the energies of {args.energies_from}"
+        say(f"wrote {count} to {path}")
+    elif args.command == "sample":
+        posterior_file = args.run_dir / "posterior.pt"
+        family = _stored_family(posterior_file if posterior_file.is_file() else args.run_dir)
+        if family.sample is None:
+            raise ValueError(f"{args.run_dir}: the {family.name!r} family does not estimate posteriors")
+        path = family.sample(args.run_dir, args.x, args.out, n=args.n, seed=args.seed, device=args.device)
+        say(f"wrote {args.n} posterior samples to {path}")
+    elif args.command == "validate" and args.geometry is not None:
+        from surrogate.data.binning import read_binning_xml
+        from surrogate.pipelines.fastsim_calochallenge import validate_calochallenge_files
+
+        validate_calochallenge_files(args.reference, args.generated, args.out, geometry=read_binning_xml(args.geometry),
+                                     threshold_mev=args.threshold_mev, seed=args.seed,
+                                     classifier_protocol=args.classifier, progress=progress)
+        say(f"report: {args.out / 'report.json'}")
     elif args.command == "validate":
         from surrogate.pipelines.fastsim import validate_calo
 
@@ -196,6 +293,27 @@ def _run(args: argparse.Namespace) -> int:
         path = infer_energy(args.run_dir, args.showers, args.out, prior=args.prior, n_grid=args.n_grid,
                             progress=progress)
         say(f"wrote energy posteriors to {path}")
+    elif args.command == "fit":
+        from surrogate.data.real_galaxies import read_real_stamps
+        from surrogate.pipelines.fit_stamps import fit_run
+
+        stamps = read_real_stamps(args.stamps, indices=args.indices, psf=args.psf, pixel_scale=args.pixel_scale,
+                                  psf_pixel_scale=args.psf_pixel_scale, noise_variance=args.noise_variance,
+                                  noise_correlation=args.noise_correlation)
+        magnitude = args.magnitude
+        if args.catalog_magnitude:
+            if magnitude is not None or any(s.magnitude is None for s in stamps):
+                raise ValueError(f"--catalog-magnitude: {args.stamps} has no MAG for every stamp, or --magnitude "
+                                 "was given too")
+            magnitude = [s.magnitude for s in stamps]
+        one = (lambda v: v[0] if v is not None and len(v) == 1 else v)
+        result = fit_run(args.run_dir, stamps, args.out, magnitude=one(magnitude),
+                         half_light_radius=one(args.half_light_radius), white_noise=args.white_noise,
+                         steps=args.steps, learning_rate=args.learning_rate, seed=args.seed, device=args.device)
+        summary = result.summary()
+        say(f"fitted {len(stamps)} stamp(s), {result.noise_model} noise: median chi2 per pixel "
+            f"{summary['median_chi2_per_pixel_galaxy']:.2f} over the galaxies' pixels, "
+            f"{summary['median_chi2_per_pixel_stamp']:.2f} over the stamps; wrote {args.out / 'fit.h5'}")
     elif args.command == "train":
         cfg, family = _load(args.config, args.threads)
         resume = False if args.no_resume else ("anyway" if args.resume_anyway else True)

@@ -121,6 +121,20 @@ def test_validate_passes_the_readout_threshold(monkeypatch, tmp_path, extra, exp
     assert {k: v for k, v in calls[0].items() if k == "threshold_mev"} == expected
 
 
+def test_validate_with_a_binning_file_uses_the_challenge_evaluation(monkeypatch, tmp_path):
+    """``--geometry XML`` sends both files to the CaloChallenge validation in that geometry, with the
+    evaluation's threshold unless ``--threshold-mev`` is given."""
+    import surrogate.pipelines.fastsim_calochallenge as challenge
+    from surrogate.cli import main
+
+    calls = []
+    monkeypatch.setattr(challenge, "validate_calochallenge_files", lambda *args, **kwargs: calls.append(kwargs))
+    xml = Path(__file__).resolve().parents[1] / "datasets" / "calochallenge" / "binning_dataset_1_photons.xml"
+    assert main(["--no-progress", "validate", "ref.h5", "gen.h5", "--out", str(tmp_path), "--geometry", str(xml)]) == 0
+    assert calls[0]["geometry"].n_voxels == 368 and calls[0]["threshold_mev"] is None
+    assert calls[0]["classifier_protocol"] == "fast"
+
+
 def test_clear_errors(tmp_path, gflash_files):
     config = _config(tmp_path, gflash_files)
     config.write_text(config.read_text().replace("max_steps", "max_stepz"))
@@ -137,6 +151,33 @@ def test_clear_errors(tmp_path, gflash_files):
     bad.write_bytes(b"not hdf5")
     proc = _cli("validate", bad, gflash_files[1], "--out", tmp_path / "r", check=False)
     assert proc.returncode == 2 and "bad.h5" in proc.stderr
+
+
+@pytest.mark.slow  # two CLI processes: about 10-20 s; the same refusal in-process: tests/pipelines/test_generate_calochallenge.py
+def test_generate_calochallenge_format_refuses_a_calogan_model(tmp_path):
+    """``--format calochallenge`` needs a model of the binning file's geometry: a CaloGAN model is
+    refused in one line (status 2, no file); ``--energies-from`` alone takes a file's energies."""
+    from surrogate.data.binning import read_binning_xml
+    from surrogate.models.calo_gan import CaloGANGenerator
+    from surrogate.simulators.gflash_calochallenge import simulate_calochallenge_to_file
+    from surrogate.train.checkpoint import checkpoint_path, save_checkpoint
+
+    xml = Path(__file__).resolve().parents[1] / "datasets" / "calochallenge" / "binning_dataset_1_photons.xml"
+    reference = simulate_calochallenge_to_file(tmp_path / "ref.h5", 12, geometry=read_binning_xml(xml),
+                                               calorimeter="atlas_barrel", energy_distribution="powers-of-two",
+                                               energy_range_gev=(0.256, 4194.304), progress=False)
+    kwargs = dict(latent_dim=4, channels=2, attention_hidden=4, response_hidden=4)
+    config = {"run": {"pipeline": "calo_gan"}, "model": {"generator": kwargs},
+              "generate": {"energy_min_gev": 0.2, "energy_max_gev": 5000.0}}
+    save_checkpoint(checkpoint_path(tmp_path / "run", 0), modules={"generator": CaloGANGenerator(**kwargs)},
+                    config=config, step=0)
+    proc = _cli("generate", tmp_path / "run", "--format", "calochallenge", "--geometry", xml, "--energies-from",
+                reference, "--out", tmp_path / "x.h5", check=False)
+    assert proc.returncode == 2 and not (tmp_path / "x.h5").exists()
+    assert "generates showers in geometry 'CaloGAN' (3 layers, 504 voxels), not in 'binning_dataset_1_photons'" in proc.stderr
+    proc = _cli("generate", tmp_path / "run", "--energies-from", reference, "--out", tmp_path / "y.h5")
+    assert f"showers at the energies of {reference}" in proc.stdout
+    assert read_calogan(tmp_path / "y.h5")["energy"].shape == (12, 1)
 
 
 def test_run_dispatches_the_npe_pipeline_with_paths_relative_to_the_file(tmp_path):
@@ -167,3 +208,35 @@ coverage_observations = 0
     report = tmp_path / "out" / "report.json"
     assert str(report) in proc.stdout
     assert 0.5 <= json.loads(report.read_text())["c2st_mean"] <= 1.0
+
+
+def test_sample_writes_posterior_samples_in_sbibm_csv_format(tmp_path, capsys):
+    """`surrogate sample RUN_DIR --x observation.csv` on a small two_moons run: sbibm's header and
+    --n rows inside the prior's box; a CSV of the wrong width and a folder without a posterior
+    are one-line errors with status 2 (those two in-process: `main` is the same code)."""
+    from surrogate.cli import main
+    from surrogate.config import load_pipeline
+    from surrogate.pipelines.npe import train_posterior
+
+    config = tmp_path / "npe.toml"
+    config.write_text('[run]\npipeline = "npe"\noutput_dir = "run"\n[data]\ntask = "two_moons"\nnum_simulations = 300\n'
+                      "[model]\nhidden_features = 8\nnum_transforms = 1\n[train]\nmax_epochs = 1\n")
+    train_posterior(load_pipeline(config), progress=False)
+    observation = Path(__file__).resolve().parents[1] / "datasets" / "sbibm" / "two_moons" / "num_observation_1"
+    out = tmp_path / "samples.csv"
+    proc = _cli("sample", tmp_path / "run", "--x", observation / "observation.csv", "--n", 250, "--out", out,
+                "--seed", 4)
+    assert f"wrote 250 posterior samples to {out}" in proc.stdout
+    lines = out.read_text().splitlines()
+    assert lines[0] == "parameter_1,parameter_2" and len(lines) == 251
+    assert (np.abs(np.loadtxt(out, delimiter=",", skiprows=1)) <= 1).all()
+
+    wide = tmp_path / "wide.csv"
+    wide.write_text("data_1,data_2,data_3\n0.1,0.2,0.3\n")
+    capsys.readouterr()
+    assert main(["sample", str(tmp_path / "run"), "--x", str(wide), "--out", str(tmp_path / "no.csv")]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "wide.csv: 3 values" in err and "data of shape (2,)" in err
+    assert main(["sample", str(tmp_path), "--x", str(wide), "--out", str(tmp_path / "no.csv")]) == 2
+    assert "no checkpoint in" in capsys.readouterr().err
+    assert not (tmp_path / "no.csv").exists()

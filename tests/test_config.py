@@ -49,6 +49,21 @@ def test_dataset_recipes_parse(path):
         assert load_simulate_recipe(path).n_events > 0
 
 
+def test_challenge_recipes_name_their_binning_file_relative_to_the_recipe(tmp_path):
+    recipe = load_simulate_recipe(REPO / "datasets" / "calochallenge_ds1_photons_gflash.toml")
+    assert recipe.geometry == REPO / "datasets" / "calochallenge" / "binning_dataset_1_photons.xml"
+    assert recipe.geometry.is_file() and recipe.calorimeter == "atlas_barrel"
+    assert recipe.energy_distribution == "powers-of-two" and recipe.threshold_mev == 1.0
+    assert load_simulate_recipe(REPO / "datasets" / "calogan_gflash_small.toml").geometry is None
+    bad = tmp_path / "r.toml"
+    bad.write_text('[simulate]\nenergy_distribution = "log-uniform"\n')
+    with pytest.raises(ConfigError, match="need a geometry"):
+        load_simulate_recipe(bad)
+    bad.write_text('[simulate]\ngeometry = "b.xml"\n')
+    with pytest.raises(ConfigError, match="needs a calorimeter"):
+        load_simulate_recipe(bad)
+
+
 BASE = '[run]\npipeline = "calo_gan"\noutput_dir = "out"\n[data]\ntrain_file = "a.h5"\nreference_file = "b.h5"\n'
 
 

@@ -7,8 +7,12 @@
 * :mod:`surrogate.data.calo`: the CaloGAN (arXiv:1705.02355) and CaloChallenge (arXiv:2410.21611)
   layouts, their readers, writers and validators, and :class:`CaloShowerDataset`; the detector
   geometry itself is :mod:`surrogate.geometry`.
+* :mod:`surrogate.data.binning`: the CaloChallenge's XML voxel binning files, read into
+  :class:`~surrogate.geometry.CaloGeometry` objects (:func:`read_binning_xml`).
 * :mod:`surrogate.data.galaxy`: galaxy stamps (observed, PSF, noise variance, PSF-free profile,
   magnitude, half-light radius) and :class:`GalaxyStampDataset`.
+* :mod:`surrogate.data.real_galaxies`: real observed stamps at their own pixel scale with their
+  PSF and (correlated) GalSim noise, from a GalSim ``RealGalaxyCatalog`` or plain FITS files.
 * :mod:`surrogate.data.root`: ROOT TTrees read with uproot (an optional extra, imported only when a
   ROOT file is read): opening, branch checks, chunked reads and :func:`read_root_flat` (flat
   branches to arrays); :mod:`surrogate.data.root_hits`: :func:`read_root_hits` (per-event hit lists
@@ -16,6 +20,8 @@
   :func:`root_hits_to_hdf5`, with branches and cell-id decoding in a :class:`RootHitMapping`
   (:mod:`surrogate.data.root_mapping`).
 * :mod:`surrogate.data.sharding`: the seeded per-epoch plan of blocks per rank and worker.
+* :mod:`surrogate.data.pairs`: simulation pairs ``theta`` / ``x`` in HDF5 for posterior
+  estimation; :mod:`surrogate.data.sbibm_csv`: sbibm's CSV tables (observations, samples).
 """
 
 from surrogate.data.calo import (
@@ -28,11 +34,13 @@ from surrogate.data.calo import (
     CaloShowerDataset,
     read_calochallenge,
     read_calogan,
+    read_incident_energies,
     validate_calochallenge,
     validate_calogan,
     write_calochallenge,
     write_calogan,
 )
+from surrogate.data.binning import binning_particles, read_binning_xml
 from surrogate.data.event_writer import EventWriter
 from surrogate.data.galaxy import (
     GALAXY_KEYS,
@@ -68,12 +76,15 @@ __all__ = [
     "RootHitMapping",
     "Segment",
     "atomic_output",
+    "binning_particles",
     "epoch_segments",
     "galaxy_file_info",
     "open_hdf5",
+    "read_binning_xml",
     "read_calochallenge",
     "read_calogan",
     "read_galaxies",
+    "read_incident_energies",
     "read_root_flat",
     "read_root_hits",
     "root_hits_to_hdf5",

@@ -3,7 +3,9 @@
 - :mod:`surrogate.simulators.gflash`: GFlash-style parametrized electromagnetic showers in the
   CaloGAN geometry (``simulate_calogan_showers``, ``simulate_to_file``); its materials, geometry
   and parameter formulas are in :mod:`surrogate.simulators.gflash_params`, its exact mean
-  profiles (the references the tests check against) in :mod:`surrogate.simulators.gflash_profiles`.
+  profiles (the references the tests check against) in :mod:`surrogate.simulators.gflash_profiles`;
+  the same showers in the CaloChallenge 2022 geometries and file layout (calorimeters, incident
+  energy distributions, readout thresholds) in :mod:`surrogate.simulators.gflash_calochallenge`.
 
 - :mod:`surrogate.simulators.galaxies`: GalSim stamps from the COSMOS example catalogue's
   parametric fits, with HST and ground-based PSFs and pixel noise; the catalogue itself (galaxies,
@@ -11,6 +13,9 @@
 
 - :mod:`surrogate.simulators.sbi_tasks`: sbibm benchmark tasks (prior, simulator) and their
   reference posteriors shipped in ``datasets/sbibm``.
+
+- :mod:`surrogate.simulators.user`: a user's own simulator named by ``"module:function"``, run
+  in seeded batches; :mod:`surrogate.simulators.priors`: priors from ``[prior]`` tables.
 
 Submodules are imported on first use, so importing one simulator does not import the others'
 dependencies.
