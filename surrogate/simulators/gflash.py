@@ -380,9 +380,12 @@ def _deposit_spots_polar(
     return deposit[:, :n_cells].reshape(b, *layer.shape), deposit[:, n_cells]
 
 
-def _check_run_arguments(n_events: int, energy_range_gev, batch_size: int) -> tuple[float, float]:
-    check_int("n_events", n_events, minimum=1)
-    check_int("batch_size", batch_size, minimum=1)
+def check_energy_range(energy_range_gev) -> tuple[float, float]:
+    """``(low, high)`` in GeV as floats.
+
+    Raises:
+        ValueError: not a pair of numbers with ``0 < low <= high < inf`` (naming the value).
+    """
     try:
         low, high = (float(v) for v in energy_range_gev)
     except (TypeError, ValueError):
@@ -390,6 +393,12 @@ def _check_run_arguments(n_events: int, energy_range_gev, batch_size: int) -> tu
     if not (0.0 < low <= high < np.inf):
         raise ValueError(f"energy_range_gev: expected 0 < min <= max (GeV), got ({low}, {high})")
     return low, high
+
+
+def _check_run_arguments(n_events: int, energy_range_gev, batch_size: int) -> tuple[float, float]:
+    check_int("n_events", n_events, minimum=1)
+    check_int("batch_size", batch_size, minimum=1)
+    return check_energy_range(energy_range_gev)
 
 
 def iter_calogan_batches(

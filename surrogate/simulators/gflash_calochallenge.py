@@ -65,7 +65,7 @@ from tqdm.auto import tqdm
 
 from surrogate.checks import check_choice, check_float, check_int
 from surrogate.geometry import CaloGeometry
-from surrogate.simulators.gflash import simulate_batch
+from surrogate.simulators.gflash import check_energy_range, simulate_batch
 from surrogate.simulators.gflash_params import (
     CALOGAN_CALORIMETER,
     LEAD,
@@ -137,12 +137,7 @@ def sample_incident_energies(n: int, distribution: str, energy_range_gev: tuple[
     """
     n = check_int("n", n, minimum=1)
     check_choice("distribution", distribution, ENERGY_DISTRIBUTIONS)
-    try:
-        low, high = (float(v) for v in energy_range_gev)
-    except (TypeError, ValueError):
-        raise ValueError(f"energy_range_gev: expected (min, max) in GeV, got {energy_range_gev!r}") from None
-    if not (0.0 < low <= high < np.inf):
-        raise ValueError(f"energy_range_gev: expected 0 < min <= max (GeV), got ({low}, {high})")
+    low, high = check_energy_range(energy_range_gev)
     if distribution == "uniform":
         return 1000.0 * rng.uniform(low, high, n)
     if distribution == "log-uniform":
