@@ -1,5 +1,5 @@
 """Shared fixtures: a fixed seed with torch's global state restored afterwards, small GFlash
-shower files, a small galaxy VAE and a Gaussian PSF."""
+shower files, a tiny CaloGAN pipeline file, a small galaxy VAE and a Gaussian PSF."""
 
 from __future__ import annotations
 
@@ -45,6 +45,51 @@ def gflash_files(tmp_path_factory) -> tuple[Path, Path]:
     train = simulate_to_file(folder / "train.h5", 512, energy_range_gev=(5.0, 50.0), seed=1, progress=False)
     reference = simulate_to_file(folder / "reference.h5", 300, energy_range_gev=(5.0, 50.0), seed=2, progress=False)
     return Path(train), Path(reference)
+
+
+_TINY_CALO_GAN = """
+[run]
+pipeline = "calo_gan"
+output_dir = "{out}"
+seed = {seed}
+threads = 1
+device = "cpu"
+[data]
+train_file = "{train}"
+reference_file = "{reference}"
+[model.generator]
+latent_dim = 8
+channels = 2
+attention_hidden = 8
+[model.critic]
+channels = [2]
+hidden = 16
+[train]
+batch_size = {batch_size}
+max_steps = {max_steps}
+checkpoint_every = {every}
+log_every = {every}
+block_size = 64
+{extra}"""
+
+
+@pytest.fixture(scope="session")
+def tiny_calo_gan_config() -> Callable[..., Path]:
+    """``write(folder, train, reference=None, *, seed=7, batch_size=32, max_steps=24, every=4,
+    extra="")``: writes ``folder/calo.toml``, a CaloGAN pipeline file with a tiny model (seconds
+    per hundred steps) training on ``train`` into ``folder/run``, checkpointing and logging every
+    ``every`` steps; ``extra`` is appended after the ``[train]`` keys (more keys, or sections).
+    Returns the file's path."""
+
+    def write(folder: Path, train: Path, reference: Path | None = None, *, seed: int = 7, batch_size: int = 32,
+              max_steps: int = 24, every: int = 4, extra: str = "") -> Path:
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / "calo.toml"
+        path.write_text(_TINY_CALO_GAN.format(out=folder / "run", train=train, reference=reference or train, seed=seed,
+                                              batch_size=batch_size, max_steps=max_steps, every=every, extra=extra))
+        return path
+
+    return write
 
 
 @pytest.fixture

@@ -28,39 +28,11 @@ def _cli(*args, check=True, **kwargs):
     return proc
 
 
-def _config(folder: Path, showers, max_steps=24) -> Path:
-    train, reference = showers
-    text = f"""
-[run]
-pipeline = "calo_gan"
-output_dir = "{folder / 'run'}"
-seed = 7
-threads = 1
-[data]
-train_file = "{train}"
-reference_file = "{reference}"
-[model.generator]
-latent_dim = 8
-channels = 2
-attention_hidden = 8
-[model.critic]
-channels = [2]
-hidden = 16
-[train]
-batch_size = 32
-max_steps = {max_steps}
-checkpoint_every = 4
-log_every = 4
-block_size = 64
-[generate]
+GENERATE = """[generate]
 n_events = 300
 energy_min_gev = 5.0
 energy_max_gev = 50.0
 """
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "config.toml"
-    path.write_text(text)
-    return path
 
 
 def _final_weights(run: Path) -> dict[str, dict[str, torch.Tensor]]:
@@ -69,11 +41,11 @@ def _final_weights(run: Path) -> dict[str, dict[str, torch.Tensor]]:
     return ckpt["modules"]
 
 
-def test_resume_after_kill_matches_uninterrupted_run(tmp_path, gflash_files):
-    straight = _config(tmp_path / "straight", gflash_files)
+def test_resume_after_kill_matches_uninterrupted_run(tmp_path, gflash_files, tiny_calo_gan_config):
+    straight = tiny_calo_gan_config(tmp_path / "straight", *gflash_files, extra=GENERATE)
     _cli("train", straight)
 
-    killed = _config(tmp_path / "killed", gflash_files)
+    killed = tiny_calo_gan_config(tmp_path / "killed", *gflash_files, extra=GENERATE)
     run = tmp_path / "killed" / "run" / "train" / "checkpoints"
     proc = subprocess.Popen([sys.executable, "-m", "surrogate", "--threads", "1", "--no-progress", "train", str(killed)],
                             env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -94,8 +66,8 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path, gflash_files):
             torch.testing.assert_close(a[net][key], b[net][key], rtol=0, atol=0, msg=f"{net}.{key}")
 
 
-def test_generate_and_validate(tmp_path, gflash_files):
-    config = _config(tmp_path, gflash_files, max_steps=4)
+def test_generate_and_validate(tmp_path, gflash_files, tiny_calo_gan_config):
+    config = tiny_calo_gan_config(tmp_path, *gflash_files, max_steps=4, extra=GENERATE)
     _cli("train", config)
     out = tmp_path / "gen.h5"
     _cli("generate", tmp_path / "run" / "train", "--n", 130, "--energy", "10:20", "--batch-size", 50, "--out", out)
@@ -135,11 +107,11 @@ def test_validate_with_a_binning_file_uses_the_challenge_evaluation(monkeypatch,
     assert calls[0]["classifier_protocol"] == "fast"
 
 
-def test_clear_errors(tmp_path, gflash_files):
-    config = _config(tmp_path, gflash_files)
+def test_clear_errors(tmp_path, gflash_files, tiny_calo_gan_config):
+    config = tiny_calo_gan_config(tmp_path, *gflash_files, extra=GENERATE)
     config.write_text(config.read_text().replace("max_steps", "max_stepz"))
     proc = _cli("train", config, check=False)
-    assert proc.returncode == 2 and "max_stepz" in proc.stderr and "config.toml" in proc.stderr
+    assert proc.returncode == 2 and "max_stepz" in proc.stderr and "calo.toml" in proc.stderr
 
     proc = _cli("generate", tmp_path / "nothing", "--n", 5, "--out", tmp_path / "x.h5", check=False)
     assert proc.returncode == 2 and "nothing" in proc.stderr

@@ -27,32 +27,6 @@ from surrogate.data.event_writer import stitch_shards
 from surrogate.rundir import RunDirectoryLocked, abandoned, lock_run_directory, temporary_name
 from surrogate.simulators.gflash import simulate_to_file
 
-CONFIG = """
-[run]
-pipeline = "calo_gan"
-output_dir = "{out}"
-seed = 7
-threads = 1
-device = "cpu"
-[data]
-train_file = "{train}"
-reference_file = "{train}"
-[model.generator]
-latent_dim = 8
-channels = 2
-attention_hidden = 8
-[model.critic]
-channels = [2]
-hidden = 16
-[train]
-batch_size = 32
-max_steps = 4
-checkpoint_every = 2
-log_every = 2
-block_size = 64
-"""
-
-
 @pytest.fixture(scope="module")
 def showers(tmp_path_factory) -> Path:
     """256 GFlash showers, 5-50 GeV."""
@@ -61,23 +35,29 @@ def showers(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, showers) -> Path:
+def trained(tmp_path_factory, showers, tiny_calo_gan_config) -> Path:
     """A run folder trained for 4 steps (shared by the tests that only read it)."""
     folder = tmp_path_factory.mktemp("trained")
-    config = folder / "calo.toml"
-    config.write_text(CONFIG.format(out=folder / "run", train=showers))
+    config = tiny_calo_gan_config(folder, showers, max_steps=4, every=2)
     assert main(["--no-progress", "train", str(config)]) == 0
     return folder / "run"
 
 
-def _config(folder: Path, showers: Path, **replace: str) -> Path:
-    text = CONFIG.format(out=folder / "run", train=showers)
-    for old, new in replace.items():
-        assert old in text, old
-        text = text.replace(old, new)
-    path = folder / "calo.toml"
-    path.write_text(text)
-    return path
+@pytest.fixture
+def config_of(tiny_calo_gan_config):
+    """``config_of(folder, showers, **{old: new})``: the tiny CaloGAN file (4 steps, checkpoints
+    every 2) with text replacements."""
+
+    def write(folder: Path, showers: Path, **replace: str) -> Path:
+        path = tiny_calo_gan_config(folder, showers, max_steps=4, every=2)
+        text = path.read_text()
+        for old, new in replace.items():
+            assert old in text, old
+            text = text.replace(old, new)
+        path.write_text(text)
+        return path
+
+    return write
 
 
 def _error(capsys, argv: list[str], *needles: str) -> str:
@@ -130,8 +110,8 @@ def test_a_report_folder_that_is_an_existing_file(capsys, tmp_path, showers):
     ("seed = 7", "seed = -1", ("[run] seed", "-1")),
     ("block_size = 64", "block_size = 64\nnum_workers = -1", ("num_workers", "-1")),
 ])
-def test_bad_configuration_values_name_the_key(capsys, tmp_path, showers, old, new, needles):
-    config = _config(tmp_path, showers, **{old: new})
+def test_bad_configuration_values_name_the_key(capsys, tmp_path, showers, old, new, needles, config_of):
+    config = config_of(tmp_path, showers, **{old: new})
     _error(capsys, ["train", config], "calo.toml", *needles)
 
 
@@ -168,7 +148,8 @@ def test_a_missing_or_short_shard_is_named_before_any_event_is_read(capsys, tmp_
     _error(capsys, ["validate", showers, joined, "--out", tmp_path / "r"], "rank_1.h5", "holds 10 events")
 
 
-def test_an_unexpected_error_is_one_line_and_debug_shows_the_traceback(capsys, monkeypatch, tmp_path, showers):
+def test_an_unexpected_error_is_one_line_and_debug_shows_the_traceback(capsys, monkeypatch, tmp_path, showers,
+                                                                       config_of):
     import surrogate.pipelines
 
     def broken(*args, **kwargs):
@@ -177,7 +158,7 @@ def test_an_unexpected_error_is_one_line_and_debug_shows_the_traceback(capsys, m
     found = surrogate.pipelines.get_family
     monkeypatch.setattr(surrogate.pipelines, "get_family",
                         lambda name, **kw: dataclasses.replace(found(name, **kw), train=broken))
-    config = _config(tmp_path, showers)
+    config = config_of(tmp_path, showers)
     _error(capsys, ["train", config], "KeyError: 'layer_9'")
     assert main(["--no-progress", "--debug", "train", str(config)]) == 2
     assert "Traceback" in capsys.readouterr().err
@@ -238,8 +219,8 @@ def test_galaxy_conditions_far_outside_the_training_set_warn(small_vae_kwargs, s
 # --------------------------------------------------------------------- one writer, no leftovers
 
 
-def test_a_second_writer_of_a_run_folder_stops_at_once_naming_the_first(capsys, tmp_path, showers):
-    config = _config(tmp_path, showers)
+def test_a_second_writer_of_a_run_folder_stops_at_once_naming_the_first(capsys, tmp_path, showers, config_of):
+    config = config_of(tmp_path, showers)
     with lock_run_directory(tmp_path / "run" / "train"):  # as a live `surrogate train` holds it
         line = _error(capsys, ["train", config], "in use by pid", str(os.getpid()))
     assert "train" in line
@@ -257,23 +238,23 @@ def test_the_lock_dies_with_its_process(tmp_path):
                 pass
 
 
-def test_resume_refuses_a_changed_trajectory_unless_asked(capsys, tmp_path, showers):
-    assert main(["--no-progress", "train", str(_config(tmp_path, showers))]) == 0
+def test_resume_refuses_a_changed_trajectory_unless_asked(capsys, tmp_path, showers, config_of):
+    assert main(["--no-progress", "train", str(config_of(tmp_path, showers))]) == 0
     capsys.readouterr()
-    changed = _config(tmp_path, showers, **{"seed = 7": "seed = 8", "max_steps = 4": "max_steps = 6"})
+    changed = config_of(tmp_path, showers, **{"seed = 7": "seed = 8", "max_steps = 4": "max_steps = 6"})
     _error(capsys, ["train", changed], "[run] seed: 7 -> 8", "--resume-anyway")
     assert main(["--no-progress", "train", str(changed), "--resume-anyway"]) == 0
     out = capsys.readouterr().out
     assert "[run] seed: 7 -> 8" in out and "[train] max_steps: 4 -> 6" in out
     # a change that leaves the trajectory alone (more steps) resumes without asking, and is said
-    longer = _config(tmp_path, showers, **{"seed = 7": "seed = 8", "max_steps = 4": "max_steps = 8"})
+    longer = config_of(tmp_path, showers, **{"seed = 7": "seed = 8", "max_steps = 4": "max_steps = 8"})
     assert main(["--no-progress", "train", str(longer)]) == 0
     assert "[train] max_steps: 6 -> 8" in capsys.readouterr().out
 
 
-def test_temporaries_of_killed_runs_are_removed_by_the_next_run(capsys, tmp_path, showers, trained):
+def test_temporaries_of_killed_runs_are_removed_by_the_next_run(capsys, tmp_path, showers, trained, config_of):
     pid = _dead_pid()
-    config = _config(tmp_path, showers)
+    config = config_of(tmp_path, showers)
     checkpoints = tmp_path / "run" / "train" / "checkpoints"
     checkpoints.mkdir(parents=True)
     left = [_temporary_of(checkpoints / "step_00000002.pt", pid), _temporary_of(tmp_path / "gen.h5", pid)]

@@ -93,42 +93,19 @@ def test_a_failing_rank_ends_the_job_within_seconds(tmp_path):
     assert not (tmp_path / "done.json").exists()
 
 
-def _calo_config(folder: Path, showers: Path, max_steps: int) -> Path:
-    config = folder / "calo.toml"
-    config.write_text(f"""
-[run]
-pipeline = "calo_gan"
-output_dir = "{folder / 'run'}"
-seed = 5
-device = "cpu"
-[data]
-train_file = "{showers}"
-reference_file = "{showers}"
-[model.generator]
-latent_dim = 8
-channels = 2
-attention_hidden = 8
-[model.critic]
-channels = [2]
-hidden = 16
-[train]
-batch_size = 16
-max_steps = {max_steps}
-n_critic = 2
-checkpoint_every = 10
-log_every = 10
-block_size = 64
-""")
-    return config
+def calo_config(write, folder: Path, showers: Path, max_steps: int) -> Path:
+    """The tiny CaloGAN pipeline file of the multi-rank tests (``write``: the
+    ``tiny_calo_gan_config`` fixture): batch 16 per rank, checkpoints every 10 steps."""
+    return write(folder, showers, seed=5, batch_size=16, max_steps=max_steps, every=10, extra="n_critic = 2\n")
 
 
-def _start_two_rank_training(tmp_path: Path) -> tuple[subprocess.Popen, Path, Path]:
+def _start_two_rank_training(tmp_path: Path, write) -> tuple[subprocess.Popen, Path, Path]:
     """``mpiexec -n 2 ... surrogate train`` of a 600-step CaloGAN pipeline file, returned once it
     has a checkpoint at step >= 20: the whole stack (CLI, config, family registry, pipeline)."""
     from surrogate.simulators.gflash import simulate_to_file
 
     showers = simulate_to_file(tmp_path / "showers.h5", 512, energy_range_gev=(5.0, 50.0), seed=1, progress=False)
-    config = _calo_config(tmp_path, showers, max_steps=600)
+    config = calo_config(write, tmp_path, showers, max_steps=600)
     command = [_mpiexec(), "-n", "2", sys.executable, "-m", "mpi4py", "-m", "surrogate", "--threads", "1",
                "--no-progress", "train", str(config)]
     job = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV, start_new_session=True)
@@ -155,11 +132,11 @@ def _kill(job: subprocess.Popen) -> None:
     job.wait(timeout=30)
 
 
-def test_stop_signal_ends_a_two_rank_job_with_a_checkpoint_and_status_75(tmp_path):
+def test_stop_signal_ends_a_two_rank_job_with_a_checkpoint_and_status_75(tmp_path, tiny_calo_gan_config):
     """Slurm's SIGUSR1 ahead of the time limit (forwarded by the launcher): both ranks stop at the
     same step (they agree at the next logging step), rank 0 writes a checkpoint, and the launcher
     exits 75, which the sbatch templates requeue on (not MPI_Abort's status)."""
-    job, config, run = _start_two_rank_training(tmp_path)
+    job, config, run = _start_two_rank_training(tmp_path, tiny_calo_gan_config)
     job.send_signal(signal.SIGUSR1)
     try:
         _, err = job.communicate(timeout=60)
@@ -172,8 +149,8 @@ def test_stop_signal_ends_a_two_rank_job_with_a_checkpoint_and_status_75(tmp_pat
     assert stopped["step_state"]["calls"] == stopped["step"]
 
 
-def test_kill_a_two_rank_job_and_resume_it_on_one_rank(tmp_path):
-    job, config, run = _start_two_rank_training(tmp_path)
+def test_kill_a_two_rank_job_and_resume_it_on_one_rank(tmp_path, tiny_calo_gan_config):
+    job, config, run = _start_two_rank_training(tmp_path, tiny_calo_gan_config)
     _kill(job)
     killed_at = load_checkpoint(latest_checkpoint(run))
     assert killed_at["extra"]["world_size"] == 2 and 20 <= killed_at["step"] < 600

@@ -27,7 +27,7 @@ import torch
 from surrogate.train.checkpoint import latest_checkpoint, load_checkpoint
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_distributed import ENV, JOB, _calo_config, _mpiexec  # noqa: E402  (the launch helpers)
+from test_distributed import ENV, JOB, _mpiexec, calo_config  # noqa: E402  (the launch helpers)
 
 pytestmark = pytest.mark.slow
 
@@ -63,15 +63,13 @@ def _temporaries(folder: Path) -> list[Path]:
     return [p for p in folder.rglob(".*") if ".tmp" in p.name]
 
 
-def test_kill_9_during_two_rank_training_then_resume_gives_bit_identical_weights(tmp_path):
+def test_kill_9_during_two_rank_training_then_resume_gives_bit_identical_weights(tmp_path, tiny_calo_gan_config):
     from surrogate.simulators.gflash import simulate_to_file
 
     showers = simulate_to_file(tmp_path / "showers.h5", 512, energy_range_gev=(5.0, 50.0), seed=1, progress=False)
-    (tmp_path / "clean").mkdir()
-    (tmp_path / "killed").mkdir()
-    clean = _calo_config(tmp_path / "clean", showers, max_steps=80)
+    clean = calo_config(tiny_calo_gan_config, tmp_path / "clean", showers, max_steps=80)
     _run(_surrogate("train", clean))
-    killed = _calo_config(tmp_path / "killed", showers, max_steps=80)
+    killed = calo_config(tiny_calo_gan_config, tmp_path / "killed", showers, max_steps=80)
     run = tmp_path / "killed" / "run" / "train"
     for _ in range(2):  # two kills at random moments after a checkpoint exists
         delay = float(RNG.uniform(0.0, 2.0))
@@ -87,11 +85,11 @@ def test_kill_9_during_two_rank_training_then_resume_gives_bit_identical_weights
     assert not _temporaries(tmp_path / "killed"), _temporaries(tmp_path / "killed")
 
 
-def test_kill_9_during_two_rank_generation_then_rerun_gives_the_same_file(tmp_path):
+def test_kill_9_during_two_rank_generation_then_rerun_gives_the_same_file(tmp_path, tiny_calo_gan_config):
     from surrogate.simulators.gflash import simulate_to_file
 
     showers = simulate_to_file(tmp_path / "showers.h5", 512, energy_range_gev=(5.0, 50.0), seed=1, progress=False)
-    config = _calo_config(tmp_path, showers, max_steps=10)
+    config = calo_config(tiny_calo_gan_config, tmp_path, showers, max_steps=10)
     _run(_surrogate("train", config))
     run = tmp_path / "run"
     n = 60_000
