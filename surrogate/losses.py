@@ -27,7 +27,8 @@ from typing import Callable, Mapping, Union
 import torch
 from torch import Tensor
 
-__all__ = ["calo_flow_loss", "flow_prior_loss", "galaxy_vae_loss", "gradient_penalty", "npe_loss",
+__all__ = ["atomic_npe_loss", "balanced_npe_loss", "calo_flow_loss", "flow_prior_loss", "galaxy_vae_loss",
+           "gradient_penalty", "npe_loss",
            "wgan_critic_loss", "wgan_generator_loss"]
 
 Sample = Union[Tensor, Mapping[str, Tensor]]
@@ -98,6 +99,89 @@ def npe_loss(flow: torch.nn.Module, batch: Mapping[str, Tensor]) -> Tensor:
         (2019), arXiv:1905.07488.
     """
     return -flow.log_prob(batch["theta"], context=batch["x"]).mean()
+
+
+def atomic_npe_loss(flow: torch.nn.Module, batch: Mapping[str, Tensor], *, prior: torch.distributions.Distribution,
+                    num_atoms: int = 10, generator: torch.Generator | None = None) -> Tensor:
+    r"""SNPE-C (automatic posterior transformation) with atomic proposals:
+    :math:`-\frac{1}{B}\sum_i \log \frac{q(\theta_i \mid x_i) / p(\theta_i)}
+    {\sum_{j \in A_i} q(\theta_j \mid x_i) / p(\theta_j)}`, where the atoms :math:`A_i` are
+    :math:`\theta_i` and ``num_atoms - 1`` other parameters of the batch drawn without
+    replacement. Minimised over simulations from any proposal, :math:`q` tends to the posterior.
+
+    Arguments:
+        flow: a conditional density with ``log_prob(theta, context=x) -> (N,)``.
+        batch: ``{"theta": (B, D), "x": (B, *x_shape)}``, ``theta`` inside the prior's support.
+        prior: the prior ``p(theta)`` (event shape ``(D,)``).
+        num_atoms: atoms per simulation, ``>= 2``; a batch smaller than ``num_atoms`` uses all
+            its ``B`` parameters (as ``sbi`` does), and with ``B`` atoms there is no randomness.
+        generator: draws the atoms (default: torch's global generator).
+
+    Returns:
+        The scalar loss.
+
+    Raises:
+        ValueError: ``num_atoms < 2`` or a batch of one.
+
+    References:
+        Greenberg, Nonnenmacher & Macke (2019), arXiv:1905.07488, eq. (4) and section 2.3.
+    """
+    theta, x = batch["theta"], batch["x"]
+    b = theta.shape[0]
+    if num_atoms < 2 or b < 2:
+        raise ValueError(f"atomic_npe_loss needs num_atoms >= 2 and a batch of >= 2, got num_atoms {num_atoms} and "
+                         f"batch size {b}")
+    num_atoms = min(num_atoms, b)
+    if num_atoms == b:
+        others = torch.stack([torch.cat([torch.arange(i), torch.arange(i + 1, b)]) for i in range(b)])
+    else:
+        weights = 1.0 - torch.eye(b)
+        others = torch.multinomial(weights, num_atoms - 1, replacement=False, generator=generator)
+    index = torch.cat([torch.arange(b)[:, None], others], 1).to(theta.device)  # (B, K), the true theta first
+    atoms = theta[index]  # (B, K, D)
+    context = x[:, None].expand(b, num_atoms, *x.shape[1:]).reshape(b * num_atoms, *x.shape[1:])
+    log_q = flow.log_prob(atoms.reshape(b * num_atoms, -1), context=context).reshape(b, num_atoms)
+    log_p = prior.log_prob(atoms.cpu()).to(theta.device)  # (B, K)
+    logits = log_q - log_p
+    return -(logits[:, 0] - torch.logsumexp(logits, 1)).mean()
+
+
+def balanced_npe_loss(flow: torch.nn.Module, batch: Mapping[str, Tensor], *,
+                      prior: torch.distributions.Distribution, balance: float = 100.0) -> Tensor:
+    r"""Balanced NPE: the NPE loss plus
+    :math:`\lambda\,(\mathbb{E}_{p(\theta, x)}[d] + \mathbb{E}_{p(\theta)p(x)}[d] - 1)^2` with the
+    classifier :math:`d(\theta, x) = \sigma(\log q(\theta \mid x) - \log p(\theta))`. The
+    marginal pairs are :math:`(\theta_{i+1}, x_i)` (the batch's parameters rolled by one, so
+    the penalty is deterministic). A balanced classifier pushes the posterior towards
+    conservative (wider) estimates.
+
+    Arguments:
+        flow: a conditional density with ``log_prob(theta, context=x) -> (N,)``.
+        batch: ``{"theta": (B, D), "x": (B, *x_shape)}`` from the joint, ``B >= 2``.
+        prior: the prior ``p(theta)`` (event shape ``(D,)``).
+        balance: :math:`\lambda` (100 in the paper); 0 gives :func:`npe_loss`.
+
+    Returns:
+        The scalar loss.
+
+    Raises:
+        ValueError: a negative ``balance`` or a batch of one.
+
+    References:
+        Delaunoy, Hermans, Rozet, Wehenkel & Louppe (2022), arXiv:2208.13624, eq. (8) (BNPE).
+    """
+    theta, x = batch["theta"], batch["x"]
+    if balance < 0:
+        raise ValueError(f"balance must be >= 0, got {balance}")
+    if theta.shape[0] < 2:
+        raise ValueError(f"balanced_npe_loss needs a batch of at least 2 simulations, got {theta.shape[0]}")
+    both = torch.cat([theta, theta.roll(-1, 0)])
+    log_q = flow.log_prob(both, context=torch.cat([x, x]))
+    log_p = prior.log_prob(both.cpu()).to(theta.device)
+    d = torch.sigmoid(log_q - log_p)
+    b = theta.shape[0]
+    penalty = (d[:b].mean() + d[b:].mean() - 1.0) ** 2
+    return -log_q[:b].mean() + balance * penalty
 
 
 def gradient_penalty(

@@ -40,7 +40,10 @@ from torch import Tensor
 
 from surrogate.checks import check_int
 
-__all__ = ["CoverageResult", "expected_coverage"]
+__all__ = ["REPORTED_LEVELS", "CoverageResult", "expected_coverage"]
+
+REPORTED_LEVELS = (0.5, 0.8, 0.95)
+"""Credibility levels whose coverage every report states (:meth:`CoverageResult.to_dict`)."""
 
 
 @dataclass(frozen=True)
@@ -82,8 +85,21 @@ class CoverageResult:
         u = (self.sbc_ranks + 0.5) / (self.num_samples + 1)
         return np.array([stats.kstest(u[:, d], "uniform").pvalue for d in range(u.shape[1])])
 
+    def coverage_at(self, level: float) -> float:
+        """Empirical HPD coverage at one credibility ``level`` in (0, 1), from the ranks
+        (``mean_i 1[r_i < level]``, whether or not ``level`` is one of ``levels``).
+
+        Raises:
+            ValueError: ``level`` outside (0, 1).
+        """
+        if not 0 < level < 1:
+            raise ValueError(f"level must be in (0, 1), got {level}")
+        return float(np.mean(self.hpd_ranks < level))
+
     def to_dict(self) -> dict:
-        """Summary as plain JSON-able data (levels, coverage, errors, p-values)."""
+        """Summary as plain JSON-able data (levels, coverage, errors, p-values, and
+        ``coverage_at`` the coverage at the 50, 80 and 95 % levels keyed ``"0.5"``, ``"0.8"``,
+        ``"0.95"``)."""
         return {
             "num_observations": self.num_observations,
             "num_samples": self.num_samples,
@@ -92,6 +108,7 @@ class CoverageResult:
             "max_calibration_error": self.max_calibration_error,
             "coverage_area": self.coverage_area,
             "sbc_ks_pvalues": self.sbc_ks_pvalues.tolist(),
+            "coverage_at": {str(level): self.coverage_at(level) for level in REPORTED_LEVELS},
         }
 
 

@@ -19,9 +19,12 @@ the file (every key optional unless marked; the model and training defaults are
     [model.embedding]  kind ("none" | "mlp" | "cnn" | "conv1d" | "gru" | "deepset") and the
                        keyword arguments of its class (EMBEDDINGS)
     [train]            the shared knobs (surrogate.config.TrainConfig) and weight_decay,
-                       validation_fraction, drop_invalid
+                       validation_fraction, drop_invalid, balance (balanced NPE)
     [validate]         num_samples, min_acceptance, c2st, pair_plots, coverage_observations,
                        coverage_samples
+    [inference]        method ("npe" | "snpe_c" | "tsnpe"), rounds, simulations_per_round,
+                       num_atoms (SNPE-C), epsilon (TSNPE), observation (a simulator's x_o CSV);
+                       surrogate.pipelines.npe_sequential
 
 Files written to ``[run] output_dir``: ``train/`` (checkpoints, ``log.csv``), ``posterior.pt``
 (:func:`load_posterior`: the trained flow with its standardisation statistics, the whole
@@ -64,6 +67,7 @@ from surrogate.pipelines.npe_config import (
     EMBEDDINGS,
     NPEConfig,
     NPEDataConfig,
+    NPEInferenceConfig,
     NPEModelConfig,
     NPESimulatorConfig,
     NPETrainConfig,
@@ -82,6 +86,7 @@ __all__ = [
     "FAMILY",
     "NPEConfig",
     "NPEDataConfig",
+    "NPEInferenceConfig",
     "NPEModelConfig",
     "NPESimulatorConfig",
     "NPETrainConfig",
@@ -96,6 +101,7 @@ __all__ = [
     "simulate",
     "train",
     "train_posterior",
+    "train_sequential",
     "validate",
 ]
 
@@ -180,7 +186,9 @@ def _training_settings(config: Mapping[str, Any]) -> dict[str, Any]:
     skip = ("checkpoint_every", "log_every", "num_workers")
     return {"task": data.get("task"), "file": data.get("file"), "num_simulations": data.get("num_simulations"),
             "simulator": config.get("simulator"), "prior": config.get("prior"), "seed": run.get("seed"),
-            "model": config.get("model"), "train": {k: v for k, v in train.items() if k not in skip}}
+            "model": config.get("model"), "train": {k: v for k, v in train.items() if k not in skip and not (k == "balance" and v == 0)},
+            **({"inference": config["inference"]} if (config.get("inference") or {}).get("method", "npe") != "npe"
+               else {})}
 
 
 def _stored_shapes(config: Mapping[str, Any], path: Path) -> tuple[int, tuple[int, ...]]:
@@ -308,8 +316,26 @@ def train_posterior(cfg: NPEConfig, *, resume: bool | str = True, progress: bool
         final_lr_fraction=t.final_lr_fraction, drop_invalid=t.drop_invalid,
         min_acceptance=cfg.validate.min_acceptance, seed=cfg.run.seed, out_dir=cfg.run.output_dir / "train",
         resume=resume, checkpoint_every=t.checkpoint_every, log_every=t.log_every, num_workers=t.num_workers,
-        config=config, progress=progress, device=cfg.run.device,
+        config=config, progress=progress, device=cfg.run.device, **_objective(t, prior),
     )
+    _save_posterior(cfg, result, x, config)
+    return result
+
+
+def _objective(train_cfg: NPETrainConfig, prior) -> dict[str, Any]:
+    """``{"loss": balanced NPE}`` with ``[train] balance > 0``; ``{}`` (plain NPE) otherwise."""
+    if train_cfg.balance == 0:
+        return {}
+    import functools
+
+    from surrogate.losses import balanced_npe_loss
+
+    return {"loss": functools.partial(balanced_npe_loss, prior=prior, balance=train_cfg.balance)}
+
+
+def _save_posterior(cfg: NPEConfig, result: NPEResult, x: Tensor, config: Mapping[str, Any]) -> None:
+    """Writes ``output_dir/posterior.pt`` (rank 0), with the range of the simulations ``x``."""
+    main = distributed.context().is_main
     # the data range of the simulations (failed ones aside): observations far outside it warn
     finite = x[torch.isfinite(x).reshape(len(x), -1).all(1)]
     result.posterior.x_range = (finite.amin(0), finite.amax(0))
@@ -319,7 +345,98 @@ def train_posterior(cfg: NPEConfig, *, resume: bool | str = True, progress: bool
                             config=config, step=result.fit.steps,
                             extra={**_summary(result), "x_min": result.posterior.x_range[0].flatten().tolist(),
                                    "x_max": result.posterior.x_range[1].flatten().tolist()})
-    return result
+
+
+def _simulator(cfg: NPEConfig):
+    """``theta (n, D) -> x (n, *x_shape)`` of the task or ``[simulator]``, drawing its seeds from
+    torch's global generator."""
+    if cfg.data.task is not None:
+        task = get_task(cfg.data.task)
+        return task.simulate
+    from surrogate.simulators.user import load_simulator, run_simulator
+
+    folder = cfg.source.parent if cfg.source is not None else None
+    simulator = load_simulator(cfg.simulator.entry_point, folder=folder, where="[simulator] entry_point")
+
+    def simulate(theta: Tensor) -> Tensor:
+        seed = int(torch.randint(0, 2**31 - 1, ()))
+        return run_simulator(simulator, theta, seed=seed, batch_size=cfg.simulator.batch_size,
+                             name=cfg.simulator.entry_point)
+
+    return simulate
+
+
+def train_sequential(cfg: NPEConfig, references: Sequence[ReferencePosterior] | None = None, *,
+                     progress: bool = True) -> tuple[NPEResult, list[dict[str, Any]]]:
+    """``[inference] method = "snpe_c" | "tsnpe"``: rounds of simulations at ``x_o``
+    (:func:`surrogate.pipelines.npe_sequential.run_sequential`) with the ``[model]`` and
+    ``[train]`` settings, C2ST against ``x_o``'s reference (when there is one) and coverage on
+    held-out prior simulations after each round; the last round's posterior is written to
+    ``output_dir/posterior.pt`` (checkpoints of round ``r`` under ``train/round_<r>``). Always
+    trains from the start (no resume).
+
+    Returns:
+        ``(the last round's NPEResult, one dict per round)``.
+
+    Raises:
+        ValueError: see :func:`~surrogate.pipelines.npe_sequential.run_sequential`.
+        FileNotFoundError: a missing reference or observation file.
+    """
+    from surrogate.data.sbibm_csv import read_csv
+    from surrogate.metrics.c2st import c2st
+    from surrogate.pipelines.npe_sequential import run_sequential
+
+    inf, m, t, v = cfg.inference, cfg.model, cfg.train, cfg.validate
+    prior = sources.stored_prior(cfg.to_dict())
+    if cfg.data.task is not None:
+        references = load_references(cfg) if references is None else references
+        reference, x_o = references[0], references[0].observation
+    else:
+        reference = references[0] if references else None
+        x_o = torch.from_numpy(read_csv(inf.observation)[0]).float()
+    per_round = inf.simulations_per_round or max(1, (cfg.data.num_simulations or sources.DEFAULT_NUM_SIMULATIONS)
+                                                 // inf.rounds)
+    held_out = sources.held_out_pairs(cfg, v.coverage_observations) if v.coverage_observations else None
+
+    def after_round(r: int, posterior: NeuralPosterior) -> dict[str, Any]:
+        entry: dict[str, Any] = {}
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.run.seed + 2)
+            if reference is not None and v.c2st:
+                samples = posterior.sample((v.num_samples,), x=x_o)
+                n = min(len(reference.samples), len(samples))
+                entry["c2st"] = c2st(reference.samples[:n], samples[:n].cpu())
+            if held_out is not None:
+                entry["coverage_at"] = coverage(posterior, held_out[0], held_out[1],
+                                                num_samples=v.coverage_samples).to_dict()["coverage_at"]
+        if progress:
+            print(f"[{inf.method}] round {r}: " + ", ".join(f"{k} {val}" for k, val in entry.items()))
+        return entry
+
+    simulate = _simulator(cfg)
+    config = cfg.to_dict()
+    if cfg.data.task is not None:
+        x_shape = (get_task(cfg.data.task).x_dim,)
+    else:  # the embedding net needs the data's shape before round 1: one simulation shows it
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.run.seed)
+            x_shape = tuple(torch.as_tensor(simulate(prior.sample((1,)).float())).shape[1:])
+    result = run_sequential(
+        simulate, prior, x_o, method=inf.method, rounds=inf.rounds, simulations_per_round=per_round,
+        num_atoms=inf.num_atoms, epsilon=inf.epsilon, seed=cfg.run.seed, callback=after_round,
+        **_flow_arguments(m, x_shape, cfg.run.seed), batch_size=t.batch_size, learning_rate=t.learning_rate,
+        weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm, validation_fraction=t.validation_fraction,
+        patience=t.patience, max_epochs=t.max_epochs, max_steps=t.max_steps, lr_schedule=t.lr_schedule,
+        warmup_steps=t.warmup_steps, final_lr_fraction=t.final_lr_fraction, drop_invalid=t.drop_invalid,
+        min_acceptance=v.min_acceptance, out_dir=cfg.run.output_dir / "train",
+        checkpoint_every=t.checkpoint_every, log_every=t.log_every, num_workers=t.num_workers,
+        config={**config, "shapes": {"theta_dim": int(prior.event_shape[0]), "x_shape": list(x_shape)}},
+        progress=progress, device=cfg.run.device,
+    )
+    last = result.results[-1]
+    _save_posterior(cfg, last, result.x, {**config, "shapes": {"theta_dim": int(prior.event_shape[0]),
+                                                                "x_shape": list(x_shape)}})
+    return last, result.rounds
 
 
 def _summary(result: NPEResult) -> dict[str, Any]:
@@ -332,7 +449,10 @@ def _summary(result: NPEResult) -> dict[str, Any]:
 
 
 def train(cfg: NPEConfig, *, resume: bool | str = True, progress: bool = True) -> FitResult:
-    """``surrogate train FILE``: :func:`train_posterior`, returning what the training loop did."""
+    """``surrogate train FILE``: :func:`train_posterior` (or :func:`train_sequential` for a
+    sequential ``[inference] method``), returning what the (last) training loop did."""
+    if cfg.inference.method != "npe":
+        return train_sequential(cfg, progress=progress)[0].fit
     return train_posterior(cfg, resume=resume, progress=progress).fit
 
 
@@ -434,7 +554,9 @@ def run(cfg: NPEConfig, *, resume: bool | str = True, progress: bool = True) -> 
     Returns:
         The path of ``output_dir/report.json``: source, simulations kept and dropped, training
         summary, mean C2ST (or why it was skipped), per-observation acceptance rates and C2ST,
-        coverage, checkpoint, files and the configuration.
+        coverage (with ``coverage_at`` 50/80/95 %), checkpoint, files and the configuration;
+        for a sequential method also ``inference``: the method and one entry per round (C2ST
+        at ``x_o`` where a reference exists, ``coverage_at``, simulations, times).
 
     Raises:
         FileNotFoundError: reference files are missing.
@@ -443,7 +565,11 @@ def run(cfg: NPEConfig, *, resume: bool | str = True, progress: bool = True) -> 
     from surrogate.metrics.report import write_report
 
     references = load_references(cfg)
-    result = train_posterior(cfg, resume=resume, progress=progress)
+    rounds = None
+    if cfg.inference.method != "npe":
+        result, rounds = train_sequential(cfg, references, progress=progress)
+    else:
+        result = train_posterior(cfg, resume=resume, progress=progress)
     path = cfg.run.output_dir / "report.json"
     with distributed.main_rank_first():
         if distributed.context().is_main:
@@ -456,6 +582,8 @@ def run(cfg: NPEConfig, *, resume: bool | str = True, progress: bool = True) -> 
             report = {"task": cfg.data.task, "source": sources.describe(cfg),
                       "num_simulations": summary["num_train"] + summary["num_validation"] + summary["num_dropped"],
                       **summary, **checks, "checkpoint": checkpoint, "files": files, "config": cfg.to_dict()}
+            if rounds is not None:
+                report["inference"] = {"method": cfg.inference.method, "rounds": rounds}
             write_report(path, report)
     return path
 

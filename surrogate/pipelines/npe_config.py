@@ -20,6 +20,7 @@ __all__ = [
     "embedding_kwargs",
     "NPEConfig",
     "NPEDataConfig",
+    "NPEInferenceConfig",
     "NPEModelConfig",
     "NPESimulatorConfig",
     "NPETrainConfig",
@@ -169,6 +170,9 @@ class NPETrainConfig(TrainConfig):
         weight_decay: AdamW weight decay.
         validation_fraction: share of the simulations held out for early stopping, in (0, 1).
         drop_invalid: drop (and count) simulations with NaN/inf; ``false`` refuses them.
+        balance: balanced NPE's lambda (:func:`surrogate.losses.balanced_npe_loss`, Delaunoy et
+            al. 2022, arXiv:2208.13624; 100 in the paper); 0 trains plain NPE. Only with
+            ``[inference] method = "npe"``.
     """
 
     batch_size: int = setting(_D["batch_size"], ge=1)
@@ -181,6 +185,7 @@ class NPETrainConfig(TrainConfig):
     weight_decay: float = setting(_D["weight_decay"], ge=0)
     validation_fraction: float = setting(_D["validation_fraction"], gt=0)
     drop_invalid: bool = _D["drop_invalid"]
+    balance: float = setting(0.0, ge=0)
 
     def __post_init__(self):
         super().__post_init__()
@@ -212,6 +217,33 @@ class NPEValidateConfig:
 
 
 @dataclass(frozen=True)
+class NPEInferenceConfig:
+    """``[inference]``: amortised or sequential (:mod:`surrogate.pipelines.npe_sequential`).
+
+    Attributes:
+        method: ``"npe"`` (one round on prior simulations, amortised), ``"snpe_c"`` (SNPE-C with
+            atomic proposals, Greenberg et al. 2019, arXiv:1905.07488) or ``"tsnpe"`` (truncated
+            sequential NPE, Deistler et al. 2022, arXiv:2210.04815). The sequential methods
+            target one observation ``x_o``: the first of ``[data] observations`` for a task,
+            ``observation`` for a simulator; ``[data] file`` is refused (nothing to simulate).
+        rounds: rounds of a sequential method (``>= 1``; round 1 is plain NPE).
+        simulations_per_round: simulations per round; ``None``: ``[data] num_simulations``
+            (default 10000) split evenly over the rounds.
+        num_atoms: SNPE-C's atoms per simulation (``>= 2``).
+        epsilon: TSNPE's posterior mass left outside the truncation region, in (0, 1).
+        observation: for a simulator: a CSV of ``x_o`` (sbibm's ``observation.csv`` layout;
+            relative to the pipeline file).
+    """
+
+    method: Literal["npe", "snpe_c", "tsnpe"] = "npe"
+    rounds: int = setting(2, ge=1)
+    simulations_per_round: int | None = setting(None, ge=1)
+    num_atoms: int = setting(10, ge=2)
+    epsilon: float = setting(1e-4, gt=0, le=0.5)
+    observation: Path | None = None
+
+
+@dataclass(frozen=True)
 class NPEConfig(PipelineConfig):
     """A whole NPE pipeline file (see the module documentation).
 
@@ -227,6 +259,7 @@ class NPEConfig(PipelineConfig):
     model: NPEModelConfig = field(default_factory=NPEModelConfig)
     train: NPETrainConfig = field(default_factory=NPETrainConfig)
     validate: NPEValidateConfig = field(default_factory=NPEValidateConfig)
+    inference: NPEInferenceConfig = field(default_factory=NPEInferenceConfig)
 
     RENAMED = {
         "task.name": "data.task",
@@ -247,6 +280,7 @@ class NPEConfig(PipelineConfig):
             raise ValueError("set what to train on with exactly one of [data] task (an sbibm task), [data] file "
                              "(HDF5 pairs theta, x) or [simulator] entry_point (your simulator); got "
                              + (" and ".join(given) if given else "none"))
+        self._check_inference()
         if self.data.task is not None:
             if self.prior is not None:
                 raise ValueError(f"[prior]: the task {self.data.task!r} has its own prior; a [prior] table goes with "
@@ -265,3 +299,21 @@ class NPEConfig(PipelineConfig):
         if self.data.reference_root is not None:
             raise ValueError("[data] reference_root is for sbibm tasks; for a simulator or file set [data] "
                              "references (a folder in sbibm's layout)")
+
+    def _check_inference(self):
+        method, observation = self.inference.method, self.inference.observation
+        if method != "npe" and self.train.balance > 0:
+            raise ValueError(f"[train] balance = {self.train.balance} is for [inference] method = 'npe', got "
+                             f"{method!r}")
+        if method == "npe":
+            if observation is not None:
+                raise ValueError("[inference] observation is for method = 'snpe_c' or 'tsnpe'")
+            return
+        if self.data.file is not None:
+            raise ValueError(f"[inference] method = {method!r} simulates in rounds: it needs [data] task or "
+                             "[simulator], not [data] file")
+        if self.simulator is not None and observation is None:
+            raise ValueError(f"[inference] observation is missing: method = {method!r} needs the CSV of the one "
+                             "observation x_o it targets")
+        if self.data.task is not None and observation is not None:
+            raise ValueError("[inference] observation: a task's x_o is the first of [data] observations")

@@ -219,14 +219,16 @@ def _check_arguments(n: int, prior: Distribution, theta_dim: int, *, validation_
     return n_val
 
 
-def _validation_loss(flow: nn.Module, theta: Tensor, x: Tensor, chunk: int = 8192) -> Callable[[], float]:
-    """``-mean log q(theta | x)`` over the held-out set, in chunks (a function for ``fit``)."""
+def _validation_loss(flow: nn.Module, theta: Tensor, x: Tensor, chunk: int = 8192,
+                     loss: Callable[..., Tensor] = npe_loss) -> Callable[[], float]:
+    """The mean ``loss`` (default ``-log q(theta | x)``) over the held-out set, in chunks (a
+    function for ``fit``)."""
 
     def validation() -> float:
         total = 0.0
         for start in range(0, theta.shape[0], chunk):
             batch = {"theta": theta[start : start + chunk], "x": x[start : start + chunk]}
-            total += float(npe_loss(flow, batch)) * batch["theta"].shape[0]
+            total += float(loss(flow, batch)) * batch["theta"].shape[0]
         return total / theta.shape[0]
 
     return validation
@@ -264,6 +266,7 @@ def train_npe(
     config: Mapping[str, Any] | None = None,
     progress: bool = True,
     device: str | torch.device = "cpu",
+    loss: Callable[..., Tensor] = npe_loss,
 ) -> NPEResult:
     """Trains NPE on simulations ``(theta_i, x_i)`` drawn from the prior and the simulator.
 
@@ -314,6 +317,10 @@ def train_npe(
         progress: progress bar.
         device: where to train (under :func:`surrogate.train.distributed.init_distributed` with
             several ranks, each rank's own device).
+        loss: the objective ``loss(flow, batch) -> scalar``, also the validation loss:
+            :func:`surrogate.losses.npe_loss`, or (with ``functools.partial``)
+            :func:`~surrogate.losses.atomic_npe_loss` (SNPE-C rounds) or
+            :func:`~surrogate.losses.balanced_npe_loss`.
 
     Returns:
         An :class:`NPEResult`.
@@ -346,7 +353,7 @@ def train_npe(
         optimizer = torch.optim.AdamW(flow.parameters(), lr=learning_rate, weight_decay=weight_decay)
         scheduler = make_lr_scheduler(optimizer, schedule=lr_schedule, total_steps=total, warmup_steps=warmup_steps,
                                       final_lr_fraction=final_lr_fraction)
-        step = LikelihoodStep(flow, optimizer, npe_loss, scheduler=scheduler, max_grad_norm=max_grad_norm)
+        step = LikelihoodStep(flow, optimizer, loss, scheduler=scheduler, max_grad_norm=max_grad_norm)
         if config is None:
             config = {"kind": kind, "flow_kwargs": flow_kwargs, "batch_size": batch_size,
                       "learning_rate": learning_rate, "seed": seed}
@@ -354,7 +361,7 @@ def train_npe(
         result = fit(
             step, loader, max_steps=total, out_dir=out_dir, checkpoint_every=checkpoint_every, resume=resume,
             seed=seed + 1, progress=progress, log_every=log_every or steps_per_epoch,
-            validation=_validation_loss(flow, theta[val_idx].to(device), x[val_idx].to(device)),
+            validation=_validation_loss(flow, theta[val_idx].to(device), x[val_idx].to(device), loss=loss),
             validate_every=steps_per_epoch, patience=patience, config=config,
         )
         seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - c0

@@ -191,3 +191,19 @@ def test_posterior_refuses_bad_settings():
         NeuralPosterior(flow, box_prior(2), (2,), min_acceptance=0.0)
     with pytest.raises(ValueError, match="event shape"):
         NeuralPosterior(flow, torch.distributions.Uniform(-torch.ones(2), torch.ones(2)), (2,))
+
+
+def test_ensemble_posterior_is_the_equal_weight_mixture(seed):
+    from surrogate.models.npe import EnsemblePosterior
+
+    narrow = NeuralPosterior(WideGaussianFlow(2, sigma=0.1, shift=-0.5), box_prior(2), (2,))
+    wide = NeuralPosterior(WideGaussianFlow(2, sigma=0.1, shift=0.5), box_prior(2), (2,))
+    ensemble = EnsemblePosterior([narrow, wide])
+    x, theta = torch.zeros(2), torch.rand(7, 2) * 2 - 1
+    expected = torch.logsumexp(torch.stack([narrow.log_prob(theta, x=x), wide.log_prob(theta, x=x)]), 0) - math.log(2)
+    assert torch.allclose(ensemble.log_prob(theta, x=x), expected)
+    samples = ensemble.sample((4000,), x=x)  # half around -0.5, half around +0.5 (binomial sd 0.008)
+    assert samples.shape == (4000, 2) and float((samples[:, 0] > 0).float().mean()) == pytest.approx(0.5, abs=0.03)
+    assert ensemble.sample((5,), x=torch.zeros(3, 2)).shape == (5, 3, 2)
+    with pytest.raises(ValueError, match="member 1"):
+        EnsemblePosterior([narrow, NeuralPosterior(WideGaussianFlow(3, sigma=1.0), box_prior(3), (2,))])
