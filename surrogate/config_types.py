@@ -146,9 +146,12 @@ def coerce(value: Any, tp: Any, where: str, base: Path | None) -> Any:
 
 
 def plain(value: Any) -> Any:
-    """Plain TOML/JSON-like data: paths become strings, tuples lists, dataclasses dicts."""
+    """Plain TOML/JSON-like data: paths become strings, tuples lists, dataclasses dicts (a field
+    whose metadata has ``omit_if_none`` is left out while it is ``None``, so that adding such an
+    optional key does not change what older files store)."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)
+                if not (f.metadata.get("omit_if_none") and getattr(value, f.name) is None)}
     if isinstance(value, Path):
         return str(value)
     if isinstance(value, (tuple, list)):

@@ -3,7 +3,9 @@
 A :class:`~surrogate.models.calo_flow.CaloFlow` (two conditional spline flows, Krause & Shih,
 arXiv:2106.05285) is trained by maximum likelihood of dequantised showers
 (:func:`~surrogate.losses.calo_flow_loss` through :class:`~surrogate.train.steps.LikelihoodStep`),
-then generates showers into a CaloGAN-layout file that is validated like the CaloGAN's. The data,
+then generates showers into a CaloGAN-layout file that is validated like the CaloGAN's, or, in a
+CaloChallenge geometry (``[data] geometry``), into a CaloChallenge-layout file at the reference
+file's incident energies, validated with the challenge's features. The data,
 generation and validation sections are the shower families' shared ones
 (:mod:`surrogate.pipelines.showers`, as in :mod:`surrogate.pipelines.calo_gan`); the pipeline
 file (``pipelines/calo_flow.toml``) is read into :class:`CaloFlowConfig` by
@@ -12,8 +14,9 @@ file (``pipelines/calo_flow.toml``) is read into :class:`CaloFlowConfig` by
 Sections of the file (every key optional unless marked)::
 
     [run]       pipeline = "calo_flow", output_dir, seed, device, threads
-    [data]      train_file | train_recipe (one of them), reference_file | reference_recipe
-    [model]     CaloFlow(...) keyword arguments (not geometry: CaloGAN's three layers);
+    [data]      train_file | train_recipe (one of them), reference_file | reference_recipe,
+                geometry (a CaloChallenge binning XML relative to the file; absent: CaloGAN)
+    [model]     CaloFlow(...) keyword arguments (not geometry: [data]'s);
                 MODEL_DEFAULTS for those left out, then CaloFlow's defaults
     [train]     the shared knobs (surrogate.config.TrainConfig; by default a cosine decay and
                 gradient clipping) and block_size
@@ -21,8 +24,10 @@ Sections of the file (every key optional unless marked)::
     [validate]  energy_bins_gev, threshold_mev (also the flow's threshold_mev unless [model] sets it)
 
 A checkpoint stores the flow's constructor arguments as used (``config["model"]``, the run's seed
-included) and the name of its geometry (``config["geometry"]``), so :func:`load_flow` rebuilds
-the model from the checkpoint alone.
+included) and its geometry (``config["geometry"]``): the name ``"CaloGAN"``, or for a
+CaloChallenge geometry its parsed binning (:func:`geometry_to_config`: name and each layer's
+radial edges in mm and angular bins), so :func:`load_flow` rebuilds the model from the
+checkpoint alone, without the binning file.
 
 Example (a user's own loop from the same pieces)::
 
@@ -46,7 +51,7 @@ from typing import Any, Literal, Mapping
 import torch
 
 from surrogate.config import PipelineConfig, RunConfig, TrainConfig, check_kwargs, setting
-from surrogate.geometry import CALOGAN, CaloGeometry
+from surrogate.geometry import CALOGAN, CaloGeometry, PolarLayer
 from surrogate.losses import calo_flow_loss
 from surrogate.models.calo_flow import CaloFlow
 from surrogate.pipelines import Family
@@ -56,6 +61,7 @@ from surrogate.pipelines.showers import (
     ShowerSampler,
     ValidateConfig,
     data_files,
+    data_geometry,
     generate_stage,
     run_shower_pipeline,
     shower_loader,
@@ -73,13 +79,16 @@ __all__ = [
     "FlowTrainConfig",
     "flow_sampler",
     "generate",
+    "geometry_from_config",
+    "geometry_to_config",
     "load_flow",
     "run",
     "train",
 ]
 
 GEOMETRIES: Mapping[str, CaloGeometry] = {CALOGAN.name: CALOGAN}
-"""Geometries a checkpoint may name (``config["geometry"]``); the pipeline trains on CaloGAN's."""
+"""Geometries a checkpoint may name (``config["geometry"]`` a string); others are stored in full
+(:func:`geometry_to_config`)."""
 
 MODEL_DEFAULTS: Mapping[str, Any] = {"mixing": "lu"}
 """``[model]`` arguments a file leaves out (the others take CaloFlow's defaults). With CaloFlow's
@@ -150,12 +159,60 @@ class CaloFlowConfig(PipelineConfig):
     validate: FlowValidateConfig = field(default_factory=FlowValidateConfig)
 
     def __post_init__(self):
+        if self.data.geometry is not None and self.validate.energy_calibration_showers > 0:
+            raise ValueError(f"[validate] energy_calibration_showers = {self.validate.energy_calibration_showers}: "
+                             "the energy calibration reads CaloGAN-layout files; set 0 with [data] geometry")
         kwargs = _flow_kwargs(self.model, self.run, self.validate)
         noise = kwargs.get("noise_mev", inspect.signature(CaloFlow).parameters["noise_mev"].default)
         if "threshold_mev" in kwargs and not 0 < noise <= kwargs["threshold_mev"]:
             source = "[model] threshold_mev" if "threshold_mev" in self.model else "[validate] threshold_mev"
             raise ValueError(f"the flow's noise_mev ({noise} MeV) must be > 0 and <= its threshold_mev "
                              f"({kwargs['threshold_mev']} MeV, from {source})")
+
+
+# --------------------------------------------------------------------------------------------
+# Geometry in the checkpoint
+
+
+def geometry_to_config(geometry: CaloGeometry) -> str | dict[str, Any]:
+    """What a checkpoint stores of a geometry: the name of one of :data:`GEOMETRIES` (CaloGAN's),
+    else ``{"name": str, "layers": [{"name": str, "r_edges_mm": [float, ...], "n_alpha": int}, ...]}``
+    (plain JSON-like data; the checkpoint then needs no binning file).
+
+    Raises:
+        ValueError: a geometry that is neither one of :data:`GEOMETRIES` nor made of
+            :class:`~surrogate.geometry.PolarLayer` s.
+    """
+    for name, known in GEOMETRIES.items():
+        if geometry.name == name and known.same_voxels(geometry):
+            return name
+    if not all(isinstance(layer, PolarLayer) for layer in geometry.layers):
+        raise ValueError(f"geometry {geometry.describe()}: only CaloGAN's or PolarLayer geometries can be stored")
+    return {"name": geometry.name,
+            "layers": [{"name": layer.name, "r_edges_mm": list(layer.r_edges_mm), "n_alpha": layer.n_alpha}
+                       for layer in geometry.layers]}
+
+
+def geometry_from_config(stored: str | Mapping[str, Any], *, where: str = "checkpoint") -> CaloGeometry:
+    """The geometry :func:`geometry_to_config` stored.
+
+    Arguments:
+        stored: a name of :data:`GEOMETRIES`, or the stored binning.
+        where: names the checkpoint in errors.
+
+    Raises:
+        ValueError: an unknown name or malformed binning (the message names ``where`` and the value).
+    """
+    if isinstance(stored, str):
+        if stored not in GEOMETRIES:
+            raise ValueError(f"{where}: unknown geometry {stored!r}; known: {sorted(GEOMETRIES)}")
+        return GEOMETRIES[stored]
+    try:
+        layers = [PolarLayer(layer["name"], tuple(layer["r_edges_mm"]), layer["n_alpha"]) for layer in stored["layers"]]
+        return CaloGeometry(stored["name"], layers)
+    except (KeyError, TypeError) as exc:
+        raise ValueError(f"{where}: config geometry must be a name or {{'name', 'layers': [{{'name', 'r_edges_mm', "
+                         f"'n_alpha'}}]}}, got {stored!r} ({exc!r})") from None
 
 
 # --------------------------------------------------------------------------------------------
@@ -192,18 +249,21 @@ def train(cfg: CaloFlowConfig, *, resume: bool | str = True, progress: bool = Tr
     ctx = distributed.context()
     device = distributed.resolve_device(cfg.run.device)
     t = cfg.train
-    loader = shower_loader(train_file, t, seed=cfg.run.seed, device=device)
+    geometry = data_geometry(cfg.data)
+    loader = shower_loader(train_file, t, seed=cfg.run.seed, device=device, geometry=geometry)
     total = t.total_steps(len(loader) if t.max_epochs is not None else None)
     kwargs = _flow_kwargs(cfg.model, cfg.run, cfg.validate)
-    flow = CaloFlow(CALOGAN, **kwargs).to(device)
+    geometry = CALOGAN if geometry is None else geometry
+    flow = CaloFlow(geometry, **kwargs).to(device)
     optimizer = torch.optim.Adam(flow.parameters(), lr=t.learning_rate)
     scheduler = make_lr_scheduler(optimizer, schedule=t.lr_schedule, total_steps=total, warmup_steps=t.warmup_steps,
                                   final_lr_fraction=t.final_lr_fraction)
     step = LikelihoodStep(flow, optimizer, calo_flow_loss, scheduler=scheduler, max_grad_norm=t.max_grad_norm)
-    config = {**cfg.to_dict(), "model": kwargs, "geometry": CALOGAN.name}
+    config = {**cfg.to_dict(), "model": kwargs, "geometry": geometry_to_config(geometry)}
     if ctx.is_main:
         parameters = sum(p.numel() for p in flow.parameters())
-        print(f"[train] CaloFlow ({parameters / 1e6:.2f}M parameters), {total} steps on {train_file} -> "
+        where = "" if geometry is CALOGAN else f", {geometry.describe()}"
+        print(f"[train] CaloFlow ({parameters / 1e6:.2f}M parameters{where}), {total} steps on {train_file} -> "
               f"{cfg.run.output_dir / 'train'} ({ctx.world_size} rank(s))")
     return fit(step, loader, max_steps=total, out_dir=cfg.run.output_dir / "train",
                checkpoint_every=t.checkpoint_every, config=config, resume=resume,
@@ -222,7 +282,7 @@ def load_flow(checkpoint: str | os.PathLike, *, device: str | torch.device = "cp
 
     Raises:
         FileNotFoundError: no checkpoint there.
-        ValueError: the checkpoint is not a CaloFlow one, or names an unknown geometry.
+        ValueError: the checkpoint is not a CaloFlow one, or its geometry is unknown or malformed.
     """
     path = find_checkpoint(checkpoint)
     ckpt = load_checkpoint(path)
@@ -230,11 +290,9 @@ def load_flow(checkpoint: str | os.PathLike, *, device: str | torch.device = "cp
     if "model" not in ckpt["modules"] or config.get("run", {}).get("pipeline") != "calo_flow":
         raise ValueError(f"checkpoint {path} was not written by the calo_flow pipeline "
                          f"(pipeline {config.get('run', {}).get('pipeline')!r}, modules {sorted(ckpt['modules'])})")
-    name = config.get("geometry", CALOGAN.name)
-    if name not in GEOMETRIES:
-        raise ValueError(f"checkpoint {path}: unknown geometry {name!r}; known: {sorted(GEOMETRIES)}")
+    geometry = geometry_from_config(config.get("geometry", CALOGAN.name), where=f"checkpoint {path}")
     kwargs = check_kwargs(CaloFlow, config.get("model", {}), f"{path} config [model]", exclude=("geometry",))
-    flow = CaloFlow(GEOMETRIES[name], **kwargs)
+    flow = CaloFlow(geometry, **kwargs)
     flow.load_state_dict(ckpt["modules"]["model"])
     return flow.to(device).eval()
 
@@ -252,7 +310,8 @@ def flow_sampler(model: CaloFlow) -> ShowerSampler:
 
 generate = generate_stage(load_flow, flow_sampler)
 """``generate(checkpoint, output, n_events, *, energy_range_gev, batch_size, seed, device, progress)``:
-showers from a trained run into a CaloGAN-layout file (:func:`~surrogate.pipelines.showers.generate_stage`)."""
+showers from a trained run into a CaloGAN-layout file, or (``layout="calochallenge"``, ``geometry``,
+``energies_from``) a CaloChallenge-layout one (:func:`~surrogate.pipelines.showers.generate_stage`)."""
 
 
 def run(cfg: CaloFlowConfig, *, resume: bool | str = True, progress: bool = True) -> Path:

@@ -107,6 +107,11 @@ class CaloGANConfig(PipelineConfig):
     validate: ValidateConfig = field(default_factory=ValidateConfig)
     RENAMED = {"train.generator_lr": "train.learning_rate", "train.critic_lr": "train.critic_learning_rate"}
 
+    def __post_init__(self):
+        if self.data.geometry is not None:
+            raise ValueError(f"[data] geometry = {str(self.data.geometry)!r}: the CaloGAN family trains on "
+                             "CaloGAN-layout files only (leave geometry out, or use pipeline = \"calo_flow\")")
+
 
 # --------------------------------------------------------------------------------------------
 # Stages

@@ -15,8 +15,8 @@ the file's geometry (:func:`surrogate.data.binning.read_binning_xml`), which are
 the challenge's voxel order, and the incident energies may be those of a reference file
 (:func:`energies_from_file`), as the challenge's evaluation expects. A model's ``geometry``
 attribute says which voxels it generates; the CaloChallenge layout is refused for a model of
-another geometry (today every trained family's model is CaloGAN's: the pipelines train on
-CaloGAN-layout files only).
+another geometry. The calo_flow family trains in a CaloChallenge geometry (``[data] geometry``),
+the others on CaloGAN-layout files only.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -49,6 +49,7 @@ __all__ = [
     "ShowerSampler",
     "ValidateConfig",
     "data_files",
+    "data_geometry",
     "energies_from_file",
     "generate_showers",
     "generate_showers_distributed",
@@ -68,15 +69,20 @@ __all__ = [
 class CaloDataConfig:
     """``[data]``: the training and reference (held-out) showers.
 
-    Either give existing CaloGAN-layout files (``train_file``, ``reference_file``; e.g.
-    CaloGAN's Geant4 files) or dataset recipes to simulate them into ``output_dir/data/`` (a
-    simulated file that already exists is reused).
+    Either give existing files (``train_file``, ``reference_file``; e.g. CaloGAN's Geant4 files)
+    or dataset recipes to simulate them into ``output_dir/data/`` (a simulated file that already
+    exists is reused). Without ``geometry`` the files are in the CaloGAN layout; with
+    ``geometry``, a CaloChallenge binning file (XML, relative to the pipeline file; read by
+    :func:`surrogate.data.binning.read_binning_xml`), they are CaloChallenge-layout files in
+    that geometry (only the calo_flow family trains on them). ``geometry`` is left out of the
+    stored configuration when absent, so CaloGAN-layout runs store what they always did.
     """
 
     train_file: Path | None = None
     reference_file: Path | None = None
     train_recipe: Path | None = None
     reference_recipe: Path | None = None
+    geometry: Path | None = field(default=None, metadata={"omit_if_none": True})
 
     def __post_init__(self):
         for kind in ("train", "reference"):
@@ -172,21 +178,45 @@ def data_files(cfg: PipelineConfig, *, progress: bool = True, quiet: bool = Fals
         ``(train_file, reference_file)``.
 
     Raises:
-        ValueError: a given file is not a valid CaloGAN-layout file.
+        ValueError: a given or reused file is not a valid file of the run's layout (CaloGAN's,
+            or the CaloChallenge's in ``[data] geometry`` with that geometry's voxel count), or a
+            recipe simulates another geometry than ``[data] geometry``.
     """
+    from surrogate.data.binning import read_binning_xml
+
     main = distributed.context().is_main
+    geometry = data_geometry(cfg.data)
+
+    def check(path: Path) -> None:
+        if geometry is None:
+            validate_calogan(path)
+            return
+        from surrogate.data.calo import validate_calochallenge
+
+        validate_calochallenge(path)
+        with open_hdf5(path) as file:
+            voxels = file["showers"].shape[1]
+        if voxels != geometry.n_voxels:
+            raise ValueError(f"{path}: 'showers' has {voxels} voxels per event; [data] geometry "
+                             f"{geometry.describe()} has {geometry.n_voxels}")
+
     with distributed.main_rank_first():
         out = []
         for kind in ("train", "reference"):
             given = getattr(cfg.data, f"{kind}_file")
             if given is not None:
-                validate_calogan(given)
+                check(Path(given))
                 out.append(Path(given))
                 continue
             recipe = load_simulate_recipe(getattr(cfg.data, f"{kind}_recipe"))
+            if (recipe.geometry is None) != (geometry is None) or (
+                    geometry is not None and not read_binning_xml(recipe.geometry).same_voxels(geometry)):
+                raise ValueError(f"[data] {kind}_recipe {getattr(cfg.data, f'{kind}_recipe')}: simulates geometry "
+                                 f"{recipe.geometry or 'CaloGAN'}, not [data] geometry "
+                                 f"{cfg.data.geometry or 'CaloGAN'}")
             path = cfg.run.output_dir / "data" / Path(recipe.output).name
             if path.exists():
-                validate_calogan(path)
+                check(path)
                 if main and not quiet:
                     print(f"[simulate] reusing {path}")
             else:
@@ -196,24 +226,42 @@ def data_files(cfg: PipelineConfig, *, progress: bool = True, quiet: bool = Fals
     return out[0], out[1]
 
 
-def shower_loader(train_file: str | os.PathLike, train: TrainConfig, *, seed: int,
-                  device: torch.device) -> torch.utils.data.DataLoader:
-    """Batches of training showers streamed from a CaloGAN-layout file in shuffled contiguous
-    blocks (:class:`~surrogate.data.calo.CaloShowerDataset`), this rank's shard of every epoch.
+def data_geometry(data: CaloDataConfig) -> CaloGeometry | None:
+    """The geometry of ``[data] geometry`` (:func:`~surrogate.data.binning.read_binning_xml`),
+    or ``None`` for CaloGAN-layout data.
+
+    Raises:
+        FileNotFoundError, ValueError: As :func:`~surrogate.data.binning.read_binning_xml`.
+    """
+    if data.geometry is None:
+        return None
+    from surrogate.data.binning import read_binning_xml
+
+    return read_binning_xml(data.geometry)
+
+
+def shower_loader(train_file: str | os.PathLike, train: TrainConfig, *, seed: int, device: torch.device,
+                  geometry: CaloGeometry | None = None) -> torch.utils.data.DataLoader:
+    """Batches of training showers streamed from a shower file in shuffled contiguous blocks
+    (:class:`~surrogate.data.calo.CaloShowerDataset`), this rank's shard of every epoch.
 
     Arguments:
-        train_file: the CaloGAN-layout HDF5 file.
+        train_file: the HDF5 file: CaloGAN layout, or CaloChallenge layout when ``geometry`` is given.
         train: the ``[train]`` section (``batch_size`` per rank, ``num_workers``, and the
             family's ``block_size``: events per contiguous read).
         seed: shuffling seed (the same on every rank).
         device: where training runs (pinned memory on CUDA).
+        geometry: the voxels of a CaloChallenge-layout file; ``None`` for CaloGAN's.
 
     Returns:
-        A ``DataLoader`` of ``{"layer_0", "layer_1", "layer_2"`` (MeV) ``, "energy"`` (GeV) ``}``.
+        A ``DataLoader`` of ``{layer: (B, *shape)`` (MeV) ``, "energy": (B, 1)`` (GeV) ``}``
+        (CaloGAN: ``"layer_0", "layer_1", "layer_2"``; else the geometry's layers).
     """
     ctx = distributed.context()
-    dataset = CaloShowerDataset(train_file, layout="calogan", block_size=train.block_size, shuffle=True, seed=seed,
-                                rank=ctx.rank, world_size=ctx.world_size, drop_last=ctx.distributed)
+    layout = "calogan" if geometry is None else "calochallenge"
+    dataset = CaloShowerDataset(train_file, layout=layout, block_size=train.block_size, shuffle=True, seed=seed,
+                                rank=ctx.rank, world_size=ctx.world_size, drop_last=ctx.distributed,
+                                geometry=geometry)
     return torch.utils.data.DataLoader(dataset, batch_size=train.batch_size, num_workers=train.num_workers,
                                        drop_last=True, persistent_workers=False, pin_memory=device.type == "cuda")
 
@@ -440,6 +488,11 @@ def training_energy_range(checkpoint: str | os.PathLike) -> tuple[float, float, 
     if recipe is not None and Path(recipe).is_file():
         table = load_simulate_recipe(recipe)
         return table.energy_min_gev, table.energy_max_gev, f"[data] train_recipe {recipe}"
+    if train_file is not None and Path(train_file).is_file() and data.get("geometry") is not None:
+        from surrogate.data.calo import read_incident_energies
+
+        energy = read_incident_energies(train_file) / 1000.0
+        return float(energy.min()), float(energy.max()), f"[data] train_file {train_file}"
     if train_file is not None and Path(train_file).is_file():
         with open_hdf5(train_file) as file:
             check_layout(file, CALOGAN_FIELDS, path=train_file)
@@ -540,8 +593,16 @@ def run_shower_pipeline(cfg: PipelineConfig, *, train: Callable[..., FitResult],
         resume: as :func:`surrogate.train.fit`'s (``True``, ``False`` or ``"anyway"``).
         progress: show progress bars.
 
+    With ``[data] geometry`` (a CaloChallenge geometry) the showers are generated into a
+    CaloChallenge-layout file at the reference file's incident energies, in its order
+    (``[generate] n_events`` of them drawn without replacement when fewer than the file's;
+    :func:`energies_from_file`), and validated with the challenge's features
+    (:func:`surrogate.pipelines.fastsim_calochallenge.validate_calochallenge_files`, fast
+    classifier test, at ``[validate] threshold_mev``).
+
     Returns:
-        The path of ``report.json`` (:func:`surrogate.pipelines.fastsim.validate_calo`).
+        The path of ``report.json`` (:func:`surrogate.pipelines.fastsim.validate_calo`, or
+        :func:`~surrogate.pipelines.fastsim_calochallenge.validate_calochallenge_files`).
     """
     from surrogate.pipelines.fastsim import validate_calo
 
@@ -552,6 +613,26 @@ def run_shower_pipeline(cfg: PipelineConfig, *, train: Callable[..., FitResult],
     generated = out / "generated.h5"
     g = cfg.generate
     main = distributed.context().is_main
+    geometry = data_geometry(cfg.data)
+    if geometry is not None:
+        from surrogate.data.calo import read_incident_energies
+        from surrogate.pipelines.fastsim_calochallenge import validate_calochallenge_files
+
+        n_reference = read_incident_energies(reference_file).size
+        n_events = None if g.n_events >= n_reference else g.n_events
+        if main:
+            print(f"[generate] {n_events or n_reference} showers at the incident energies of {reference_file} -> "
+                  f"{generated}")
+        generate(result.checkpoint, generated, n_events, batch_size=g.batch_size, seed=cfg.run.seed + 1,
+                 device=cfg.run.device, progress=progress, layout="calochallenge", geometry=geometry,
+                 energies_from=reference_file)
+        with distributed.main_rank_first():
+            if main:
+                print(f"[validate] {reference_file} vs {generated} (CaloChallenge features)")
+                validate_calochallenge_files(reference_file, generated, out / "report", geometry=geometry,
+                                             threshold_mev=cfg.validate.threshold_mev, seed=cfg.run.seed,
+                                             progress=progress)
+        return out / "report" / "report.json"
     if main:
         print(f"[generate] {g.n_events} showers -> {generated}")
     generate(result.checkpoint, generated, g.n_events, energy_range_gev=(g.energy_min_gev, g.energy_max_gev),

@@ -1,0 +1,202 @@
+"""The calo_flow family in a CaloChallenge geometry (``[data] geometry``): a tiny DS1-photon run
+through ``surrogate run`` (train on a streamed challenge-layout file, generate at the reference
+file's incident energies, validate with the challenge's features), a checkpoint that rebuilds its
+geometry without the binning file, ``surrogate generate --format calochallenge`` on it, and the
+CaloGAN-layout pipelines' stored configuration unchanged."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from surrogate.config import ConfigError, load_pipeline
+from surrogate.data.binning import read_binning_xml
+from surrogate.data.calo import read_calochallenge
+from surrogate.pipelines.calo_flow import geometry_from_config, geometry_to_config, load_flow
+from surrogate.simulators.gflash_calochallenge import simulate_calochallenge_to_file
+from surrogate.train.checkpoint import latest_checkpoint, load_checkpoint
+
+ROOT = Path(__file__).resolve().parents[2]
+BINNING = ROOT / "datasets" / "calochallenge" / "binning_dataset_1_photons.xml"
+THRESHOLD_MEV = 1.0  # the challenge's evaluation threshold for dataset 1
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "surrogate", "--threads", "1", "--no-progress", *args],
+                          capture_output=True, text=True, env=ENV, cwd=ROOT)
+
+
+def _simulate(path: Path, n: int, seed: int, geometry) -> Path:
+    return simulate_calochallenge_to_file(path, n, geometry=geometry, calorimeter="atlas_barrel",
+                                          energy_distribution="powers-of-two", energy_range_gev=(0.256, 4194.304),
+                                          seed=seed, threshold_mev=THRESHOLD_MEV, progress=False)
+
+
+def _config(folder: Path, train: Path, reference: Path, binning: Path, extra: str = "") -> Path:
+    path = folder / "ds1.toml"
+    path.write_text(f"""
+[run]
+pipeline = "calo_flow"
+output_dir = "run"
+seed = 5
+device = "cpu"
+threads = 1
+[data]
+train_file = "{train}"
+reference_file = "{reference}"
+geometry = "{binning.name}"
+[model]
+hidden_features = 8
+num_transforms = 1
+num_bins = 4
+energy_hidden_features = 8
+energy_num_transforms = 1
+noise_mev = 0.5
+[train]
+batch_size = 32
+max_steps = 4
+warmup_steps = 1
+checkpoint_every = 2
+log_every = 2
+block_size = 64
+[generate]
+n_events = 1000
+batch_size = 100
+[validate]
+threshold_mev = {THRESHOLD_MEV}
+energy_calibration_showers = 0
+{extra}
+""")
+    return path
+
+
+@pytest.fixture(scope="module")
+def ds1_run(tmp_path_factory):
+    """The tiny run through ``surrogate run``, with a private copy of the binning file."""
+    folder = tmp_path_factory.mktemp("ds1_flow")
+    binning = folder / BINNING.name
+    shutil.copy(BINNING, binning)
+    geometry = read_binning_xml(binning)
+    train = _simulate(folder / "train.h5", 300, 11, geometry)
+    reference = _simulate(folder / "reference.h5", 200, 12, geometry)
+    path = _config(folder, train, reference, binning)
+    proc = _cli("run", str(path))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return path, geometry, binning, reference
+
+
+@pytest.mark.slow  # the tiny run: about 25 s at one thread
+def test_run_trains_generates_and_validates_in_the_challenge_geometry(ds1_run):
+    path, geometry, _, reference = ds1_run
+    out = path.parent / "run"
+    report = json.loads((out / "report" / "report.json").read_text())
+    assert report["settings"]["dataset"] == "1-photons"
+    assert report["settings"]["readout_threshold_mev"] == THRESHOLD_MEV
+    for level in ("low_level", "high_level"):
+        assert 0.0 <= report["classifier"][level]["auc"] <= 1.0, report["classifier"]
+    generated, expected = read_calochallenge(out / "generated.h5"), read_calochallenge(reference)
+    assert generated["showers"].shape == (200, 368)  # n_events >= the reference's: all its energies, in order
+    np.testing.assert_array_equal(generated["incident_energies"], expected["incident_energies"])
+    cells = generated["showers"]
+    assert np.all((cells == 0) | (cells >= THRESHOLD_MEV))
+
+
+@pytest.mark.slow  # the tiny run: about 25 s at one thread
+def test_checkpoint_rebuilds_the_geometry_without_the_binning_file(ds1_run, tmp_path):
+    path, geometry, binning, _ = ds1_run
+    out = path.parent / "run"
+    ckpt = load_checkpoint(latest_checkpoint(out / "train"))
+    assert ckpt["step"] == 4
+    stored = ckpt["config"]["geometry"]
+    assert stored == geometry_to_config(geometry) and stored["name"] == "binning_dataset_1_photons"
+    assert ckpt["config"]["data"]["geometry"] == str(binning)
+    moved = tmp_path / "elsewhere"
+    shutil.copytree(out / "train", moved)
+    binning.rename(binning.with_suffix(".gone"))
+    try:
+        flow = load_flow(moved)
+    finally:
+        binning.with_suffix(".gone").rename(binning)
+    assert flow.geometry.same_voxels(geometry) and flow.geometry.n_voxels == 368
+
+
+def test_stored_geometry_round_trips_as_plain_data():
+    geometry = read_binning_xml(BINNING)
+    stored = geometry_to_config(geometry)
+    assert json.loads(json.dumps(stored)) == stored  # plain data: survives JSON and torch.save
+    rebuilt = geometry_from_config(stored)
+    assert rebuilt.same_voxels(geometry) and rebuilt.name == geometry.name and rebuilt.n_voxels == 368
+    from surrogate.geometry import CALOGAN
+
+    assert geometry_to_config(CALOGAN) == "CaloGAN" and geometry_from_config("CaloGAN") is CALOGAN
+    with pytest.raises(ValueError, match=r"checkpoint x: config geometry must be a name or"):
+        geometry_from_config({"name": "g"}, where="checkpoint x")
+    with pytest.raises(ValueError, match=r"checkpoint x: unknown geometry 'nope'"):
+        geometry_from_config("nope", where="checkpoint x")
+
+
+@pytest.mark.slow  # the tiny run: about 25 s at one thread
+def test_generate_cli_accepts_the_checkpoint_in_its_geometry(ds1_run, tmp_path):
+    path, _, binning, reference = ds1_run
+    out = tmp_path / "challenge.h5"
+    proc = _cli("generate", str(path.parent / "run" / "train"), "--format", "calochallenge", "--geometry",
+                str(binning), "--energies-from", str(reference), "--batch-size", "64", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    sys.path.insert(0, str(Path(__file__).parent))
+    try:
+        from test_generate_calochallenge import challenge_file_check
+    finally:
+        sys.path.pop(0)
+    assert challenge_file_check(out, "1-photons") == 200
+    calogan = tmp_path / "calogan.h5"
+    proc = _cli("generate", str(path.parent / "run" / "train"), "--n", "10", "--out", str(calogan))
+    assert proc.returncode != 0  # a DS1 model writes no CaloGAN-layout file
+
+
+def test_challenge_geometry_needs_the_calibration_off_and_a_matching_file(tmp_path):
+    binning = BINNING
+    other = ROOT / "datasets" / "calochallenge" / "binning_dataset_2.xml"
+    path = _config(tmp_path, tmp_path / "t.h5", tmp_path / "r.h5", binning)
+    path.write_text(path.read_text().replace(f'geometry = "{binning.name}"', f'geometry = "{binning}"')
+                    .replace("energy_calibration_showers = 0", "energy_calibration_showers = 5"))
+    with pytest.raises(ConfigError,
+                       match=r"\[validate\] energy_calibration_showers = 5: .* set 0 with \[data\] geometry"):
+        load_pipeline(path)
+    geometry = read_binning_xml(binning)
+    train = _simulate(tmp_path / "t.h5", 20, 1, geometry)
+    path.write_text(path.read_text().replace("energy_calibration_showers = 5", "energy_calibration_showers = 0")
+                    .replace(f'geometry = "{binning}"', f'geometry = "{other}"'))
+    from surrogate.pipelines.showers import data_files
+
+    with pytest.raises(ValueError, match=r"t.h5: 'showers' has 368 voxels per event; \[data\] geometry .* has 6480"):
+        data_files(load_pipeline(path), progress=False)
+    assert train.is_file()
+    recipes = ROOT / "datasets"
+    text = path.read_text().replace(f'train_file = "{train}"',
+                                    f'train_recipe = "{recipes}/calochallenge_ds1_photons_gflash.toml"')
+    path.write_text(text.replace(f'reference_file = "{tmp_path / "r.h5"}"',
+                                 f'reference_recipe = "{recipes}/calochallenge_ds1_photons_gflash_reference.toml"'))
+    with pytest.raises(ValueError, match=r"\[data\] train_recipe .*: simulates geometry "
+                                         r".*binning_dataset_1_photons.xml, not \[data\] geometry .*dataset_2.xml"):
+        data_files(load_pipeline(path), progress=False)  # refused before simulating
+
+
+def test_calogan_pipelines_store_what_they_did(tmp_path):
+    for name in ("calo_gan.toml", "calo_flow.toml", "calo_flow_quality.toml"):
+        cfg = load_pipeline(ROOT / "pipelines" / name)
+        stored = cfg.to_dict()
+        assert sorted(stored["data"]) == ["reference_file", "reference_recipe", "train_file", "train_recipe"], name
+        assert cfg.data.geometry is None
+    bad = tmp_path / "gan.toml"
+    bad.write_text((ROOT / "pipelines" / "calo_gan.toml").read_text().replace(
+        "[data]", f'[data]\ngeometry = "{BINNING}"'))
+    with pytest.raises(ConfigError, match=r"\[data\] geometry = .*: the CaloGAN family trains on CaloGAN-layout"):
+        load_pipeline(bad)
