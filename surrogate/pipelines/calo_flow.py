@@ -239,7 +239,8 @@ def train(cfg: CaloFlowConfig, *, resume: bool | str = True, progress: bool = Tr
 
     Arguments:
         cfg: the pipeline configuration.
-        resume: continue from the latest checkpoint if there is one.
+        resume: continue from the latest checkpoint if there is one (``True``; ``"anyway"`` also
+            when the configuration changed; ``False`` starts afresh): see :func:`surrogate.train.fit`.
         progress: show a progress bar.
 
     Returns:

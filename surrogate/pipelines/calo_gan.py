@@ -134,7 +134,8 @@ def train(cfg: CaloGANConfig, *, resume: bool | str = True, progress: bool = Tru
 
     Arguments:
         cfg: the pipeline configuration.
-        resume: continue from the latest checkpoint if there is one.
+        resume: continue from the latest checkpoint if there is one (``True``; ``"anyway"`` also
+            when the configuration changed; ``False`` starts afresh): see :func:`surrogate.train.fit`.
         progress: show a progress bar.
 
     Returns:

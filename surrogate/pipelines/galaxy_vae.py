@@ -337,7 +337,8 @@ def train(cfg: GalaxyConfig, *, resume: bool | str = True, progress: bool = True
 
     Arguments:
         cfg: the pipeline configuration.
-        resume: continue from the latest checkpoints if there are any.
+        resume: continue from the latest checkpoints if there are any (``True``, ``False`` or
+            ``"anyway"``, as :func:`surrogate.train.fit`).
         progress: show progress bars.
 
     Returns:

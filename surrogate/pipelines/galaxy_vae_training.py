@@ -117,7 +117,8 @@ def train_vae(model: GalaxyVAE, train_file: Path, settings: GalaxyTrainConfig, *
         out_dir: the stage's checkpoints and ``log.csv``.
         seed: data order and training noise.
         config: plain data stored in the checkpoints.
-        resume: continue from the latest checkpoint in ``out_dir``.
+        resume: continue from the latest checkpoint in ``out_dir`` (``True``, ``False`` or ``"anyway"``,
+            as :func:`surrogate.train.fit`).
         progress: show a progress bar.
     """
     from torch.utils.data import DataLoader, DistributedSampler

@@ -309,7 +309,8 @@ def train_npe(
         seed: seeds the split, initialisation, shuffling and training (torch's global generator
             is restored afterwards).
         out_dir: if given, checkpoints and ``log.csv`` of :func:`surrogate.train.fit` go here.
-        resume: continue from the latest checkpoint in ``out_dir``.
+        resume: continue from the latest checkpoint in ``out_dir`` (``True``, ``False`` or ``"anyway"``,
+            as :func:`surrogate.train.fit`).
         checkpoint_every: steps between checkpoints (``None``: only the final one).
         log_every: steps per logged row (``None``: one row per epoch).
         num_workers: ``DataLoader`` worker processes.
