@@ -55,14 +55,13 @@ from surrogate.geometry import CALOGAN, CaloGeometry, PolarLayer
 from surrogate.losses import calo_flow_loss
 from surrogate.models.calo_flow import CaloFlow
 from surrogate.pipelines import Family
+from surrogate.pipelines.shower_generation import ShowerSampler, generate_stage
 from surrogate.pipelines.showers import (
     CaloDataConfig,
     GenerateConfig,
-    ShowerSampler,
     ValidateConfig,
     data_files,
     data_geometry,
-    generate_stage,
     run_shower_pipeline,
     shower_loader,
 )
@@ -299,7 +298,7 @@ def load_flow(checkpoint: str | os.PathLike, *, device: str | torch.device = "cp
 
 
 def flow_sampler(model: CaloFlow) -> ShowerSampler:
-    """The flow as a :data:`~surrogate.pipelines.showers.ShowerSampler`: base noise from the
+    """The flow as a :data:`~surrogate.pipelines.shower_generation.ShowerSampler`: base noise from the
     given CPU generator, showers in MeV with cells below ``model.threshold_mev`` set to 0."""
     device = next(model.parameters()).device
 
@@ -312,7 +311,7 @@ def flow_sampler(model: CaloFlow) -> ShowerSampler:
 generate = generate_stage(load_flow, flow_sampler)
 """``generate(checkpoint, output, n_events, *, energy_range_gev, batch_size, seed, device, progress)``:
 showers from a trained run into a CaloGAN-layout file, or (``layout="calochallenge"``, ``geometry``,
-``energies_from``) a CaloChallenge-layout one (:func:`~surrogate.pipelines.showers.generate_stage`)."""
+``energies_from``) a CaloChallenge-layout one (:func:`~surrogate.pipelines.shower_generation.generate_stage`)."""
 
 
 def run(cfg: CaloFlowConfig, *, resume: bool | str = True, progress: bool = True) -> Path:

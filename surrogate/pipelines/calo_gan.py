@@ -29,13 +29,12 @@ import torch
 from surrogate.config import PipelineConfig, TrainConfig, check_kwargs, setting
 from surrogate.models.calo_gan import CaloGANCritic, CaloGANGenerator
 from surrogate.pipelines import Family
+from surrogate.pipelines.shower_generation import ShowerSampler, generate_stage
 from surrogate.pipelines.showers import (
     CaloDataConfig,
     GenerateConfig,
-    ShowerSampler,
     ValidateConfig,
     data_files,
-    generate_stage,
     run_shower_pipeline,
     shower_loader,
 )
@@ -188,7 +187,7 @@ def load_generator(checkpoint: str | os.PathLike, *, device: str | torch.device 
 
 
 def gan_sampler(generator: CaloGANGenerator) -> ShowerSampler:
-    """The generator as a :data:`~surrogate.pipelines.showers.ShowerSampler`: latent noise
+    """The generator as a :data:`~surrogate.pipelines.shower_generation.ShowerSampler`: latent noise
     ``z ~ N(0, I)`` of shape ``(B, latent_dim)`` from the given CPU generator, showers in MeV."""
     device = next(generator.parameters()).device
 
@@ -201,7 +200,7 @@ def gan_sampler(generator: CaloGANGenerator) -> ShowerSampler:
 
 generate = generate_stage(load_generator, gan_sampler)
 """``generate(checkpoint, output, n_events, *, energy_range_gev, batch_size, seed, device, progress)``:
-showers from a trained run into a CaloGAN-layout file (:func:`~surrogate.pipelines.showers.generate_stage`)."""
+showers from a trained run into a CaloGAN-layout file (:func:`~surrogate.pipelines.shower_generation.generate_stage`)."""
 
 
 def run(cfg: CaloGANConfig, *, resume: bool | str = True, progress: bool = True) -> Path:

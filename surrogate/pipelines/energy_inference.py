@@ -65,7 +65,7 @@ from tqdm.auto import tqdm
 
 from surrogate.checks import ExtrapolationWarning, check_choice, check_float, check_int
 from surrogate.data.hdf5 import Field, atomic_output, check_layout, check_values, open_hdf5
-from surrogate.pipelines.showers import training_energy_range
+from surrogate.pipelines.shower_generation import training_energy_range
 from surrogate.train.checkpoint import checkpoint_config, find_checkpoint
 
 __all__ = [
@@ -355,7 +355,7 @@ def infer_energy(run_dir: str | os.PathLike, showers_path: str | os.PathLike, ou
         prior: one of :data:`PRIORS`, over the training range.
         n_grid: grid energies per pass (:func:`energy_grid` over the training range).
         refine, batch_size, seed, edge_ratio, progress: see :func:`energy_posterior`.
-        energy_range_gev: ``(low, high)`` GeV instead of :func:`training_energy_range`.
+        energy_range_gev: ``(low, high)`` GeV instead of :func:`~surrogate.pipelines.shower_generation.training_energy_range`.
         device: ``"cpu"``, ``"cuda"`` or ``"auto"``.
 
     Returns:

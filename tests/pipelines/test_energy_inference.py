@@ -30,7 +30,7 @@ from surrogate.pipelines.energy_inference import (
     infer_energy,
     read_showers,
 )
-from surrogate.pipelines.showers import training_energy_range
+from surrogate.pipelines.shower_generation import training_energy_range
 from surrogate.train.checkpoint import save_checkpoint
 
 TINY = {"hidden_features": 8, "num_transforms": 2, "num_bins": 4, "energy_hidden_features": 8,

@@ -16,7 +16,7 @@ from surrogate.data.calo import read_calochallenge, read_incident_energies
 from surrogate.geometry import CALOGAN
 from surrogate.models.calo_flow import CaloFlow
 from surrogate.pipelines.calo_flow import flow_sampler
-from surrogate.pipelines.showers import energies_from_file, generate_showers
+from surrogate.pipelines.shower_generation import energies_from_file, generate_showers
 from surrogate.simulators.gflash_calochallenge import simulate_calochallenge_to_file
 
 BINNING = Path(__file__).resolve().parents[2] / "datasets" / "calochallenge"
