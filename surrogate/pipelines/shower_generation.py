@@ -36,7 +36,15 @@ from surrogate.geometry import CALOGAN, CALOGAN_LAYERS, CaloGeometry
 from surrogate.train import distributed
 from surrogate.train.checkpoint import checkpoint_config, find_checkpoint
 
-__all__ = ['EDGE_TOLERANCE', 'ShowerSampler', 'energies_from_file', 'generate_showers', 'generate_showers_distributed', 'generate_stage', 'training_energy_range']
+__all__ = [
+    "EDGE_TOLERANCE",
+    "ShowerSampler",
+    "energies_from_file",
+    "generate_showers",
+    "generate_showers_distributed",
+    "generate_stage",
+    "training_energy_range",
+]
 
 
 ShowerSampler = Callable[[Tensor, torch.Generator], Mapping[str, Tensor]]

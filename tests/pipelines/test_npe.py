@@ -38,7 +38,8 @@ from surrogate.pipelines.npe_training import (
     epoch_batches,
     train_npe,
 )
-from surrogate.simulators.sbi_tasks import TASK_NAMES, gaussian_linear_posterior, get_task, simulate_dataset
+from surrogate.simulators.sbi_simulators import gaussian_linear_posterior
+from surrogate.simulators.sbi_tasks import TASK_NAMES, get_task, simulate_dataset
 
 REPO = Path(__file__).resolve().parents[2]
 LOCAL_SBIBM = REPO / "datasets" / "sbibm"

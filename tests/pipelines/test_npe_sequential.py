@@ -20,7 +20,8 @@ from surrogate.losses import atomic_npe_loss, balanced_npe_loss, npe_loss
 from surrogate.metrics.coverage import expected_coverage
 from surrogate.pipelines.npe import FAMILY, load_posterior
 from surrogate.pipelines.npe_sequential import TruncatedPrior, run_sequential
-from surrogate.simulators.sbi_tasks import gaussian_linear_posterior, get_task
+from surrogate.simulators.sbi_simulators import gaussian_linear_posterior
+from surrogate.simulators.sbi_tasks import get_task
 
 
 class GaussianFlow(nn.Module):

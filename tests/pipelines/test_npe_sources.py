@@ -155,7 +155,7 @@ def test_user_task_with_references_in_sbibm_layout(tmp_path, seed):
     written as a user's simulator, with datasets/sbibm/two_moons as its references."""
     _module(tmp_path, "sim_my_moons", """
         import torch
-        from surrogate.simulators.sbi_tasks import simulate_two_moons
+        from surrogate.simulators.sbi_simulators import simulate_two_moons
         def simulate(theta):
             return simulate_two_moons(torch.as_tensor(theta))
         """)

@@ -13,19 +13,16 @@ import torch
 from scipy import stats
 from scipy.integrate import odeint
 
-from surrogate.simulators.sbi_tasks import (
+from surrogate.simulators.sbi_simulators import (
     SIR_DAYS,
-    TASK_NAMES,
     bernoulli_glm_design_matrix,
     bernoulli_glm_precision,
     bernoulli_glm_summary,
     default_sbibm_root,
     gaussian_linear_posterior,
-    get_task,
-    load_reference,
-    simulate_dataset,
     sir_infected_fraction,
 )
+from surrogate.simulators.sbi_tasks import TASK_NAMES, get_task, load_reference, simulate_dataset
 
 LOCAL_SBIBM = Path(__file__).resolve().parents[2] / "datasets" / "sbibm"
 
