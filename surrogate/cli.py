@@ -114,6 +114,19 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--resume-anyway", action="store_true",
                    help="resume even if the configuration changed in a way that alters training (seed, model, data)")
 
+    r = sub.add_parser("run", help="run a whole pipeline file (pipelines/*.toml)")
+    r.add_argument("config", type=Path)
+    r.add_argument("--resume-anyway", action="store_true",
+                   help="resume even if the configuration changed in a way that alters training (seed, model, data)")
+
+    _add_shower_commands(sub)
+    _add_posterior_command(sub)
+    _add_fit_command(sub)
+    return p
+
+
+def _add_shower_commands(sub) -> None:
+    """``generate``, ``validate`` and ``infer-energy``: the calorimeter-shower commands."""
     g = sub.add_parser("generate", help="generate showers from a checkpoint into a CaloGAN- or CaloChallenge-layout "
                                         "HDF5 file")
     g.add_argument("checkpoint", type=Path, help="checkpoint file or run folder")
@@ -146,6 +159,18 @@ def _parser() -> argparse.ArgumentParser:
                    help="classifier test: fast (seconds) or the CaloChallenge 2022 protocol (a 3x2048 DNN, "
                         "50 epochs: about 15 CPU minutes per feature set at 10k vs 10k showers)")
 
+    e = sub.add_parser("infer-energy", help="incident-energy posteriors of showers from a calo_flow run's likelihood")
+    e.add_argument("run_dir", type=Path, help="calo_flow run folder or checkpoint")
+    e.add_argument("showers", type=Path, help="CaloGAN-layout HDF5 file")
+    e.add_argument("--out", type=Path, required=True, help="output HDF5 (mean, median, q16, q84, map, flag; GeV)")
+    e.add_argument("--prior", choices=("uniform", "log-uniform"), default="uniform",
+                   help="prior over the training energy range (default: uniform)")
+    e.add_argument("--n-grid", type=_positive_int, default=64, help="grid energies per pass (default: 64)")
+
+
+
+def _add_posterior_command(sub) -> None:
+    """``sample``: posterior samples from a saved NPE run."""
     smp = sub.add_parser("sample", help="posterior samples of one observation from a trained NPE run (sbibm CSV)")
     smp.add_argument("run_dir", type=Path, help="the run's output_dir (its posterior.pt) or a posterior.pt file")
     smp.add_argument("--x", type=Path, required=True,
@@ -155,19 +180,10 @@ def _parser() -> argparse.ArgumentParser:
     smp.add_argument("--seed", type=int, default=0)
     smp.add_argument("--device", default="cpu")
 
-    r = sub.add_parser("run", help="run a whole pipeline file (pipelines/*.toml)")
-    r.add_argument("config", type=Path)
-    r.add_argument("--resume-anyway", action="store_true",
-                   help="resume even if the configuration changed in a way that alters training (seed, model, data)")
 
-    e = sub.add_parser("infer-energy", help="incident-energy posteriors of showers from a calo_flow run's likelihood")
-    e.add_argument("run_dir", type=Path, help="calo_flow run folder or checkpoint")
-    e.add_argument("showers", type=Path, help="CaloGAN-layout HDF5 file")
-    e.add_argument("--out", type=Path, required=True, help="output HDF5 (mean, median, q16, q84, map, flag; GeV)")
-    e.add_argument("--prior", choices=("uniform", "log-uniform"), default="uniform",
-                   help="prior over the training energy range (default: uniform)")
-    e.add_argument("--n-grid", type=_positive_int, default=64, help="grid energies per pass (default: 64)")
 
+def _add_fit_command(sub) -> None:
+    """``fit``: MAP fits of real galaxy stamps with a galaxy_vae run."""
     fi = sub.add_parser("fit", help="MAP-fit real galaxy stamps with a galaxy_vae run (any pixel scale, own PSF, "
                                     "correlated noise)")
     fi.add_argument("run_dir", type=Path, help="galaxy_vae run folder (its model.pt) or checkpoint")
@@ -196,7 +212,6 @@ def _parser() -> argparse.ArgumentParser:
     fi.add_argument("--learning-rate", type=float, default=0.05, help="Adam learning rate (default 0.05)")
     fi.add_argument("--seed", type=int, default=0, help="seed of the noise padding and noise-power estimate")
     fi.add_argument("--device", default="cpu")
-    return p
 
 
 def _load(path: Path, threads: int | None):
