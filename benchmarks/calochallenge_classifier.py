@@ -42,7 +42,7 @@ def main() -> None:
 
     from surrogate.metrics.calochallenge import calochallenge_classifier
     from surrogate.metrics.calochallenge_features import calochallenge_features
-    from surrogate.simulators.gflash import simulate_calogan_showers
+    from surrogate.simulators.gflash_runs import simulate_calogan_showers
 
     torch.set_num_threads(args.threads)
     start = time.perf_counter()

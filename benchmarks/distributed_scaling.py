@@ -15,7 +15,7 @@ and a fixed batch per rank (weak scaling: the global batch is ``W`` times the pe
   :func:`surrogate.pipelines.calo_gan.train` does (the step wraps both networks in
   ``DistributedDataParallel``), data streamed from a GFlash CaloGAN-layout file
   (simulated once by the parent, ``--calo-events`` showers) by
-  :class:`~surrogate.data.calo.CaloShowerDataset` with ``rank``, ``world_size`` and
+  :class:`~surrogate.data.shower_dataset.CaloShowerDataset` with ``rank``, ``world_size`` and
   ``drop_last=True``, DataLoader ``num_workers=0``; batch 128 per rank;
 - ``galaxy``: :class:`~surrogate.models.galaxy_vae.GalaxyVAE` with the architecture of
   ``pipelines/galaxy_vae.toml`` (latent 16, channels 16/32/64, hidden 128) trained on the ELBO
@@ -100,7 +100,7 @@ def _cycle(loader, sampler):
 
 def _calo(ctx, batch: int, args):
     from surrogate.config import load_pipeline
-    from surrogate.data.calo import CaloShowerDataset
+    from surrogate.data.shower_dataset import CaloShowerDataset
     from surrogate.pipelines.calo_gan import build_calo_gan
     from surrogate.train.steps import GANStep
 
@@ -294,7 +294,7 @@ def main(argv: list[str] | None = None) -> dict | None:
         folder = Path(tmp)
         data = None
         if "calo" in args.families:
-            from surrogate.simulators.gflash import simulate_to_file
+            from surrogate.simulators.gflash_runs import simulate_to_file
 
             data = folder / "showers.h5"
             simulate_to_file(data, args.calo_events, seed=0, progress=False)

@@ -2,7 +2,7 @@
 rate at which CaloGAN training consumes events, measured in the same run.
 
 Showers are simulated once with the GFlash-style reference simulator
-(:func:`surrogate.simulators.gflash.simulate_to_file`, 1-100 GeV e+) into a temporary folder and
+(:func:`surrogate.simulators.gflash_runs.simulate_to_file`, 1-100 GeV e+) into a temporary folder and
 then rewritten with :func:`surrogate.data.calo.write_calogan` in every file variant:
 
 - ``compression``: ``gzip`` (level 4, our default), ``lzf``, ``none``;
@@ -22,7 +22,7 @@ process) and 1 (one reader process), with these access strategies:
   default collation. Slow on compressed chunks (every miss decompresses a whole chunk for one
   event), so an epoch is capped at ``--random-events`` events and ``--random-seconds`` seconds
   (the rate is then that of the events read);
-- ``block256`` / ``block1024`` / ``block4096``: :class:`surrogate.data.calo.CaloShowerDataset`
+- ``block256`` / ``block1024`` / ``block4096``: :class:`surrogate.data.shower_dataset.CaloShowerDataset`
   (random order of contiguous blocks of that many events, one read per dataset and block,
   shuffle within the block, cell values checked per block), default collation;
 - ``memory``: an in-memory shard: the whole file read once with
@@ -83,8 +83,9 @@ if str(REPO) not in sys.path:  # run from a checkout without installing
     sys.path.insert(0, str(REPO))
 
 from surrogate.config import load_pipeline  # noqa: E402
-from surrogate.data.calo import CALOGAN_KEYS, CaloShowerDataset, read_calogan, write_calogan  # noqa: E402
+from surrogate.data.calo import CALOGAN_KEYS, read_calogan, write_calogan  # noqa: E402
 from surrogate.data.hdf5 import as_float32, atomic_output, open_hdf5  # noqa: E402
+from surrogate.data.shower_dataset import CaloShowerDataset
 from surrogate.pipelines.calo_gan import build_calo_gan  # noqa: E402
 from surrogate.simulators.gflash import simulate_to_file  # noqa: E402
 from surrogate.train.steps import GANStep  # noqa: E402
@@ -364,7 +365,7 @@ def main(argv: list[str] | None = None) -> dict:
             "workers": args.workers, "blocks": args.blocks, "random_events": args.random_events,
             "random_seconds": args.random_seconds,
             "repeats": args.repeats, "compressions": args.compressions, "chunks": args.chunks,
-            "simulator": "surrogate.simulators.gflash.simulate_to_file, e+ 1-100 GeV, seed 0",
+            "simulator": "surrogate.simulators.gflash_runs.simulate_to_file, e+ 1-100 GeV, seed 0",
             "simulate_s": simulate_s,
         },
         "timing": ("events delivered / wall time of one epoch from creating the DataLoader iterator (worker "

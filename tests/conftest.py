@@ -39,7 +39,7 @@ def rng(seed) -> np.random.Generator:
 def gflash_files(tmp_path_factory) -> tuple[Path, Path]:
     """CaloGAN-layout GFlash files, 5-50 GeV e+: 512 training and 300 reference showers
     (independent seeds), made once per test session."""
-    from surrogate.simulators.gflash import simulate_to_file
+    from surrogate.simulators.gflash_runs import simulate_to_file
 
     folder = tmp_path_factory.mktemp("gflash")
     train = simulate_to_file(folder / "train.h5", 512, energy_range_gev=(5.0, 50.0), seed=1, progress=False)

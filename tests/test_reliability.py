@@ -25,7 +25,8 @@ from surrogate.cli import main
 from surrogate.data.calo import write_calogan
 from surrogate.data.event_writer import stitch_shards
 from surrogate.rundir import RunDirectoryLocked, abandoned, lock_run_directory, temporary_name
-from surrogate.simulators.gflash import simulate_to_file
+from surrogate.simulators.gflash_runs import simulate_to_file
+
 
 @pytest.fixture(scope="module")
 def showers(tmp_path_factory) -> Path:

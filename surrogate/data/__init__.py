@@ -5,8 +5,8 @@
 * :mod:`surrogate.data.event_writer`: the chunked/compressed atomic :class:`EventWriter` and the
   stitching of per-rank shards into one virtual file.
 * :mod:`surrogate.data.calo`: the CaloGAN (arXiv:1705.02355) and CaloChallenge (arXiv:2410.21611)
-  layouts, their readers, writers and validators, and :class:`CaloShowerDataset`; the detector
-  geometry itself is :mod:`surrogate.geometry`.
+  layouts, their readers, writers and validators (the detector geometry itself is
+  :mod:`surrogate.geometry`); :mod:`surrogate.data.shower_dataset`: streaming them for training.
 * :mod:`surrogate.data.binning`: the CaloChallenge's XML voxel binning files, read into
   :class:`~surrogate.geometry.CaloGeometry` objects (:func:`read_binning_xml`).
 * :mod:`surrogate.data.galaxy`: galaxy stamps (observed, PSF, noise variance, PSF-free profile,
@@ -24,6 +24,7 @@
   estimation; :mod:`surrogate.data.sbibm_csv`: sbibm's CSV tables (observations, samples).
 """
 
+from surrogate.data.binning import binning_particles, read_binning_xml
 from surrogate.data.calo import (
     CALOCHALLENGE_FIELDS,
     CALOGAN_FIELDS,
@@ -31,7 +32,6 @@ from surrogate.data.calo import (
     CALOGAN_UNITS,
     CaloChallengeWriter,
     CaloGANWriter,
-    CaloShowerDataset,
     read_calochallenge,
     read_calogan,
     read_incident_energies,
@@ -40,7 +40,6 @@ from surrogate.data.calo import (
     write_calochallenge,
     write_calogan,
 )
-from surrogate.data.binning import binning_particles, read_binning_xml
 from surrogate.data.event_writer import EventWriter
 from surrogate.data.galaxy import (
     GALAXY_KEYS,
@@ -57,6 +56,7 @@ from surrogate.data.root import read_root_flat
 from surrogate.data.root_hits import RootHitDataset, read_root_hits, root_hits_to_hdf5
 from surrogate.data.root_mapping import RootHitMapping
 from surrogate.data.sharding import Segment, epoch_segments, shard_length
+from surrogate.data.shower_dataset import CaloShowerDataset
 
 __all__ = [
     "CALOCHALLENGE_FIELDS",

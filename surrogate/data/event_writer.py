@@ -7,7 +7,7 @@ HDF5 virtual datasets without copying the events.
 
 Storage choices, measured with h5py 3.16 / HDF5 2.0 on 32768 showers of our GFlash simulator
 (:mod:`surrogate.simulators.gflash`; 93 % of the ``layer_0`` cells are zero, 64 % of ``layer_1``),
-reading blocks of 1024 events in random order as :class:`surrogate.data.calo.CaloShowerDataset`
+reading blocks of 1024 events in random order as :class:`surrogate.data.shower_dataset.CaloShowerDataset`
 does, CPU time of one core (wall-clock times on this shared machine were too noisy):
 
 * **Chunks** hold whole events; ``chunk_events`` = the largest power of two whose uncompressed

@@ -114,7 +114,7 @@ class FlowTrainConfig(TrainConfig):
     dominate Adam's moment estimates. No ``patience``: there is no validation set during training.
 
     Attributes:
-        block_size: events per contiguous HDF5 read (:class:`~surrogate.data.calo.CaloShowerDataset`).
+        block_size: events per contiguous HDF5 read (:class:`~surrogate.data.shower_dataset.CaloShowerDataset`).
     """
 
     batch_size: int = setting(128, ge=1)

@@ -81,7 +81,7 @@ class GANTrainConfig(TrainConfig):
         beta1, beta2: Adam's betas of both optimizers (WGAN-GP: 0.5, 0.9).
         n_critic: critic updates per generator update; one step is one critic update.
         gradient_penalty: weight lambda of the WGAN-GP gradient penalty.
-        block_size: events per contiguous HDF5 read (:class:`~surrogate.data.calo.CaloShowerDataset`).
+        block_size: events per contiguous HDF5 read (:class:`~surrogate.data.shower_dataset.CaloShowerDataset`).
     """
 
     learning_rate: float = setting(1e-4, gt=0)

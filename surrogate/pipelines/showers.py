@@ -18,8 +18,9 @@ from typing import Callable
 import torch
 
 from surrogate.config import PipelineConfig, SimulateConfig, TrainConfig, load_simulate_recipe, setting
-from surrogate.data.calo import CaloShowerDataset, validate_calogan
+from surrogate.data.calo import validate_calogan
 from surrogate.data.hdf5 import open_hdf5
+from surrogate.data.shower_dataset import CaloShowerDataset
 from surrogate.geometry import CaloGeometry
 from surrogate.simulators.gflash import READOUT_THRESHOLD_MEV
 from surrogate.train import distributed
@@ -103,7 +104,7 @@ def simulate(recipe: SimulateConfig, *, output: str | os.PathLike | None = None,
     """Runs the reference simulator of a dataset recipe and writes its HDF5 file atomically.
 
     A recipe without ``geometry`` writes CaloGAN-layout showers
-    (:func:`surrogate.simulators.gflash.simulate_to_file`); one with a CaloChallenge binning
+    (:func:`surrogate.simulators.gflash_runs.simulate_to_file`); one with a CaloChallenge binning
     file writes the CaloChallenge layout in that geometry
     (:func:`surrogate.simulators.gflash_calochallenge.simulate_calochallenge_to_file`).
 
@@ -115,7 +116,7 @@ def simulate(recipe: SimulateConfig, *, output: str | os.PathLike | None = None,
     Returns:
         The file written.
     """
-    from surrogate.simulators.gflash import simulate_to_file
+    from surrogate.simulators.gflash_runs import simulate_to_file
 
     path = Path(output if output is not None else recipe.output)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -219,7 +220,7 @@ def data_geometry(data: CaloDataConfig) -> CaloGeometry | None:
 def shower_loader(train_file: str | os.PathLike, train: TrainConfig, *, seed: int, device: torch.device,
                   geometry: CaloGeometry | None = None) -> torch.utils.data.DataLoader:
     """Batches of training showers streamed from a shower file in shuffled contiguous blocks
-    (:class:`~surrogate.data.calo.CaloShowerDataset`), this rank's shard of every epoch.
+    (:class:`~surrogate.data.shower_dataset.CaloShowerDataset`), this rank's shard of every epoch.
 
     Arguments:
         train_file: the HDF5 file: CaloGAN layout, or CaloChallenge layout when ``geometry`` is given.

@@ -65,7 +65,7 @@ from tqdm.auto import tqdm
 
 from surrogate.checks import check_choice, check_float, check_int
 from surrogate.geometry import CaloGeometry
-from surrogate.simulators.gflash import check_energy_range, simulate_batch
+from surrogate.simulators.gflash import simulate_batch
 from surrogate.simulators.gflash_params import (
     CALOGAN_CALORIMETER,
     LEAD,
@@ -76,6 +76,7 @@ from surrogate.simulators.gflash_params import (
     _check_particle,
     mean_spot_count,
 )
+from surrogate.simulators.gflash_runs import check_energy_range
 
 __all__ = [
     "CALORIMETERS",

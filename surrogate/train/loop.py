@@ -268,7 +268,7 @@ def fit(
             ``set_epoch(epoch)`` is called on ``loader.dataset``, ``loader.sampler`` and
             ``loader.batch_sampler`` where they have it. An exact resume needs the order of an
             epoch to depend only on the epoch (true of
-            :class:`surrogate.data.calo.CaloShowerDataset` and of ``DistributedSampler``; not
+            :class:`surrogate.data.shower_dataset.CaloShowerDataset` and of ``DistributedSampler``; not
             of ``DataLoader(shuffle=True)``, which draws its order from the global generator).
         max_steps: total number of optimisation steps (a resumed run counts those already done).
         out_dir: where ``checkpoints/step_XXXXXXXX.pt`` and ``log.csv`` go; ``None`` writes

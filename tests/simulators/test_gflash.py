@@ -11,13 +11,7 @@ import pytest
 
 from surrogate.data.calo import read_calogan
 from surrogate.geometry import CALOGAN_LAYER_SHAPES, CALOGAN_LAYERS
-from surrogate.simulators.gflash import (
-    READOUT_THRESHOLD_MEV,
-    iter_calogan_batches,
-    sample_longitudinal,
-    simulate_calogan_showers,
-    simulate_to_file,
-)
+from surrogate.simulators.gflash import READOUT_THRESHOLD_MEV, sample_longitudinal
 from surrogate.simulators.gflash_params import (
     CALOGAN_CALORIMETER,
     LEAD,
@@ -31,6 +25,7 @@ from surrogate.simulators.gflash_profiles import (
     expected_layer_fractions,
     radial_rectangle_fraction,
 )
+from surrogate.simulators.gflash_runs import iter_calogan_batches, simulate_calogan_showers, simulate_to_file
 
 CALO = CALOGAN_CALORIMETER
 

@@ -102,7 +102,7 @@ def calo_config(write, folder: Path, showers: Path, max_steps: int) -> Path:
 def _start_two_rank_training(tmp_path: Path, write) -> tuple[subprocess.Popen, Path, Path]:
     """``mpiexec -n 2 ... surrogate train`` of a 600-step CaloGAN pipeline file, returned once it
     has a checkpoint at step >= 20: the whole stack (CLI, config, family registry, pipeline)."""
-    from surrogate.simulators.gflash import simulate_to_file
+    from surrogate.simulators.gflash_runs import simulate_to_file
 
     showers = simulate_to_file(tmp_path / "showers.h5", 512, energy_range_gev=(5.0, 50.0), seed=1, progress=False)
     config = calo_config(write, tmp_path, showers, max_steps=600)

@@ -64,7 +64,7 @@ def _temporaries(folder: Path) -> list[Path]:
 
 
 def test_kill_9_during_two_rank_training_then_resume_gives_bit_identical_weights(tmp_path, tiny_calo_gan_config):
-    from surrogate.simulators.gflash import simulate_to_file
+    from surrogate.simulators.gflash_runs import simulate_to_file
 
     showers = simulate_to_file(tmp_path / "showers.h5", 512, energy_range_gev=(5.0, 50.0), seed=1, progress=False)
     clean = calo_config(tiny_calo_gan_config, tmp_path / "clean", showers, max_steps=80)
@@ -86,7 +86,7 @@ def test_kill_9_during_two_rank_training_then_resume_gives_bit_identical_weights
 
 
 def test_kill_9_during_two_rank_generation_then_rerun_gives_the_same_file(tmp_path, tiny_calo_gan_config):
-    from surrogate.simulators.gflash import simulate_to_file
+    from surrogate.simulators.gflash_runs import simulate_to_file
 
     showers = simulate_to_file(tmp_path / "showers.h5", 512, energy_range_gev=(5.0, 50.0), seed=1, progress=False)
     config = calo_config(tiny_calo_gan_config, tmp_path, showers, max_steps=10)
