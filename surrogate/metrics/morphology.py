@@ -6,9 +6,17 @@ Per stamp (arrays ``(N, S, S)`` in counts per pixel, axis -2 = y, axis -1 = x):
   :func:`galsim.hsm.FindAdaptiveMom`: the size ``sigma`` (arcsec; the ``sigma`` of the
   elliptical Gaussian weight that matches the light, ``det(M)^{1/4}``) and the ellipticity
   ``g1``, ``g2`` (reduced-shear convention). A stamp where HSM fails gets NaN.
+- **g**: the ellipticity's modulus ``|g| = sqrt(g1^2 + g2^2)`` (HSM, as above).
 - **flux**: the sum of the stamp, counts.
 - **half-light radius** (arcsec): radius of the circle about the light's centroid that holds
   half of the flux of the segmentation region (see below), interpolated between pixel radii.
+- **concentration** :math:`C = 5 \log_{10}(r_{80} / r_{20})` (Bershady, Jangren & Conselice
+  2000; Conselice 2003, eq. 4), with :math:`r_{20}` and :math:`r_{80}` the radii of the circles
+  about the centroid holding 20 % and 80 % of the region's flux, from the same curve of growth
+  as the half-light radius (statmorph, Rodriguez-Gomez et al. 2019, takes the total flux within
+  1.5 Petrosian radii instead). An exponential disk has :math:`C = 2.80`, a de Vaucouleurs
+  profile 5.27 (infinite apertures); a radius smaller than the nearest pixel's distance is
+  that distance, so unresolved stamps saturate.
 - **Gini** coefficient of the pixel fluxes (Lotz, Primack & Madau 2004, eq. 6; Abraham et al.
   2003): :math:`G = \frac{1}{\bar{|X|} n (n-1)} \sum_i (2i - n - 1) |X_i|` over the ``n``
   pixels of the region sorted by increasing ``|X_i|``; 0 for a uniform image, 1 when one pixel
@@ -39,13 +47,15 @@ values out and :func:`nan_counts` counts them, so that a report can say how many
 
 Comparisons: :func:`ks_distances` gives the two-sample Kolmogorov-Smirnov statistic
 (:func:`scipy.stats.ks_2samp`) of each statistic; :func:`plot_morphology_histograms` and
-:func:`plot_stamp_grid` make the PNGs.
+:func:`plot_stamp_grid` (:mod:`surrogate.metrics.morphology_plots`) make the PNGs.
 
 References:
     Lotz, Primack & Madau (2004), AJ 128, 163, arXiv:astro-ph/0311352 (Gini, M20).
     Rodriguez-Gomez et al. (2019), MNRAS 483, 4140, arXiv:1807.09850 (statmorph: the reference
     implementation of Gini and M20 the tests compare with).
     Abraham, van den Bergh & Nair (2003), ApJ 588, 218 (Gini coefficient of galaxy images).
+    Bershady, Jangren & Conselice (2000), AJ 119, 2645, arXiv:astro-ph/0002262; Conselice
+    (2003), ApJS 147, 1, arXiv:astro-ph/0303065 (the concentration index).
     Hirata & Seljak (2003), MNRAS 343, 459, arXiv:astro-ph/0301054; Mandelbaum et al. (2005),
     MNRAS 361, 1287, arXiv:astro-ph/0412338 (HSM adaptive moments).
     Lanusse et al. (2021), arXiv:2008.03833, section 5 (these statistics for VAE galaxies).
@@ -54,7 +64,6 @@ References:
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -63,20 +72,20 @@ import scipy.stats
 
 __all__ = [
     "MORPHOLOGY_UNITS",
+    "concentration",
     "gini",
+    "growth_radii",
     "half_light_radius",
     "hsm_moments",
     "ks_distances",
     "m20",
     "morphology_statistics",
     "nan_counts",
-    "plot_morphology_histograms",
-    "plot_stamp_grid",
     "segmentation",
 ]
 
-MORPHOLOGY_UNITS = {"sigma": "arcsec", "g1": "", "g2": "", "flux": "counts", "half_light_radius": "arcsec",
-                    "gini": "", "m20": ""}
+MORPHOLOGY_UNITS = {"sigma": "arcsec", "g1": "", "g2": "", "g": "", "flux": "counts", "half_light_radius": "arcsec",
+                    "concentration": "", "gini": "", "m20": ""}
 """The statistics of :func:`morphology_statistics` and their units."""
 
 
@@ -196,24 +205,27 @@ def m20(images: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
     return out
 
 
-def half_light_radius(images: np.ndarray, *, pixel_scale: float = 1.0, mask: np.ndarray | None = None) -> np.ndarray:
-    """Radius of the circle about the flux centroid holding half of the (masked) flux.
+def growth_radii(images: np.ndarray, fractions: Sequence[float], *, pixel_scale: float = 1.0,
+                 mask: np.ndarray | None = None) -> np.ndarray:
+    """Radii of the circles about the flux centroid holding the given fractions of the (masked) flux.
 
     The cumulative flux of the pixels sorted by their centres' distance from the centroid is
-    interpolated linearly to half the total.
+    interpolated linearly to each fraction of the total (the curve of growth).
 
     Arguments:
         images: ``(N, H, W)`` or ``(H, W)`` stamps.
+        fractions: ``(F,)`` fractions in (0, 1].
         pixel_scale: arcsec per pixel (the result is in arcsec; 1 gives pixels).
         mask: boolean pixels to use (default all).
 
     Returns:
-        ``(N,)`` radii; NaN without positive flux. Pixel values are used as they are (negative
+        ``(N, F)`` radii; NaN without positive flux. Pixel values are used as they are (negative
         noise pixels included), in the centroid as in the cumulative flux.
     """
     images = _as_stamps(images)
     masks = _masks(images, mask)
-    out = np.full(len(images), np.nan)
+    fractions = np.asarray(fractions, dtype=float)
+    out = np.full((len(images), len(fractions)), np.nan)
     y, x = np.indices(images.shape[1:])
     for k, (image, m) in enumerate(zip(images, masks)):
         centre = _centroid(image, m)
@@ -221,19 +233,31 @@ def half_light_radius(images: np.ndarray, *, pixel_scale: float = 1.0, mask: np.
             continue
         yc, xc = centre
         f = np.where(m, image, 0.0).ravel()
-        total = f.sum()
         r = np.hypot(y.ravel() - yc, x.ravel() - xc)
         order = np.argsort(r, kind="stable")
-        cumulative = np.cumsum(f[order])
-        j = int(np.argmax(cumulative >= 0.5 * total))
-        if j == 0:
-            out[k] = r[order][0] * pixel_scale
-            continue
-        r0, r1 = r[order][j - 1], r[order][j]
-        c0, c1 = cumulative[j - 1], cumulative[j]
-        t = (0.5 * total - c0) / (c1 - c0) if c1 > c0 else 1.0
-        out[k] = (r0 + t * (r1 - r0)) * pixel_scale
+        r, cumulative = r[order], np.cumsum(f[order])
+        for column, fraction in enumerate(fractions):
+            j = int(np.argmax(cumulative >= fraction * f.sum()))
+            if j == 0:
+                out[k, column] = r[0] * pixel_scale
+                continue
+            c0, c1 = cumulative[j - 1], cumulative[j]
+            t = (fraction * f.sum() - c0) / (c1 - c0) if c1 > c0 else 1.0
+            out[k, column] = (r[j - 1] + t * (r[j] - r[j - 1])) * pixel_scale
     return out
+
+
+def half_light_radius(images: np.ndarray, *, pixel_scale: float = 1.0, mask: np.ndarray | None = None) -> np.ndarray:
+    """Radius of the circle about the flux centroid holding half of the (masked) flux
+    (:func:`growth_radii` at 0.5): ``(N,)``, arcsec for a ``pixel_scale`` in arcsec/pixel."""
+    return growth_radii(images, (0.5,), pixel_scale=pixel_scale, mask=mask)[:, 0]
+
+
+def concentration(images: np.ndarray, *, mask: np.ndarray | None = None) -> np.ndarray:
+    """Concentration index ``C = 5 log10(r80 / r20)`` of each stamp (module documentation): ``(N,)``."""
+    radii = growth_radii(images, (0.2, 0.8), mask=mask)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return 5.0 * np.log10(radii[:, 1] / radii[:, 0])
 
 
 def hsm_moments(images: np.ndarray, *, pixel_scale: float = 1.0) -> dict[str, np.ndarray]:
@@ -318,8 +342,8 @@ def morphology_statistics(images: np.ndarray, *, pixel_scale: float, noise_varia
         threshold: segmentation threshold.
 
     Returns:
-        ``{"sigma", "g1", "g2", "flux", "half_light_radius", "gini", "m20": (N,) arrays,
-        "hsm_ok": (N,) bool}``.
+        ``{"sigma", "g1", "g2", "g", "flux", "half_light_radius", "concentration", "gini", "m20":
+        (N,) arrays, "hsm_ok": (N,) bool}``.
     """
     images = _as_stamps(images)
     mask = None if noise_variance is None else segmentation(images, noise_variance, threshold=threshold)
@@ -328,8 +352,10 @@ def morphology_statistics(images: np.ndarray, *, pixel_scale: float, noise_varia
         "sigma": hsm["sigma"],
         "g1": hsm["g1"],
         "g2": hsm["g2"],
+        "g": np.hypot(hsm["g1"], hsm["g2"]),
         "flux": images.sum(axis=(1, 2)),
         "half_light_radius": half_light_radius(images, pixel_scale=pixel_scale, mask=mask),
+        "concentration": concentration(images, mask=mask),
         "gini": gini(images, mask),
         "m20": m20(images, mask),
         "hsm_ok": hsm["ok"],
@@ -385,77 +411,3 @@ def ks_distances(reference: Mapping[str, np.ndarray], generated: Mapping[str, np
         out[key] = {"ks": float(result.statistic), "p_value": float(result.pvalue),
                     "n_reference": len(a), "n_generated": len(b)}
     return out
-
-
-def plot_morphology_histograms(path: str | os.PathLike, reference: Mapping[str, np.ndarray],
-                               generated: Mapping[str, np.ndarray], *, ks: Mapping[str, Mapping[str, float]] | None = None,
-                               keys: Sequence[str] | None = None, n_bins: int = 40) -> None:
-    """One PNG with a histogram panel per statistic, reference vs generated (atomic write).
-
-    Arguments:
-        path: output PNG.
-        reference, generated: statistics of the two samples.
-        ks: optional output of :func:`ks_distances`, shown in the panel titles.
-        keys: statistics to plot (default those of :data:`MORPHOLOGY_UNITS` in both).
-        n_bins: bins spanning the 0.5 % to 99.5 % quantiles of both samples.
-    """
-    from matplotlib.figure import Figure
-
-    from surrogate.metrics.plots import save_figure
-
-    keys = [k for k in MORPHOLOGY_UNITS if k in reference and k in generated] if keys is None else list(keys)
-    cols = 4
-    rows = max(1, math.ceil(len(keys) / cols))
-    figure = Figure(figsize=(3.2 * cols, 2.6 * rows), layout="constrained")
-    for i, key in enumerate(keys):
-        axis = figure.add_subplot(rows, cols, i + 1)
-        a = np.asarray(reference[key], dtype=float)
-        b = np.asarray(generated[key], dtype=float)
-        a, b = a[np.isfinite(a)], b[np.isfinite(b)]
-        both = np.concatenate([a, b])
-        if both.size:
-            lo, hi = np.quantile(both, [0.005, 0.995])
-            if hi <= lo:
-                lo, hi = lo - 0.5, hi + 0.5
-            edges = np.linspace(lo, hi, n_bins + 1)
-            axis.hist(a, bins=edges, density=True, color="0.35", alpha=0.4, label="GalSim (held out)")
-            axis.hist(b, bins=edges, density=True, histtype="step", color="tab:red", linewidth=1.5, label="VAE")
-        unit = MORPHOLOGY_UNITS.get(key, "")
-        axis.set_xlabel(f"{key} [{unit}]" if unit else key)
-        if ks is not None and key in ks:
-            axis.set_title(f"KS = {ks[key]['ks']:.3f}", fontsize=9)
-        if i == 0:
-            axis.legend(fontsize=7)
-    save_figure(figure, path)
-
-
-def plot_stamp_grid(path: str | os.PathLike, real: np.ndarray, generated: np.ndarray, *, n: int = 8,
-                    titles: tuple[str, str] = ("GalSim", "VAE")) -> None:
-    """A grid of stamps: ``n`` real ones (top rows) above ``n`` generated ones, shared colour scale per column.
-
-    Arguments:
-        path: output PNG.
-        real, generated: ``(N, H, W)`` stamps (the first ``n`` of each are shown; pair them so
-            column ``i`` shows the same conditions, e.g. same PSF, noise, magnitude, size).
-        n: number of columns.
-        titles: row labels.
-    """
-    from matplotlib.figure import Figure
-
-    from surrogate.metrics.plots import save_figure
-
-    real = _as_stamps(real, "real")[:n]
-    generated = _as_stamps(generated, "generated")[:n]
-    n = min(len(real), len(generated))
-    figure = Figure(figsize=(1.3 * n, 2.9), layout="constrained")
-    for i in range(n):
-        vmin = min(real[i].min(), generated[i].min())
-        vmax = max(real[i].max(), generated[i].max())
-        for row, (stamp, label) in enumerate(((real[i], titles[0]), (generated[i], titles[1]))):
-            axis = figure.add_subplot(2, n, row * n + i + 1)
-            axis.imshow(stamp, origin="lower", cmap="magma", vmin=vmin, vmax=vmax, interpolation="nearest")
-            axis.set_xticks([])
-            axis.set_yticks([])
-            if i == 0:
-                axis.set_ylabel(label)
-    save_figure(figure, path)

@@ -34,7 +34,9 @@ What :func:`run` writes into ``[run] output_dir``::
     morphology.png, morphology_psf_free.png, stamps.png, stamps_psf_free.png, deconvolution.png
 
 ``report.json`` keys: ``ks`` (statistic -> KS distance, observed stamps), ``ks_details``,
-``ks_psf_free``, ``hsm_failures``, ``nan_statistics`` (number of NaN values of each statistic,
+``ks_psf_free``, ``psf_free_means`` (mean |g|, sizes, concentration, Gini and M20 of the
+PSF-free profiles, GalSim and VAE, beside Lanusse et al.'s figures), ``hsm_failures``,
+``nan_statistics`` (number of NaN values of each statistic,
 left out of the KS distances, per image kind and sample),
 ``reconstruction_chi2_per_pixel_heldout``, ``forward_model`` (``unseen_psf``: chi^2 per pixel
 summary and values, relative flux error of the deconvolved profile, the PSF settings;
@@ -86,7 +88,8 @@ PSFKind = Literal["moffat", "kolmogorov", "gaussian"]
 
 SIMULATION_OPTIONS = ("stamp_size", "pixel_scale", "psf_size", "oversampling", "hst_psf_fraction", "psf_kinds",
                       "fwhm_range", "moffat_beta_range", "psf_shear_max", "size_jitter", "magnitude_jitter",
-                      "snr_range", "noise_sigma", "galaxy_indices")
+                      "snr_range", "noise_sigma", "galaxy_indices", "shear_max", "knot_fraction", "knot_number_range",
+                      "knot_flux_range", "knot_sigma")
 """Keyword arguments of :func:`surrogate.simulators.galaxies.simulate_galaxies` set in ``[data]``."""
 
 MODEL_DEFAULTS: Mapping[str, Any] = {"latent_dim": 16, "channels": (16, 32, 64), "hidden_features": 128,
@@ -115,8 +118,10 @@ class GalaxyDataConfig:
             :func:`~surrogate.simulators.galaxies.simulate_galaxies` (pixels, arcsec per pixel,
             odd PSF side in pixels, sub-pixels per side, share of HST PSFs, ground-based PSF
             families, FWHM range in arcsec, Moffat beta range, largest PSF shear, size and
-            magnitude jitter, per-stamp SNR range, fixed noise in counts instead of the SNR,
-            catalogue galaxies to draw from); the defaults are the simulator's except
+            magnitude jitter (a number or a (lo, hi) pair of mag), per-stamp SNR range, fixed
+            noise in counts instead of the SNR, catalogue galaxies to draw from, extra
+            intrinsic shear, star-forming knots: share of disk galaxies with knots, number
+            range, share of the disk's flux, sigma in arcsec); the defaults are the simulator's except
             ``psf_kinds`` (Moffat only: Kolmogorov is kept for the unseen-PSF check).
     """
 
@@ -134,12 +139,20 @@ class GalaxyDataConfig:
     moffat_beta_range: tuple[float, float] = (2.5, 4.5)
     psf_shear_max: float = setting(0.05, ge=0, le=1)
     size_jitter: float = setting(0.1, ge=0)
-    magnitude_jitter: float = setting(0.25, ge=0)
+    magnitude_jitter: float | tuple[float, float] = 0.25
     snr_range: tuple[float, float] | None = (20.0, 100.0)
     noise_sigma: float | None = setting(None, gt=0)
     galaxy_indices: tuple[int, ...] | None = None
+    shear_max: float = setting(0.0, ge=0)
+    knot_fraction: float = setting(0.0, ge=0, le=1)
+    knot_number_range: tuple[int, int] = (10, 60)
+    knot_flux_range: tuple[float, float] = (0.1, 0.5)
+    knot_sigma: float = setting(0.05, gt=0)
 
     def __post_init__(self):
+        from surrogate.simulators.galaxy_variations import VARIATION_OPTIONS, check_variations
+
+        check_variations(**{k: getattr(self, k) for k in VARIATION_OPTIONS})
         if self.psf_size % 2 == 0 or self.psf_size > self.stamp_size:
             raise ValueError(f"psf_size must be odd and <= stamp_size ({self.stamp_size}), got {self.psf_size}")
         for name in ("fwhm_range", "moffat_beta_range", "snr_range"):
@@ -172,10 +185,15 @@ class UnseenPSFConfig:
     moffat_beta_range: tuple[float, float] | None = None
     psf_shear_max: float | None = setting(None, ge=0, le=1)
     size_jitter: float | None = setting(None, ge=0)
-    magnitude_jitter: float | None = setting(None, ge=0)
+    magnitude_jitter: float | tuple[float, float] | None = None
     snr_range: tuple[float, float] | None = None
     noise_sigma: float | None = setting(None, gt=0)
     galaxy_indices: tuple[int, ...] | None = None
+    shear_max: float | None = setting(None, ge=0)
+    knot_fraction: float | None = setting(None, ge=0, le=1)
+    knot_number_range: tuple[int, int] | None = None
+    knot_flux_range: tuple[float, float] | None = None
+    knot_sigma: float | None = setting(None, gt=0)
 
     def overrides(self) -> dict[str, Any]:
         """The options set here (not ``None``)."""

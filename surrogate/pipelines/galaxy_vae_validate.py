@@ -3,8 +3,9 @@
 - :func:`sample`: one VAE galaxy per held-out GalSim stamp, with the same magnitude and
   half-light radius, convolved with the same PSF and given noise of the same variance.
 - :func:`validate`: morphology statistics of the two sets (:mod:`surrogate.metrics.morphology`:
-  HSM size and shape, flux, half-light radius, Gini, M20) compared with KS distances, for the
-  observed stamps and for the PSF-free profiles (generated vs GalSim's noiseless truth), and
+  HSM size, shape and |g|, flux, half-light radius, concentration, Gini, M20) compared with KS
+  distances, for the observed stamps and for the PSF-free profiles (generated vs GalSim's
+  noiseless truth), the PSF-free means of size and shape beside Lanusse et al.'s figures, and
   the pictures of both. Statistics that are NaN for a stamp (HSM failure, no positive flux in
   the segmentation region, ...) are left out of the KS distances, counted in the report and
   announced with a warning.
@@ -36,7 +37,7 @@ import torch
 
 from surrogate.models.galaxy_vae import GalaxyVAE
 
-__all__ = ["fit_unseen_psf", "reconstruction_chi2", "sample", "summary", "validate"]
+__all__ = ["PSF_FREE_ANCHORS", "fit_unseen_psf", "reconstruction_chi2", "sample", "summary", "validate"]
 
 Stamps = Mapping[str, np.ndarray]
 
@@ -95,17 +96,14 @@ def validate(reference: Stamps, generated: Stamps, out_dir: str | os.PathLike, *
         ``{"ks": {statistic: KS distance of the observed stamps}, "ks_details": (with p-values
         and sample sizes), "ks_psf_free": {statistic: KS distance of the profiles},
         "hsm_failures": {"heldout": n, "generated": n}, "nan_statistics": {"observed" or
-        "profile": {"heldout" or "generated": {statistic: number of NaN values}}}}``; the NaN
-        values are left out of the KS distances, and a :class:`UserWarning` names their
-        number when there are any.
+        "profile": {"heldout" or "generated": {statistic: number of NaN values}}},
+        "psf_free_means": {"heldout" | "generated": {statistic: mean of the PSF-free profiles},
+        "anchors": the published figures of :data:`PSF_FREE_ANCHORS`}}``; the NaN values are
+        left out of the KS distances and means, and a :class:`UserWarning` names their number
+        when there are any.
     """
-    from surrogate.metrics.morphology import (
-        ks_distances,
-        morphology_statistics,
-        nan_counts,
-        plot_morphology_histograms,
-        plot_stamp_grid,
-    )
+    from surrogate.metrics.morphology import ks_distances, morphology_statistics, nan_counts
+    from surrogate.metrics.morphology_plots import plot_morphology_histograms, plot_stamp_grid
 
     out = Path(out_dir)
     variance = reference["noise_variance"]
@@ -129,7 +127,22 @@ def validate(reference: Stamps, generated: Stamps, out_dir: str | os.PathLike, *
         "ks_psf_free": {k: v["ks"] for k, v in ks_free.items()},
         "hsm_failures": {"heldout": int((~stats_ref["hsm_ok"]).sum()), "generated": int((~stats_gen["hsm_ok"]).sum())},
         "nan_statistics": nan,
+        "psf_free_means": {"heldout": _means(free_ref), "generated": _means(free_gen), "anchors": PSF_FREE_ANCHORS},
     }
+
+
+PSF_FREE_ANCHORS = {
+    "source": "Lanusse et al. 2021, arXiv:2008.03833: VAE with flow prior against COSMOS galaxies at HST resolution",
+    "mean_g": {"cosmos": 0.2481, "vae": 0.2578},
+}
+"""Published figures beside which the report puts the PSF-free means."""
+
+
+def _means(statistics: Mapping[str, np.ndarray]) -> dict[str, float]:
+    """Means (NaN left out) of the PSF-free size and shape statistics: ``g`` (HSM ``|g|``),
+    ``sigma`` and ``half_light_radius`` (arcsec), ``concentration``, ``gini``, ``m20``."""
+    return {key: float(np.nanmean(statistics[key])) for key in ("g", "sigma", "half_light_radius", "concentration",
+                                                                 "gini", "m20")}
 
 
 def _warn_nan(nan: Mapping[str, Mapping[str, Mapping[str, int]]], n: int) -> None:

@@ -6,7 +6,14 @@ of thousands of distinct stamps can be drawn from 100 parents:
 
 - a uniformly random rotation, a mirror flip with probability 1/2,
 - a size jitter: dilation by ``exp(U(-a, a))`` with ``a = log(1 + size_jitter)`` (flux kept),
-- a flux jitter: ``Δm ~ U(-magnitude_jitter, magnitude_jitter)`` mag, flux times ``10**(-0.4 Δm)``.
+- a flux jitter: ``Δm ~ U(-magnitude_jitter, magnitude_jitter)`` mag (or ``U(lo, hi)`` for a pair
+  ``magnitude_jitter = (lo, hi)``, to reach fainter galaxies than the catalogue's), flux times
+  ``10**(-0.4 Δm)``,
+- optionally (:mod:`surrogate.simulators.galaxy_variations`) an extra intrinsic shear
+  ``|g| ~ U(0, shear_max)`` of random direction, and, with probability ``knot_fraction`` for a
+  galaxy with a disk, star-forming knots: ``n ~ U{knot_number_range}`` Gaussian knots of
+  ``knot_sigma`` arcsec holding a share ``~ U(knot_flux_range)`` of the disk's light, placed by
+  ``galsim.RandomKnots`` along the disk's light.
 
 The galaxies stay centred on the stamp (the geometric centre, a pixel corner for even stamps, as
 GalSim's ``drawImage`` does by default).
@@ -29,7 +36,8 @@ ground-based PSF of kind ``"moffat"`` (``beta ~ U(moffat_beta_range)``), ``"kolm
   noiseless ``observed`` image up to pixel-sampling and PSF-truncation errors;
 - ``magnitude``: the catalogue's F814W ``MAG_AUTO`` of the parent galaxy plus ``Δm`` (AB mag);
 - ``half_light_radius``: the circularised half-light radius of the PSF-free profile in arcsec
-  (the catalogue's, see :mod:`surrogate.simulators.cosmos`, times the dilation).
+  (the catalogue's, see :mod:`surrogate.simulators.cosmos`, times the dilation; with knots, that
+  of the expected profile, which the knots trace).
 
 Noise: by default each stamp gets its own noise level from a signal-to-noise ratio drawn from
 ``U(snr_range)``, with GalSim's definition ``SNR = sqrt(sum I_i^2) / sigma`` over the noiseless
@@ -67,6 +75,7 @@ import numpy as np
 from surrogate.checks import check_float, check_int
 from surrogate.data.galaxy import GalaxyWriter
 from surrogate.simulators.cosmos import CosmosParametricCatalog, _galsim, load_cosmos_catalog
+from surrogate.simulators.galaxy_variations import VARIATION_OPTIONS, add_knots, check_variations, shear_galaxy
 
 __all__ = [
     "GALAXY_PSF_KINDS",
@@ -126,8 +135,9 @@ class _Drawer:
     def __init__(self, catalog: CosmosParametricCatalog, *, stamp_size: int, pixel_scale: float, psf_size: int,
                  oversampling: int, hst_psf_fraction: float, psf_kinds: tuple[str, ...],
                  fwhm_range: tuple[float, float], moffat_beta_range: tuple[float, float], psf_shear_max: float,
-                 size_jitter: float, magnitude_jitter: float, snr_range: tuple[float, float] | None,
-                 noise_sigma: float | None, indices: np.ndarray):
+                 size_jitter: float, magnitude_jitter: tuple[float, float], snr_range: tuple[float, float] | None,
+                 noise_sigma: float | None, indices: np.ndarray, shear_max: float, knot_fraction: float,
+                 knot_number_range: tuple[int, int], knot_flux_range: tuple[float, float], knot_sigma: float):
         self.galsim = _galsim()
         self.catalog = catalog
         self.stamp_size, self.pixel_scale, self.psf_size = stamp_size, pixel_scale, psf_size
@@ -136,6 +146,8 @@ class _Drawer:
         self.fwhm_range, self.beta_range, self.psf_shear_max = fwhm_range, moffat_beta_range, psf_shear_max
         self.log_size = math.log1p(size_jitter)
         self.magnitude_jitter = magnitude_jitter
+        self.shear_max, self.knot_fraction, self.knot_sigma = shear_max, knot_fraction, knot_sigma
+        self.knot_number_range, self.knot_flux_range = knot_number_range, knot_flux_range
         self.snr_range, self.noise_sigma = snr_range, noise_sigma
         self.indices = indices
         # GalSim would evaluate the HST PSF's Fourier transform up to pi / 0.03 arcsec^-1 (its
@@ -146,8 +158,9 @@ class _Drawer:
         self.hst_psfs = tuple(self.galsim.InterpolatedImage(image, flux=1.0, _force_maxk=max_k)
                               for image in catalog.hst_psf_images)
 
-    def objects(self, rng: np.random.Generator) -> tuple[Any, Any, dict[str, float]]:
-        """Draws one stamp's random settings: ``(galaxy, psf, values)`` with GalSim objects and
+    def objects(self, rng: np.random.Generator) -> tuple[list, Any, dict[str, float]]:
+        """Draws one stamp's random settings: ``(parts, psf, values)`` with GalSim objects (the
+        galaxy as its smooth part and, with knots, the knots: their sum is the galaxy) and
         ``values`` = magnitude, half-light radius (arcsec) and SNR. All random numbers of a
         stamp but its noise are drawn here, in a fixed order."""
         galsim = self.galsim
@@ -155,7 +168,7 @@ class _Drawer:
         angle = rng.uniform(0.0, 360.0)
         flip = rng.random() < 0.5
         dilation = math.exp(rng.uniform(-self.log_size, self.log_size))
-        dmag = rng.uniform(-self.magnitude_jitter, self.magnitude_jitter)
+        dmag = rng.uniform(*self.magnitude_jitter)
         use_hst = rng.random() < self.hst_psf_fraction
         hst_index = int(rng.integers(len(self.hst_psfs)))
         kind = self.psf_kinds[int(rng.integers(len(self.psf_kinds)))] if self.psf_kinds else "moffat"
@@ -165,14 +178,25 @@ class _Drawer:
         psf_angle = rng.uniform(0.0, math.pi)
         snr = rng.uniform(*self.snr_range) if self.snr_range is not None else math.nan
 
-        galaxy = self.catalog.galaxies[index]
+        parts = [self.catalog.galaxies[index]]  # [smooth, knots] with knots
+        # the variations draw their numbers only when switched on: older recipes keep their stamps
+        if self.knot_fraction > 0 and rng.random() < self.knot_fraction:
+            n_knots = int(rng.integers(self.knot_number_range[0], self.knot_number_range[1] + 1))
+            share = rng.uniform(*self.knot_flux_range)
+            smooth, knots = add_knots(parts[0], n_knots=n_knots, flux_fraction=share, sigma=self.knot_sigma,
+                                      seed=int(rng.integers(1, 2**31)))
+            parts = [smooth] if knots is None else [smooth, knots]
+        if self.shear_max > 0:
+            shear, shear_angle = rng.uniform(0.0, self.shear_max), rng.uniform(0.0, math.pi)
+            parts = [shear_galaxy(part, g=shear, angle=shear_angle) for part in parts]
         if flip:
-            galaxy = galaxy.transform(-1.0, 0.0, 0.0, 1.0)
-        galaxy = galaxy.rotate(angle * galsim.degrees).dilate(dilation).withScaledFlux(10.0 ** (-0.4 * dmag))
+            parts = [part.transform(-1.0, 0.0, 0.0, 1.0) for part in parts]
+        parts = [part.rotate(angle * galsim.degrees).dilate(dilation).withScaledFlux(10.0 ** (-0.4 * dmag))
+                 for part in parts]
         psf = self.hst_psfs[hst_index] if use_hst else _ground_psf(galsim, kind, fwhm, beta, psf_g, psf_angle)
         values = {"magnitude": self.catalog.magnitude[index] + dmag,
                   "half_light_radius": self.catalog.half_light_radius[index] * dilation, "snr": snr}
-        return galaxy, psf, values
+        return parts, psf, values
 
     def draw(self, rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
         """Draws ``n`` stamps (the arrays of :func:`simulate_galaxies`)."""
@@ -187,9 +211,10 @@ class _Drawer:
             "half_light_radius": np.empty(n, np.float32),
         }
         for j in range(n):
-            galaxy, psf, values = self.objects(rng)
-            fine = galaxy.drawImage(nx=N * k, ny=N * k, scale=s / k, method="no_pixel").array
+            parts, psf, values = self.objects(rng)
+            fine = sum(part.drawImage(nx=N * k, ny=N * k, scale=s / k, method="no_pixel").array for part in parts)
             profile = fine.reshape(N, k, N, k).sum(axis=(1, 3))
+            galaxy = parts[0] if len(parts) == 1 else galsim.Add(parts)
             clean = galsim.Convolve(galaxy, psf).drawImage(nx=N, ny=N, scale=s).array
             psf_image = psf.drawImage(nx=P, ny=P, scale=s, method="no_pixel").array
             psf_image = psf_image / psf_image.sum()
@@ -224,7 +249,7 @@ def _make_drawer(catalog: CosmosParametricCatalog | None, catalog_dir, **kw) -> 
     beta = _check_range("moffat_beta_range", kw["moffat_beta_range"], low=1.1)
     psf_shear_max = check_float("psf_shear_max", kw["psf_shear_max"], minimum=0, maximum=1, exclusive_maximum=True)
     size_jitter = check_float("size_jitter", kw["size_jitter"], minimum=0, maximum=10, exclusive_maximum=True)
-    magnitude_jitter = check_float("magnitude_jitter", kw["magnitude_jitter"], minimum=0, maximum=5, unit="mag")
+    variations = check_variations(**{k: kw[k] for k in VARIATION_OPTIONS})
     noise_sigma = check_float("noise_sigma", kw["noise_sigma"], minimum=0, exclusive_minimum=True,
                               unit="counts per pixel", optional=True)
     snr = _check_range("snr_range", kw["snr_range"]) if noise_sigma is None else None
@@ -235,8 +260,8 @@ def _make_drawer(catalog: CosmosParametricCatalog | None, catalog_dir, **kw) -> 
     return _Drawer(
         catalog, stamp_size=stamp_size, pixel_scale=pixel_scale, psf_size=psf_size, oversampling=oversampling,
         hst_psf_fraction=fraction, psf_kinds=kinds, fwhm_range=fwhm, moffat_beta_range=beta,
-        psf_shear_max=psf_shear_max, size_jitter=size_jitter, magnitude_jitter=magnitude_jitter, snr_range=snr,
-        noise_sigma=noise_sigma, indices=indices,
+        psf_shear_max=psf_shear_max, size_jitter=size_jitter, snr_range=snr,
+        noise_sigma=noise_sigma, indices=indices, **variations,
     )
 
 
@@ -244,6 +269,7 @@ _DEFAULTS: dict[str, Any] = dict(
     stamp_size=32, pixel_scale=0.15, psf_size=25, oversampling=4, hst_psf_fraction=0.25,
     psf_kinds=("moffat", "kolmogorov"), fwhm_range=(0.5, 0.9), moffat_beta_range=(2.5, 4.5), psf_shear_max=0.05,
     size_jitter=0.1, magnitude_jitter=0.25, snr_range=(20.0, 100.0), noise_sigma=None, galaxy_indices=None,
+    shear_max=0.0, knot_fraction=0.0, knot_number_range=(10, 60), knot_flux_range=(0.1, 0.5), knot_sigma=0.05,
 )
 
 
@@ -269,10 +295,15 @@ def simulate_galaxies(
     moffat_beta_range: Sequence[float] = (2.5, 4.5),
     psf_shear_max: float = 0.05,
     size_jitter: float = 0.1,
-    magnitude_jitter: float = 0.25,
+    magnitude_jitter: float | Sequence[float] = 0.25,
     snr_range: Sequence[float] | None = (20.0, 100.0),
     noise_sigma: float | None = None,
     galaxy_indices: Sequence[int] | None = None,
+    shear_max: float = 0.0,
+    knot_fraction: float = 0.0,
+    knot_number_range: Sequence[int] = (10, 60),
+    knot_flux_range: Sequence[float] = (0.1, 0.5),
+    knot_sigma: float = 0.05,
     seed: int = 0,
     progress: bool = True,
     omp_threads: int | None = 1,
@@ -293,12 +324,18 @@ def simulate_galaxies(
         moffat_beta_range: (min, max) Moffat ``beta``.
         psf_shear_max: largest reduced shear ``|g|`` of a ground-based PSF.
         size_jitter: dilations are ``exp(U(-a, a))``, ``a = log(1 + size_jitter)``.
-        magnitude_jitter: magnitude offsets are ``U(-magnitude_jitter, magnitude_jitter)`` mag.
+        magnitude_jitter: magnitude offsets are ``U(-magnitude_jitter, magnitude_jitter)`` mag, or
+            ``U(lo, hi)`` for a pair ``(lo, hi)`` (positive: fainter).
         snr_range: (min, max) of the per-stamp signal-to-noise ratio (used when ``noise_sigma``
             is ``None``).
         noise_sigma: fixed Gaussian pixel noise, counts per pixel; overrides ``snr_range``.
         galaxy_indices: catalogue galaxies to draw from (default all 100), e.g. to hold some
             parents out.
+        shear_max: extra intrinsic shear ``|g| ~ U(0, shear_max)``, random direction (0: none).
+        knot_fraction: probability that a galaxy with a disk gets star-forming knots (0: none).
+        knot_number_range: (min, max) number of knots, integers, uniform.
+        knot_flux_range: (min, max) share of the disk's flux in the knots, uniform.
+        knot_sigma: Gaussian sigma of a knot, arcsec.
         seed: seed of numpy's generator; the same arguments and seed give the same stamps, and
             the first ``m`` stamps do not depend on ``n``.
         progress: show a tqdm progress bar.
@@ -325,6 +362,8 @@ def simulate_galaxies(
         oversampling=oversampling, hst_psf_fraction=hst_psf_fraction, psf_kinds=psf_kinds, fwhm_range=fwhm_range,
         moffat_beta_range=moffat_beta_range, psf_shear_max=psf_shear_max, size_jitter=size_jitter,
         magnitude_jitter=magnitude_jitter, snr_range=snr_range, noise_sigma=noise_sigma, galaxy_indices=galaxy_indices,
+        shear_max=shear_max, knot_fraction=knot_fraction, knot_number_range=knot_number_range,
+        knot_flux_range=knot_flux_range, knot_sigma=knot_sigma,
     )
     from tqdm.auto import tqdm
 
@@ -407,8 +446,9 @@ def simulate_galaxies_from_recipe(
     ``psf_size`` [25], ``oversampling`` [4], ``hst_psf_fraction`` [0.25], ``psf_kinds``
     [["moffat", "kolmogorov"]], ``fwhm_range`` [[0.5, 0.9] arcsec], ``moffat_beta_range``
     [[2.5, 4.5]], ``psf_shear_max`` [0.05], ``size_jitter`` [0.1], ``magnitude_jitter``
-    [0.25 mag], ``snr_range`` [[20, 100]], ``noise_sigma`` [none: use ``snr_range``],
-    ``galaxy_indices`` [all].
+    [0.25 mag, or a pair], ``snr_range`` [[20, 100]], ``noise_sigma`` [none: use ``snr_range``],
+    ``galaxy_indices`` [all], ``shear_max`` [0], ``knot_fraction`` [0], ``knot_number_range``
+    [[10, 60]], ``knot_flux_range`` [[0.1, 0.5]], ``knot_sigma`` [0.05 arcsec].
 
     Arguments:
         table: the parsed ``[simulate]`` table.

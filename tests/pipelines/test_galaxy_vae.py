@@ -305,6 +305,9 @@ def test_validate_counts_and_announces_nan_statistics(tmp_path, rng):
     half-light radius, Gini nor M20 exists) are left out of the KS distances, counted per
     statistic, image kind and sample in the report, and announced by one warning that names
     their number; without them the counts are all 0 and nothing is announced."""
+    import numpy as np
+
+    from surrogate.metrics.morphology import morphology_statistics
     from surrogate.pipelines.galaxy_vae_validate import validate
 
     reference, generated = _stamps(rng, 12), _stamps(rng, 12)
@@ -318,17 +321,25 @@ def test_validate_counts_and_announces_nan_statistics(tmp_path, rng):
     assert set(counts) == {"observed", "profile"}
     assert all(set(v) == {"heldout", "generated"} for v in counts.values())
     assert all(n == 0 for kind in counts.values() for sample in kind.values() for n in sample.values())
-    assert set(counts["observed"]["heldout"]) == {"sigma", "g1", "g2", "flux", "half_light_radius", "gini", "m20"}
+    assert set(counts["observed"]["heldout"]) == {"sigma", "g1", "g2", "g", "flux", "half_light_radius",
+                                                  "concentration", "gini", "m20"}
+    means = clean["psf_free_means"]
+    assert set(means["heldout"]) == {"g", "sigma", "half_light_radius", "concentration", "gini", "m20"}
+    assert means["heldout"]["sigma"] == pytest.approx(np.nanmean(
+        morphology_statistics(reference["profile"], pixel_scale=0.1)["sigma"]))
+    assert means["anchors"]["mean_g"] == {"cosmos": 0.2481, "vae": 0.2578}
 
     generated["observed"][0] = 0.0  # one empty observed stamp, two empty profiles
     generated["profile"][:2] = 0.0
-    with pytest.warns(UserWarning, match=r"18 NaN morphology statistic value\(s\) in 12 stamps") as record:
+    with pytest.warns(UserWarning, match=r"24 NaN morphology statistic value\(s\) in 12 stamps") as record:
         report = validate(reference, generated, tmp_path / "nan", pixel_scale=0.1, grid=4)
     message = str(record[0].message)
-    assert "observed generated: sigma 1, g1 1, g2 1, half_light_radius 1, gini 1, m20 1" in message
-    assert "profile generated: sigma 2, g1 2, g2 2, half_light_radius 2, gini 2, m20 2" in message
+    assert ("observed generated: sigma 1, g1 1, g2 1, g 1, half_light_radius 1, concentration 1, gini 1, m20 1"
+            in message)
+    assert "profile generated: sigma 2, g1 2, g2 2, g 2, half_light_radius 2, concentration 2, gini 2, m20 2" in message
     nan = report["nan_statistics"]
-    expected_observed = {"sigma": 1, "g1": 1, "g2": 1, "flux": 0, "half_light_radius": 1, "gini": 1, "m20": 1}
+    expected_observed = {"sigma": 1, "g1": 1, "g2": 1, "g": 1, "flux": 0, "half_light_radius": 1, "concentration": 1,
+                         "gini": 1, "m20": 1}
     assert nan["observed"]["generated"] == expected_observed
     assert nan["profile"]["generated"] == {k: 2 * v for k, v in expected_observed.items()}
     assert sum(nan["observed"]["heldout"].values()) == sum(nan["profile"]["heldout"].values()) == 0
