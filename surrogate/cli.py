@@ -208,6 +208,8 @@ def _add_fit_command(sub) -> None:
                     help="use the catalogue's MAG as the prior's magnitude (only if it is in the model's band and system)")
     fi.add_argument("--white-noise", action="store_true",
                     help="white-noise likelihood of the stamps' pixel variance, ignoring correlations (for comparison)")
+    fi.add_argument("--fixed-centre", action="store_true",
+                    help="keep each galaxy at its light centroid instead of fitting its sub-pixel centre")
     fi.add_argument("--steps", type=_positive_int, default=1000, help="Adam iterations of the MAP fit (default 1000)")
     fi.add_argument("--learning-rate", type=float, default=0.05, help="Adam learning rate (default 0.05)")
     fi.add_argument("--seed", type=int, default=0, help="seed of the noise padding and noise-power estimate")
@@ -324,7 +326,8 @@ def _run(args: argparse.Namespace) -> int:
         one = (lambda v: v[0] if v is not None and len(v) == 1 else v)
         result = fit_run(args.run_dir, stamps, args.out, magnitude=one(magnitude),
                          half_light_radius=one(args.half_light_radius), white_noise=args.white_noise,
-                         steps=args.steps, learning_rate=args.learning_rate, seed=args.seed, device=args.device)
+                         steps=args.steps, learning_rate=args.learning_rate, seed=args.seed, device=args.device,
+                         fit_offset=not args.fixed_centre)
         summary = result.summary()
         say(f"fitted {len(stamps)} stamp(s), {result.noise_model} noise: median chi2 per pixel "
             f"{summary['median_chi2_per_pixel_galaxy']:.2f} over the galaxies' pixels, "

@@ -29,7 +29,8 @@ Output of :func:`write_stamp_fits` (all files written atomically):
   residual), ``segmentation`` and ``footprint`` (bool), ``noise_power`` (counts²), ``psf``
   ``(N, P, P)``, ``latent`` ``(N, D)``, and ``(N,)`` ``chi2_per_pixel_galaxy``,
   ``chi2_per_pixel_stamp``, ``chi2_per_pixel``, ``magnitude``, ``half_light_radius``,
-  ``catalog_magnitude``, ``psf_sum``, ``profile_flux``, ``log_posterior``, ``name``,
+  ``catalog_magnitude``, ``psf_sum``, ``profile_flux``, ``log_posterior``, ``offset`` ``(N, 2)``
+  (fitted centre ``(dx, dy)`` from the light centroid, arcsec), ``name``,
   ``magnitude_source``; each dataset has a ``unit`` attribute, the file ``pixel_scale_arcsec``,
   ``noise_model`` and ``chi2_definition``.
 - ``fit_NN.png``: observed | model | residual (sigma) | PSF-free profile, per galaxy.
@@ -86,13 +87,15 @@ class StampFits:
         """Per-galaxy values and medians (plain data for JSON)."""
         chi2 = self.fit.chi2_per_pixel.cpu().numpy()
         flux = self.fit.profile.sum(dim=(1, 2, 3)).cpu().numpy()
+        offset = self.fit.offset.cpu().numpy()
         rows = [{"name": p.name, "chi2_per_pixel_galaxy": float(self.chi2_per_pixel_galaxy[k]),
                  "chi2_per_pixel_stamp": float(self.chi2_per_pixel_stamp[k]), "chi2_per_pixel": float(chi2[k]),
                  "galaxy_pixels": int(p.segmentation.sum()), "magnitude": p.magnitude,
                  "magnitude_source": p.magnitude_source, "half_light_radius_arcsec": p.half_light_radius,
                  "half_light_radius_source": p.half_light_radius_source, "catalog_magnitude": p.catalog_magnitude,
                  "psf_sum": p.psf_sum, "profile_flux": float(flux[k]), "observed_flux": float(p.observed.sum()),
-                 "centroid_arcsec": list(p.centroid)} for k, p in enumerate(self.stamps)]
+                 "centroid_arcsec": list(p.centroid),
+                 "offset_arcsec": [float(v) * self.pixel_scale for v in offset[k]]} for k, p in enumerate(self.stamps)]
         return {"noise_model": self.noise_model, "pixel_scale_arcsec": self.pixel_scale,
                 "median_chi2_per_pixel_galaxy": float(np.median(self.chi2_per_pixel_galaxy)),
                 "median_chi2_per_pixel_stamp": float(np.median(self.chi2_per_pixel_stamp)),
@@ -111,7 +114,8 @@ def _per_stamp(value: float | Sequence[float | None] | None, n: int, name: str) 
 def fit_stamps(vae: GalaxyVAE, stamps: Sequence[RealStamp], *, pixel_scale: float, zero_point: float | None = None,
                magnitude: float | Sequence[float | None] | None = None,
                half_light_radius: float | Sequence[float | None] | None = None, white_noise: bool = False,
-               steps: int = 300, learning_rate: float = 0.05, seed: int = 0, noise_field: int = 192) -> StampFits:
+               steps: int = 300, learning_rate: float = 0.05, seed: int = 0, noise_field: int = 192,
+               fit_offset: bool = True) -> StampFits:
     """MAP fits of real stamps: resampled to the model's grid, own PSF, correlated noise.
 
     Arguments:
@@ -127,6 +131,9 @@ def fit_stamps(vae: GalaxyVAE, stamps: Sequence[RealStamp], *, pixel_scale: floa
         steps, learning_rate: Adam iterations and rate of :func:`~surrogate.pipelines.forward.fit_map`.
         seed: seed of the noise padding and noise-power realisations.
         noise_field: side of the noise field of the power-spectrum estimate, model pixels.
+        fit_offset: fit each galaxy's sub-pixel centre with its latents (within
+            :data:`~surrogate.pipelines.forward.MAX_OFFSET` pixels of the light centroid on
+            which the stamp was centred); ``False`` keeps the centroid.
 
     Returns:
         A :class:`StampFits`.
@@ -168,7 +175,7 @@ def fit_stamps(vae: GalaxyVAE, stamps: Sequence[RealStamp], *, pixel_scale: floa
         # named per stamp just above; fit_map would repeat them for the whole batch
         warnings.simplefilter("ignore", ExtrapolationWarning)
         fit = fit_map(vae, observed, psf, magnitude=m, half_light_radius=r, noise_power=power, steps=steps,
-                      learning_rate=learning_rate)
+                      learning_rate=learning_rate, fit_offset=fit_offset)
     w2 = fit.residual_sigma[:, 0].square().cpu().numpy()
     seg = np.stack([p.segmentation for p in prepared])
     foot = np.stack([p.footprint for p in prepared])
@@ -258,6 +265,7 @@ def write_stamp_fits(result: StampFits, out_dir: str | os.PathLike, *, attribute
         "psf_sum": (np.array([s.psf_sum for s in p]), "1"),
         "profile_flux": (profile.sum(axis=(1, 2)), "counts"),
         "centroid": (np.array([s.centroid for s in p]), "arcsec"),
+        "offset": (fit.offset.cpu().numpy() * result.pixel_scale, "arcsec"),
     }
     path = out / "fit.h5"
     with atomic_output(path) as tmp, h5py.File(tmp, "w") as f:
@@ -280,14 +288,16 @@ def write_stamp_fits(result: StampFits, out_dir: str | os.PathLike, *, attribute
 def fit_run(run_dir: str | os.PathLike, stamps: Sequence[RealStamp], out_dir: str | os.PathLike, *,
             magnitude: float | Sequence[float | None] | None = None,
             half_light_radius: float | Sequence[float | None] | None = None, white_noise: bool = False,
-            steps: int = 300, learning_rate: float = 0.05, seed: int = 0, device: str = "cpu") -> StampFits:
+            steps: int = 300, learning_rate: float = 0.05, seed: int = 0, device: str = "cpu",
+            fit_offset: bool = True) -> StampFits:
     """:func:`fit_stamps` with the model of a ``galaxy_vae`` run; writes :func:`write_stamp_fits`.
 
     Arguments:
         run_dir: the run folder (its ``model.pt``) or a checkpoint file.
         stamps: the observed galaxies (e.g. :func:`~surrogate.data.real_galaxies.read_real_galaxy_catalog`).
         out_dir: output folder.
-        magnitude, half_light_radius, white_noise, steps, learning_rate, seed: as in :func:`fit_stamps`.
+        magnitude, half_light_radius, white_noise, steps, learning_rate, seed, fit_offset: as in
+            :func:`fit_stamps`.
         device: where the model runs.
 
     Returns:
@@ -317,8 +327,8 @@ def fit_run(run_dir: str | os.PathLike, stamps: Sequence[RealStamp], out_dir: st
     vae = load_galaxy_vae(path, device=device)
     result = fit_stamps(vae, stamps, pixel_scale=float(scale), zero_point=zero_point, magnitude=magnitude,
                         half_light_radius=half_light_radius, white_noise=white_noise, steps=steps,
-                        learning_rate=learning_rate, seed=seed)
-    write_stamp_fits(result, out_dir, attributes={"model": str(path), "steps": int(steps),
+                        learning_rate=learning_rate, seed=seed, fit_offset=fit_offset)
+    write_stamp_fits(result, out_dir, attributes={"model": str(path), "steps": int(steps), "fit_offset": int(fit_offset),
                                                   "learning_rate": float(learning_rate), "seed": int(seed),
                                                   "zero_point": math.nan if zero_point is None else float(zero_point)})
     return result

@@ -18,7 +18,13 @@ or stationary and correlated, given by its power spectrum :math:`P_k` (``noise_p
 the Whittle likelihood :math:`\chi^2 = \frac{1}{n_{pix}} \sum_k |\mathrm{DFT}(x - \text{PSF} *
 G(\hat z))_k|^2 / P_k` (:class:`~surrogate.models.forward.StationaryNormal`, where the formula
 and its sources are). Either is about 1 per pixel when the model describes the stamp down to
-the noise (slightly less: ``D`` latents are fitted out of ``S*S`` pixels). Real stamps at any
+the noise (slightly less: ``D`` latents are fitted out of ``S*S`` pixels).
+
+With ``fit_offset=True`` the galaxy's centre is fitted too, as every profile fitter does: a
+sub-pixel offset :math:`(\delta_x, \delta_y)` per stamp, bounded to :data:`MAX_OFFSET` pixels by
+:math:`\delta = \delta_{max} \tanh(u)`, moves the model image by the Fourier shift theorem
+(:func:`shift_images`, applied to the PSF, which commutes with the convolution), so the
+deconvolved profile stays centred on the model's grid and the offset is reported beside it. Real stamps at any
 pixel scale, with their own PSF and correlated noise, are prepared for this by
 :mod:`surrogate.pipelines.real_stamps` and fitted in one call by
 :func:`surrogate.pipelines.fit_stamps.fit_stamps`.
@@ -38,7 +44,36 @@ from torch import Tensor
 from surrogate.models.forward import ForwardModel
 from surrogate.models.galaxy_vae import FlowPrior, GalaxyVAE
 
-__all__ = ["MAPFit", "fit_map"]
+__all__ = ["MAX_OFFSET", "MAPFit", "fit_map", "shift_images"]
+
+MAX_OFFSET = 1.5
+"""Largest fitted offset of a galaxy's centre along each axis, pixels (``fit_offset=True``)."""
+
+
+def shift_images(images: Tensor, offset: Tensor) -> Tensor:
+    """Moves images by sub-pixel offsets with the Fourier shift theorem (circularly).
+
+    Arguments:
+        images: ``(B, 1, H, W)`` real images.
+        offset: ``(B, 2)`` shifts ``(dx, dy)`` in pixels along x (axis -1) and y (axis -2).
+
+    Returns:
+        ``(B, 1, H, W)``: ``images(x - dx, y - dy)``, band-limited interpolation; flux kept. The
+        Nyquist frequency of an even axis gets the real part of its phase factor, so the result
+        is real (the mean of the two equivalent signs of that frequency).
+
+    Example:
+        >>> image = torch.zeros(1, 1, 8, 8); image[0, 0, 3, 2] = 1.0
+        >>> moved = shift_images(image, torch.tensor([[1.0, 2.0]]))
+        >>> torch.nonzero(moved[0, 0] > 0.5).tolist()  # x moved by 1, y by 2
+        [[5, 3]]
+    """
+    H, W = images.shape[-2:]
+    ky = torch.fft.fftfreq(H, device=images.device, dtype=images.dtype)
+    kx = torch.fft.fftfreq(W, device=images.device, dtype=images.dtype)
+    phase = offset[:, 0, None, None] * kx[None, None, :] + offset[:, 1, None, None] * ky[None, :, None]
+    ramp = torch.polar(torch.ones_like(phase), -2.0 * torch.pi * phase)[:, None]
+    return torch.fft.ifft2(torch.fft.fft2(images) * ramp).real
 
 
 def _images(x: Tensor, name: str) -> Tensor:
@@ -69,6 +104,9 @@ class MAPFit:
             for white noise, the whitened residual for a power spectrum
             (:meth:`~surrogate.models.forward.StationaryNormal.whiten`); the mean of its square
             is ``chi2_per_pixel``.
+        offset: ``(B, 2)`` fitted offsets ``(dx, dy)`` of the galaxies' centres from the
+            stamps' centres, pixels (zeros unless ``fit_offset``); ``model_image`` includes it,
+            ``profile`` does not.
     """
 
     latent: Tensor
@@ -78,11 +116,12 @@ class MAPFit:
     log_posterior: Tensor
     history: list[float]
     residual_sigma: Tensor
+    offset: Tensor
 
 
 def fit_map(vae: GalaxyVAE, observed: Tensor, psf: Tensor, noise_variance: Tensor | float | None = None, *,
             magnitude: Tensor | float, half_light_radius: Tensor | float, noise_power: Tensor | None = None,
-            steps: int = 300, learning_rate: float = 0.05, init: str = "encoder") -> MAPFit:
+            steps: int = 300, learning_rate: float = 0.05, init: str = "encoder", fit_offset: bool = False) -> MAPFit:
     """Maximum a posteriori latent of observed stamps under the flow prior; deconvolved profiles.
 
     Arguments:
@@ -101,6 +140,8 @@ def fit_map(vae: GalaxyVAE, observed: Tensor, psf: Tensor, noise_variance: Tenso
         steps: Adam iterations.
         learning_rate: Adam learning rate (latents are of order 1).
         init: ``"encoder"`` (start from the mean of ``q(z|x)``) or ``"prior"`` (from zero).
+        fit_offset: also fit each galaxy's sub-pixel centre (module documentation), within
+            :data:`MAX_OFFSET` pixels, started at 0.
 
     Returns:
         A :class:`MAPFit`.
@@ -138,12 +179,17 @@ def fit_map(vae: GalaxyVAE, observed: Tensor, psf: Tensor, noise_variance: Tenso
         with torch.no_grad():
             z0 = vae.encode(x).mean if init == "encoder" else torch.zeros(B, vae.latent_dim, device=device)
         z = z0.clone().requires_grad_(True)
-        optimizer = torch.optim.Adam([z], lr=learning_rate)
+        u = torch.zeros(B, 2, device=device, requires_grad=fit_offset)  # offset = MAX_OFFSET tanh(u)
+        optimizer = torch.optim.Adam([z, u] if fit_offset else [z], lr=learning_rate)
         npix = x[0].numel()
         history: list[float] = []
+        psf_images = _images(psf, "psf").to(device=device, dtype=x.dtype).expand(B, -1, -1, -1)
+
+        def moved_psf() -> Tensor:
+            return shift_images(psf_images, MAX_OFFSET * torch.tanh(u)) if fit_offset else psf
 
         def objective() -> Tensor:
-            return forward.likelihood(z, psf, **noise).log_prob(x) + prior.log_prob(z)
+            return forward.likelihood(z, moved_psf(), **noise).log_prob(x) + prior.log_prob(z)
 
         for i in range(steps):
             loss = -objective().sum() / (B * npix)
@@ -154,9 +200,9 @@ def fit_map(vae: GalaxyVAE, observed: Tensor, psf: Tensor, noise_variance: Tenso
                 history.append(float(loss.detach()))
         with torch.no_grad():
             profile = vae.decode(z)
-            model_image = forward.convolve(profile, psf)
+            model_image = forward.convolve(profile, moved_psf())
             if noise_power is not None:
-                likelihood = forward.likelihood(z, psf, **noise)
+                likelihood = forward.likelihood(z, moved_psf(), **noise)
                 residual_sigma = likelihood.whiten(x)
                 chi2 = likelihood.chi2(x) / npix
             else:
@@ -168,4 +214,5 @@ def fit_map(vae: GalaxyVAE, observed: Tensor, psf: Tensor, noise_variance: Tenso
             p.requires_grad_(r)
         vae.train(was_training)
     return MAPFit(latent=z.detach(), profile=profile, model_image=model_image, chi2_per_pixel=chi2,
-                  log_posterior=log_posterior.detach(), history=history, residual_sigma=residual_sigma)
+                  log_posterior=log_posterior.detach(), history=history, residual_sigma=residual_sigma,
+                  offset=(MAX_OFFSET * torch.tanh(u)).detach())

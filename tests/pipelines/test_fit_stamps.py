@@ -63,7 +63,11 @@ def test_cli_fits_an_aegis_galaxy_end_to_end(run_dir, tmp_path, capsys):
         seg, w = f["segmentation"][0], f["residual_sigma"][0]
         assert seg.sum() > 5 and f["chi2_per_pixel_galaxy"][0] == pytest.approx((w[seg] ** 2).mean(), rel=1e-5)
         assert 0 < f["footprint"][0].sum() < 256  # the 1.5" stamp is padded to the model's 2.4"
+        # the fitted centre: within MAX_OFFSET pixels of the light centroid, in arcsec
+        assert f["offset"].shape == (1, 2) and f["offset"].attrs["unit"] == "arcsec"
+        assert np.abs(f["offset"][0]).max() <= 1.5 * 0.15 and f.attrs["fit_offset"] == 1
     summary = json.loads((out / "summary.json").read_text())
+    assert summary["galaxies"][0]["offset_arcsec"] == pytest.approx(list(h5py.File(out / "fit.h5")["offset"][0]))
     assert summary["galaxies"][0]["psf_sum"] == pytest.approx(0.9242, abs=1e-3)
     assert np.isfinite(summary["median_chi2_per_pixel_galaxy"])
     assert (out / "fit_00.png").stat().st_size > 1000
