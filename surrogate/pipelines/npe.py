@@ -50,6 +50,7 @@ References:
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -57,7 +58,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from surrogate.models.npe import NeuralPosterior
+from surrogate.models.npe import EnsemblePosterior, NeuralPosterior
 from surrogate.pipelines import Family
 from surrogate.pipelines import npe_sources as sources
 from surrogate.pipelines.npe_config import (
@@ -185,19 +186,39 @@ def train_posterior(cfg: NPEConfig, *, resume: bool | str = True, progress: bool
     x_shape = tuple(int(s) for s in x.shape[1:])
     prior = sources.stored_prior(cfg.to_dict())
     config = {**cfg.to_dict(), "shapes": {"theta_dim": int(theta.shape[1]), "x_shape": list(x_shape)}}
-    m, t = cfg.model, cfg.train
-    result = train_npe(
-        theta, x, prior=prior, **flow_arguments(m, x_shape, cfg.run.seed), batch_size=t.batch_size,
-        learning_rate=t.learning_rate, weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm,
-        validation_fraction=t.validation_fraction, patience=t.patience, max_epochs=t.max_epochs,
-        max_steps=t.max_steps, lr_schedule=t.lr_schedule, warmup_steps=t.warmup_steps,
-        final_lr_fraction=t.final_lr_fraction, drop_invalid=t.drop_invalid,
-        min_acceptance=cfg.validate.min_acceptance, seed=cfg.run.seed, out_dir=cfg.run.output_dir / "train",
-        resume=resume, checkpoint_every=t.checkpoint_every, log_every=t.log_every, num_workers=t.num_workers,
-        config=config, progress=progress, device=cfg.run.device, **_objective(t, prior),
-    )
-    _save_posterior(cfg, result, x, config)
+    m, t, K = cfg.model, cfg.train, cfg.model.ensemble
+    members = []
+    for k in range(K):
+        seed = cfg.run.seed + k
+        if K > 1 and main:
+            print(f"[train] ensemble member {k + 1} of {K} (seed {seed})")
+        # a member's checkpoints do not record K, so that a larger ensemble reuses the trained members
+        member_config = config if K == 1 else {**config, "model": {**config["model"], "ensemble": 1}, "member": k}
+        members.append(train_npe(
+            theta, x, prior=prior, **flow_arguments(m, x_shape, seed), batch_size=t.batch_size,
+            learning_rate=t.learning_rate, weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm,
+            validation_fraction=t.validation_fraction, patience=t.patience, max_epochs=t.max_epochs,
+            max_steps=t.max_steps, lr_schedule=t.lr_schedule, warmup_steps=t.warmup_steps,
+            final_lr_fraction=t.final_lr_fraction, drop_invalid=t.drop_invalid,
+            min_acceptance=cfg.validate.min_acceptance, seed=seed,
+            out_dir=cfg.run.output_dir / ("train" if K == 1 else f"train/member_{k}"),
+            resume=resume, checkpoint_every=t.checkpoint_every, log_every=t.log_every, num_workers=t.num_workers,
+            config=member_config, progress=progress, device=cfg.run.device, **_objective(t, prior),
+        ))
+    result = members[0] if K == 1 else _ensemble_result(members)
+    _save_posterior(cfg, result, x, config, members)
     return result
+
+
+def _ensemble_result(members: Sequence[NPEResult]) -> NPEResult:
+    """The mixture of the members as one result: member 0's data split sizes, summed times and
+    epochs, the mean of the best validation losses, the last member's loop result."""
+    first = members[0]
+    return dataclasses.replace(
+        first, posterior=EnsemblePosterior([r.posterior for r in members]), fit=members[-1].fit,
+        epochs=sum(r.epochs for r in members), train_seconds=sum(r.train_seconds for r in members),
+        train_cpu_seconds=sum(r.train_cpu_seconds for r in members),
+        best_validation_loss=float(np.mean([r.best_validation_loss for r in members])))
 
 
 def _objective(train_cfg: NPETrainConfig, prior) -> dict[str, Any]:
@@ -211,18 +232,24 @@ def _objective(train_cfg: NPETrainConfig, prior) -> dict[str, Any]:
     return {"loss": functools.partial(balanced_npe_loss, prior=prior, balance=train_cfg.balance)}
 
 
-def _save_posterior(cfg: NPEConfig, result: NPEResult, x: Tensor, config: Mapping[str, Any]) -> None:
-    """Writes ``output_dir/posterior.pt`` (rank 0), with the range of the simulations ``x``."""
+def _save_posterior(cfg: NPEConfig, result: NPEResult, x: Tensor, config: Mapping[str, Any],
+                    members: Sequence[NPEResult]) -> None:
+    """Writes ``output_dir/posterior.pt`` (rank 0), with the range of the simulations ``x``: the
+    flow as module ``model``, an ensemble's further members as ``model_1``, ``model_2``, ..."""
     main = distributed.context().is_main
     # the data range of the simulations (failed ones aside): observations far outside it warn
     finite = x[torch.isfinite(x).reshape(len(x), -1).all(1)]
-    result.posterior.x_range = (finite.amin(0), finite.amax(0))
+    x_range = (finite.amin(0), finite.amax(0))
+    for member in members:
+        member.posterior.x_range = x_range
+    modules = {("model" if k == 0 else f"model_{k}"): r.posterior.flow for k, r in enumerate(members)}
+    extra = {**_summary(result), "x_min": x_range[0].flatten().tolist(), "x_max": x_range[1].flatten().tolist()}
+    if len(members) > 1:
+        extra["members"] = [_summary(r) for r in members]
     with distributed.main_rank_first():
         if main:
-            save_checkpoint(cfg.run.output_dir / "posterior.pt", modules={"model": result.posterior.flow},
-                            config=config, step=result.fit.steps,
-                            extra={**_summary(result), "x_min": result.posterior.x_range[0].flatten().tolist(),
-                                   "x_max": result.posterior.x_range[1].flatten().tolist()})
+            save_checkpoint(cfg.run.output_dir / "posterior.pt", modules=modules, config=config,
+                            step=sum(r.fit.steps for r in members), extra=extra)
 
 
 def _simulator(cfg: NPEConfig):
@@ -313,7 +340,7 @@ def train_sequential(cfg: NPEConfig, references: Sequence[ReferencePosterior] | 
     )
     last = result.results[-1]
     _save_posterior(cfg, last, result.x, {**config, "shapes": {"theta_dim": int(prior.event_shape[0]),
-                                                                "x_shape": list(x_shape)}})
+                                                                "x_shape": list(x_shape)}}, [last])
     return last, result.rounds
 
 

@@ -140,6 +140,13 @@ class NPEModelConfig:
         z_score_x: ``"independent"``, ``"structured"``, ``"gaussianize"`` or ``"none"``.
         embedding: the ``[model.embedding]`` table: ``kind`` (:data:`EMBEDDINGS` or ``"none"``,
             the flow sees the z-scored, flattened ``x``) and the keyword arguments of its class.
+        ensemble: ``K`` >= 1 posteriors trained on the same simulations with seeds ``seed``,
+            ``seed + 1``, ... (initialisation, validation split, batch order); with ``K > 1`` the
+            posterior is their equal-weight mixture
+            (:class:`~surrogate.models.npe.EnsemblePosterior`), the conservative option: chosen
+            over balanced NPE by measured coverage (``benchmarks/npe_sequential_calibration.py``:
+            95 % region 0.987 for five members against 0.947 balanced and 0.960 plain, two_moons,
+            10^3 simulations). Plain NPE (``[inference] method = "npe"``) only.
     """
 
     kind: Literal["nsf", "maf", "maf_rqs"] = _D["kind"]
@@ -154,6 +161,7 @@ class NPEModelConfig:
     z_score_theta: bool = _D["z_score_theta"]
     z_score_x: Literal["independent", "structured", "gaussianize", "none"] = _D["z_score_x"]
     embedding: Mapping[str, Any] = field(default_factory=lambda: {"kind": "none"})
+    ensemble: int = setting(1, ge=1)
 
     def __post_init__(self):
         embedding_kwargs(self.embedding)
@@ -304,6 +312,9 @@ class NPEConfig(PipelineConfig):
         method, observation = self.inference.method, self.inference.observation
         if method != "npe" and self.train.balance > 0:
             raise ValueError(f"[train] balance = {self.train.balance} is for [inference] method = 'npe', got "
+                             f"{method!r}")
+        if method != "npe" and self.model.ensemble > 1:
+            raise ValueError(f"[model] ensemble = {self.model.ensemble} is for [inference] method = 'npe', got "
                              f"{method!r}")
         if method == "npe":
             if observation is not None:

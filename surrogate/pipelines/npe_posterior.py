@@ -17,7 +17,7 @@ from torch import nn
 
 from surrogate.config import build_section
 from surrogate.config_types import import_object
-from surrogate.models.npe import NeuralPosterior, build_npe_flow
+from surrogate.models.npe import EnsemblePosterior, NeuralPosterior, build_npe_flow
 from surrogate.pipelines import npe_sources as sources
 from surrogate.pipelines.npe_config import (
     EMBEDDINGS,
@@ -114,9 +114,10 @@ def load_posterior(path: str | os.PathLike, *, min_acceptance: float | None = No
         device: where the flow goes.
 
     Returns:
-        A :class:`~surrogate.models.npe.NeuralPosterior`: ``sample((n,), x=x_o)``,
-        ``log_prob(theta, x=x_o)``; ``x_o`` of another shape than the training data's is refused
-        with a ``ValueError`` naming both shapes.
+        A :class:`~surrogate.models.npe.NeuralPosterior` (an
+        :class:`~surrogate.models.npe.EnsemblePosterior` of them for ``[model] ensemble > 1``):
+        ``sample((n,), x=x_o)``, ``log_prob(theta, x=x_o)``; ``x_o`` of another shape than the
+        training data's is refused with a ``ValueError`` naming both shapes.
 
     Raises:
         FileNotFoundError: no such file.
@@ -136,22 +137,27 @@ def load_posterior(path: str | os.PathLike, *, min_acceptance: float | None = No
         raise ValueError(f"{path}: the stored prior has event shape {tuple(prior.event_shape)}, the flow "
                          f"{theta_dim} parameters")
     seed = int(config["run"]["seed"])
-    with torch.random.fork_rng(devices=[]):
-        arguments = flow_arguments(model, x_shape, seed)
-        # shapes only: the stored buffers replace these statistics
-        flow = build_npe_flow(torch.zeros(2, theta_dim), torch.zeros(2, *x_shape),
-                              **{k: v for k, v in arguments.items() if k != "flow_kwargs"},
-                              **arguments["flow_kwargs"], seed=seed)
-    try:
-        flow.load_state_dict(ckpt["modules"]["model"])
-    except RuntimeError as exc:
-        detail = str(exc).strip().splitlines()
-        raise ValueError(f"{path}: the stored weights do not fit a flow for {theta_dim} parameters and data of shape "
-                         f"{x_shape} ({detail[1].strip() if len(detail) > 1 else detail[0]})") from exc
     minimum = min_acceptance if min_acceptance is not None else config["validate"]["min_acceptance"]
     extra = ckpt.get("extra") or {}
     x_range = (torch.tensor(extra["x_min"]), torch.tensor(extra["x_max"])) if "x_min" in extra else None
-    return NeuralPosterior(flow.to(device).eval(), prior, x_shape, min_acceptance=minimum, x_range=x_range)
+    names = ["model", *sorted((k for k in ckpt["modules"] if k.startswith("model_")), key=lambda k: int(k[6:]))]
+    members = []
+    for name in names:
+        with torch.random.fork_rng(devices=[]):
+            arguments = flow_arguments(model, x_shape, seed)
+            # shapes only: the stored weights and buffers replace these
+            flow = build_npe_flow(torch.zeros(2, theta_dim), torch.zeros(2, *x_shape),
+                                  **{k: v for k, v in arguments.items() if k != "flow_kwargs"},
+                                  **arguments["flow_kwargs"], seed=seed)
+        try:
+            flow.load_state_dict(ckpt["modules"][name])
+        except RuntimeError as exc:
+            detail = str(exc).strip().splitlines()
+            which = "the stored weights" if len(names) == 1 else f"the stored weights of member {name!r}"
+            raise ValueError(f"{path}: {which} do not fit a flow for {theta_dim} parameters and "
+                             f"data of shape {x_shape} ({detail[1].strip() if len(detail) > 1 else detail[0]})") from exc
+        members.append(NeuralPosterior(flow.to(device).eval(), prior, x_shape, min_acceptance=minimum, x_range=x_range))
+    return members[0] if len(members) == 1 else EnsemblePosterior(members)
 
 
 def sample(run_dir: str | os.PathLike, observation: str | os.PathLike, out: str | os.PathLike, *,

@@ -143,3 +143,31 @@ def test_bad_input():
         vae.likelihood(torch.zeros(3, 4), torch.ones(3, 1, 3, 3) / 9, torch.ones(2))
     with pytest.raises(ValueError, match="larger than the image"):
         vae.likelihood(torch.zeros(1, 4), torch.ones(1, 1, 17, 17), torch.ones(1))
+
+
+def test_sample_draws_again_latents_that_overflow(seed, small_vae_kwargs, monkeypatch):
+    """A base draw carried to a non-finite latent by the prior is drawn again (counted in a
+    warning); a condition that never gives a finite latent is an error, never a NaN galaxy."""
+    vae = GalaxyVAE(**small_vae_kwargs).eval()
+    inverse = vae.flow._transform.inverse
+    calls = []
+
+    def overflowing_first_row(noise, context=None):
+        z, logabsdet = inverse(noise, context=context)
+        calls.append(len(noise))
+        if len(calls) == 1:
+            z = z.clone()
+            z[0] = float("inf")
+        return z, logabsdet
+
+    monkeypatch.setattr(vae.flow._transform, "inverse", overflowing_first_row)
+    with pytest.warns(UserWarning, match="1 of 3 latent draws were not finite"):
+        profiles = vae.sample(3, magnitude=21.0, half_light_radius=0.4)
+    assert calls == [3, 1] and torch.isfinite(profiles).all()
+
+    def always_nan(noise, context=None):
+        return torch.full_like(noise, float("nan")), torch.zeros(len(noise))
+
+    monkeypatch.setattr(vae.flow._transform, "inverse", always_nan)
+    with pytest.raises(RuntimeError, match="2 of 2 latents not finite after 10 draws"):
+        vae.sample(2, magnitude=21.0, half_light_radius=0.4)

@@ -325,6 +325,53 @@ def test_pipeline_run_smoke(tmp_path, capsys):
     assert again.best_validation == report["best_validation_loss"] and str(again.checkpoint) == report["checkpoint"]
 
 
+def test_ensemble_pipeline_saves_every_member_and_reuses_them(tmp_path, capsys):
+    """[model] ensemble = 2: two flows trained with seeds 0 and 1 on the same simulations, saved
+    together in posterior.pt; the loaded posterior is their equal-weight mixture (its log_prob is
+    the log of the members' mean density); member 0 is the plain run's posterior; a larger
+    ensemble trains only the new member; sequential methods refuse it."""
+    from surrogate.models.npe import EnsemblePosterior
+    from surrogate.train.checkpoint import find_checkpoint
+
+    cfg = load_pipeline(_write_small(tmp_path, ensemble=2))
+    out = tmp_path / "out"
+    report = json.loads(FAMILY.run(cfg, progress=False).read_text())
+    assert report["config"]["model"]["ensemble"] == 2 and 0.5 <= report["c2st_mean"] <= 1.0
+    assert report["coverage"] is not None
+    posterior = load_posterior(out)
+    assert isinstance(posterior, EnsemblePosterior) and len(posterior.members) == 2
+    members = [load_posterior(find_checkpoint(out / "train" / f"member_{k}")) for k in (0, 1)]
+    theta, x = simulate_dataset("two_moons", 6, seed=7)
+    logs = torch.stack([m.log_prob(theta, x=x[0]) for m in members])
+    assert not torch.allclose(logs[0], logs[1])  # different seeds, different flows
+    torch.testing.assert_close(posterior.log_prob(theta, x=x[0]), torch.logsumexp(logs, 0) - math.log(2))
+    samples = posterior.sample((200,), x=x[0])
+    assert samples.shape == (200, 2) and torch.isfinite(samples).all()
+    # member 0 is what a plain run of the same file trains
+    (tmp_path / "plain").mkdir()
+    plain = load_pipeline(_write_small(tmp_path / "plain"))
+    FAMILY.run(plain, progress=False)
+    torch.testing.assert_close(load_posterior(tmp_path / "plain" / "out").log_prob(theta, x=x[0]), logs[0])
+    # three members: 0 and 1 are resumed as finished (no training step, same weights), member 2 trains
+    def training_rows(k: int) -> list[str]:  # the log's rows with a training loss
+        return [row for row in (out / "train" / f"member_{k}" / "log.csv").read_text().splitlines()[1:]
+                if row.split(",")[3]]
+
+    rows_before = [training_rows(k) for k in (0, 1)]
+    capsys.readouterr()
+    FAMILY.train(load_pipeline(_write_small(tmp_path, ensemble=3)), progress=False)
+    assert [training_rows(k) for k in (0, 1)] == rows_before and training_rows(2)
+    larger = load_posterior(out)
+    assert len(larger.members) == 3 and "ensemble member 3 of 3" in capsys.readouterr().out
+    for k in (0, 1):
+        torch.testing.assert_close(larger.members[k].log_prob(theta, x=x[0]), logs[k])
+    (tmp_path / "sequential").mkdir()
+    sequential = _write_small(tmp_path / "sequential", ensemble=2)
+    sequential.write_text(sequential.read_text() + '[inference]\nmethod = "snpe_c"\n')
+    with pytest.raises(ConfigError, match=r"ensemble = 2 is for \[inference\] method = 'npe'"):
+        load_pipeline(sequential)
+
+
 def test_train_stage_refuses_other_settings_and_retrains_without_resume(tmp_path):
     def small(**model) -> NPEConfig:
         cfg = load_pipeline(_write_small(tmp_path, **model))
