@@ -161,7 +161,8 @@ def _add_shower_commands(sub) -> None:
 
     e = sub.add_parser("infer-energy", help="incident-energy posteriors of showers from a calo_flow run's likelihood")
     e.add_argument("run_dir", type=Path, help="calo_flow run folder or checkpoint")
-    e.add_argument("showers", type=Path, help="CaloGAN-layout HDF5 file")
+    e.add_argument("showers", type=Path,
+                   help="HDF5 file in the CaloGAN layout, or the CaloChallenge layout of the run's geometry")
     e.add_argument("--out", type=Path, required=True, help="output HDF5 (mean, median, q16, q84, map, flag; GeV)")
     e.add_argument("--prior", choices=("uniform", "log-uniform"), default="uniform",
                    help="prior over the training energy range (default: uniform)")

@@ -296,21 +296,29 @@ def energy_posterior(model: Any, showers: Mapping[str, Any], *, grid_gev: Any, p
 
 def read_showers(path: str | os.PathLike, model: Any, *, require_energy: bool = False
                  ) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
-    """Reads the model's layers (and ``energy`` when present) from a CaloGAN-layout file, all in memory.
+    """Reads the model's layers (and the incident energy when present) from a shower file, all in memory.
 
     Arguments:
-        path: HDF5 file with ``{layer: (N, *shape)}`` in MeV; ``energy`` ``(N, 1)`` in GeV optional.
-        model: gives ``layer_names`` and ``layer_shapes`` (the geometry).
-        require_energy: raise when ``energy`` is missing.
+        path: HDF5 file in the CaloGAN layout (``{layer: (N, *shape)}`` in MeV; ``energy``
+            ``(N, 1)`` in GeV optional) or in the CaloChallenge layout (``showers`` ``(N, voxels)``
+            and ``incident_energies`` ``(N, 1)``, both MeV, voxels in the order of the model's
+            geometry, :meth:`~surrogate.geometry.CaloGeometry.flatten`).
+        model: gives ``layer_names`` and ``layer_shapes`` (the geometry); a challenge-layout file
+            needs a model with a ``geometry`` of the file's voxel count.
+        require_energy: raise when the incident energy is missing.
 
     Returns:
         ``({layer: (N, *shape)} float32 MeV, energy (N,) GeV or None)``.
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: not HDF5, a missing layer, a shape not of the model's geometry or a bad
-            value (the message names the file, dataset and shape).
+        ValueError: not HDF5, a missing layer, a shape or voxel count not of the model's
+            geometry or a bad value (the message names the file, dataset and shape).
     """
+    with open_hdf5(path) as file:
+        challenge = "showers" in file and not any(name in file for name in model.layer_names)
+    if challenge:
+        return _read_challenge_showers(path, model)
     fields = [Field(name, tuple(model.layer_shapes[name]), "MeV") for name in model.layer_names]
     with open_hdf5(path) as file:
         if "energy" in file or require_energy:
@@ -321,6 +329,21 @@ def read_showers(path: str | os.PathLike, model: Any, *, require_energy: bool = 
         check_values(arrays[field.name], field, path=path)
     energy = arrays.pop("energy", None)
     return arrays, None if energy is None else energy[:, 0]
+
+
+def _read_challenge_showers(path: str | os.PathLike, model: Any) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """A CaloChallenge-layout file as the model's layers (MeV) and incident energies (GeV)."""
+    from surrogate.data.calo import read_calochallenge
+
+    geometry = getattr(model, "geometry", None)
+    data = read_calochallenge(path)
+    n_voxels = data["showers"].shape[1]
+    if geometry is None or geometry.n_voxels != n_voxels:
+        where = f"geometry {geometry.describe()}" if geometry is not None else "no geometry"
+        raise ValueError(f"{path}: 'showers' has {n_voxels} voxels per event; the model has {where}")
+    cells = {name: np.ascontiguousarray(value, dtype=np.float32)
+             for name, value in geometry.unflatten(data["showers"]).items()}
+    return cells, (data["incident_energies"][:, 0] / np.float32(1000.0)).astype(np.float32)
 
 
 def _write_posterior(out_path: Path, post: EnergyPosterior, energy: np.ndarray | None,
@@ -350,7 +373,7 @@ def infer_energy(run_dir: str | os.PathLike, showers_path: str | os.PathLike, ou
 
     Arguments:
         run_dir: calo_flow checkpoint or run folder.
-        showers_path: CaloGAN-layout file (see :func:`read_showers`).
+        showers_path: CaloGAN- or CaloChallenge-layout file (see :func:`read_showers`).
         out_path: file to write; its folder must exist.
         prior: one of :data:`PRIORS`, over the training range.
         n_grid: grid energies per pass (:func:`energy_grid` over the training range).

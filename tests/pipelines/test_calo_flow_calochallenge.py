@@ -200,3 +200,26 @@ def test_calogan_pipelines_store_what_they_did(tmp_path):
         "[data]", f'[data]\ngeometry = "{BINNING}"'))
     with pytest.raises(ConfigError, match=r"\[data\] geometry = .*: the CaloGAN family trains on CaloGAN-layout"):
         load_pipeline(bad)
+
+
+@pytest.mark.slow  # the tiny run: about 25 s at one thread
+def test_infer_energy_reads_challenge_files_in_the_run_geometry(ds1_run, tmp_path):
+    """surrogate infer-energy on a CaloChallenge-layout file: one posterior per shower, the file's
+    incident energies copied in GeV; a file of another voxel count is refused by name."""
+    import h5py
+
+    path, _, _, reference = ds1_run
+    out = tmp_path / "post.h5"
+    proc = _cli("infer-energy", str(path.parent / "run"), str(reference), "--out", str(out), "--n-grid", "8")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    expected = read_calochallenge(reference)["incident_energies"][:, 0] / 1000.0
+    with h5py.File(out) as f:
+        assert f["mean"].shape == (200,) and np.isfinite(f["mean"][...]).all()
+        np.testing.assert_allclose(f["energy"][...], expected, rtol=1e-6)
+        assert f["energy"].attrs["unit"] == "GeV"
+    other = tmp_path / "ds2.h5"
+    with h5py.File(other, "w") as f:
+        f["incident_energies"] = np.full((3, 1), 1000.0, np.float32)
+        f["showers"] = np.zeros((3, 6480), np.float32)
+    proc = _cli("infer-energy", str(path.parent / "run"), str(other), "--out", str(tmp_path / "x.h5"))
+    assert proc.returncode == 2 and "'showers' has 6480 voxels per event; the model has geometry" in proc.stderr
