@@ -38,7 +38,7 @@ def ds1_files(tmp_path_factory):
 def test_report_of_two_samples_of_the_same_simulator(tmp_path, ds1_files):
     geometry, reference, generated, _ = ds1_files
     report = validate_calochallenge_files(reference, generated, tmp_path, geometry=geometry, plots=False,
-                                          progress=False)
+                                          progress=False, physics_distances=False)
     assert report == json.loads((tmp_path / "report.json").read_text())
     assert report["settings"]["dataset"] == "1-photons" and report["settings"]["readout_threshold_mev"] == 1.0
     powers = report["separation_power"]
@@ -56,7 +56,8 @@ def test_report_of_two_samples_of_the_same_simulator(tmp_path, ds1_files):
 @pytest.mark.slow  # 14 PNGs: about 10 s
 def test_plots_are_written(tmp_path, ds1_files):
     geometry, reference, generated, _ = ds1_files
-    report = validate_calochallenge_files(reference, generated, tmp_path, geometry=geometry, progress=False)
+    report = validate_calochallenge_files(reference, generated, tmp_path, geometry=geometry, progress=False,
+                                          physics_distances=False)
     assert "average_layer_12.png" in report["plots"] and "hist_EC_eta.png" in report["plots"]
     assert len(report["plots"]) == 5 + 9 and all((tmp_path / name).is_file() for name in report["plots"])
 
@@ -64,11 +65,12 @@ def test_plots_are_written(tmp_path, ds1_files):
 def test_identical_files_separate_by_nothing_and_a_miscalibration_shows(tmp_path, ds1_files):
     geometry, reference, generated, hot = ds1_files
     same = validate_calochallenge_files(reference, reference, tmp_path / "same", geometry=geometry, plots=False,
-                                        progress=False)
+                                        progress=False, physics_distances=False)
     assert all(v in (0.0, None) for v in same["separation_power"].values()) and same["mean_separation_power"] == 0.0
     fair = validate_calochallenge_files(reference, generated, tmp_path / "fair", geometry=geometry, plots=False,
-                                        progress=False)
-    bad = validate_calochallenge_files(reference, hot, tmp_path / "hot", geometry=geometry, plots=False, progress=False)
+                                        progress=False, physics_distances=False)
+    bad = validate_calochallenge_files(reference, hot, tmp_path / "hot", geometry=geometry, plots=False, progress=False,
+                                       physics_distances=False)
     # E_tot/E_inc near 1.2 instead of 1.0: outside the evaluation's 0.9-1.1 window at 4 GeV and up
     assert bad["separation_power"]["E_tot/E_inc at 32768 MeV"] is None
     assert bad["separation_power"]["E_tot/E_inc"] > 0.5 and fair["separation_power"]["E_tot/E_inc"] < 0.2
@@ -98,3 +100,18 @@ def test_histogram_ranges_follow_the_evaluation():
     assert energy.size == 40 and energy[0] == pytest.approx(0.5) and energy[-1] == pytest.approx(800.0)
     assert challenge_histogram_edges("sparsity_0", values, dataset="2", threshold_mev=0.01).size == 21
     assert challenge_histogram_edges("E_tot/E_inc", values, dataset=None, threshold_mev=0.0).size == 101
+
+
+@pytest.mark.slow  # one FPD/KPD evaluation at the challenge's draw sizes: about 40 s
+def test_physics_distances_of_a_file_with_itself_vanish(tmp_path, ds1_files):
+    """FPD and KPD (x 10^3) of the high-level features of a file against itself: both within 3
+    errors of 0 (the draws of 10,000 events with replacement from 200 repeat events, which
+    biases two different 200-event samples: 211 and 9.1 for two GFlash samples, measured, so the
+    discrimination itself is tested on large samples in tests/metrics/test_physics_distances.py)."""
+    geometry, reference, _, _ = ds1_files
+    report = validate_calochallenge_files(reference, reference, tmp_path, geometry=geometry, plots=False,
+                                          progress=False, classifier_max_events=10)
+    distances = report["physics_distances"]
+    assert distances["n_features"] == 30 and report == json.loads((tmp_path / "report.json").read_text())
+    for key in ("fpd", "kpd"):
+        assert abs(distances[f"{key}_x1e3"]) <= 3 * distances[f"{key}_error_x1e3"] + 1e-6, distances
