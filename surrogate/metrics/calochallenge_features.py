@@ -14,6 +14,10 @@ zeroes negative cells only).
 ``log10(E_inc / MeV)`` followed by every cell energy divided by ``E_inc`` (both in MeV), layers
 front to back, each row-major: ``1 + n_voxels`` columns (505 for CaloGAN).
 
+**Normalised low-level features** (the same function with ``normed=True``, the evaluation's
+``cls-low-normed``): ``log10(E_inc / MeV)``, every cell energy divided by its layer's energy
+(``+ 1e-16``), then ``log10(E_i / MeV + 1e-8)`` per layer: ``1 + n_voxels + n_layers`` columns.
+
 **High-level features** (``prepare_high_data_for_classifier``, l. 188-225; definitions in
 ``HighLevelFeatures.py`` l. 53-111), in this order, ``i`` running over the layers:
 
@@ -67,8 +71,9 @@ _LOG_EPSILON = 1e-8
 _DIVISION_EPSILON = 1e-16
 #: Lengths enter the high-level features in units of 100 mm (``evaluate.py`` l. 222-223).
 _LENGTH_SCALE_MM = 100.0
-KINDS = ("low", "high")
-"""The two feature sets: ``"low"`` (cells) and ``"high"`` (high-level features)."""
+KINDS = ("low", "low_normed", "high")
+"""The feature sets: ``"low"`` (cells / E_inc), ``"low_normed"`` (cells / their layer's energy and
+the layer energies) and ``"high"`` (high-level features)."""
 
 
 def calochallenge_feature_names(kind: str = "low", *, geometry: CaloGeometry = CALOGAN) -> list[str]:
@@ -90,11 +95,13 @@ def calochallenge_feature_names(kind: str = "low", *, geometry: CaloGeometry = C
         ['log10_E_inc', 'log10_E_0', 'log10_E_1', 'log10_E_2', 'EC_eta_0']
     """
     kind = check_choice("kind", kind, KINDS)
-    if kind == "low":
-        return ["log10_E_inc"] + [
-            f"{layer.name}[{r},{c}]" for layer in geometry.layers
-            for r in range(layer.shape[0]) for c in range(layer.shape[1])
-        ]
+    if kind in ("low", "low_normed"):
+        cells = [f"{layer.name}[{r},{c}]" for layer in geometry.layers
+                 for r in range(layer.shape[0]) for c in range(layer.shape[1])]
+        if kind == "low":
+            return ["log10_E_inc", *cells]
+        return ["log10_E_inc", *(f"{name}/E_layer" for name in cells),
+                *(f"log10_E_{_layer_label(layer.name)}" for layer in geometry.layers)]
     index = [_layer_label(layer.name) for layer in geometry.layers]
     planar = [_layer_label(layer.name) for layer in geometry.layers if layer.two_dimensional]
     names = ["log10_E_inc"] + [f"log10_E_{i}" for i in index]
@@ -125,15 +132,17 @@ def calochallenge_features(
             ``"layer_1"`` (N, 12, 12), ``"layer_2"`` (N, 12, 6); a challenge geometry:
             ``geometry.unflatten(showers)`` of a challenge file), energies in MeV, and
             ``"energy"`` (N, 1), the incident energy in GeV (> 0). Other keys are ignored.
-        kind: ``"low"`` (cells / E_inc and log10 E_inc) or ``"high"`` (layer energies, centres
-            of energy, widths, sparsity); exact definitions in the module docstring.
+        kind: ``"low"`` (cells / E_inc and log10 E_inc), ``"low_normed"`` (cells / their layer's
+            energy, log10 E_inc and the layer energies) or ``"high"`` (layer energies, centres of
+            energy, widths, sparsity); exact definitions in the module docstring.
         threshold_mev: Readout threshold in MeV (>= 0): cells below it count as empty (set to 0)
             for every feature, as in ``evaluate.py`` l. 178 and 470-485.
         geometry: The calorimeter: layer names, cell grids and cell sizes (for the coordinates).
 
     Returns:
         float64 array (N, F): F = 1 + n_voxels (505 for CaloGAN, 369 for DS1 photons) for
-        ``"low"``, F = 2 + 4 n_layers + 4 n_two_dimensional (26 for CaloGAN, 30 for DS1 photons)
+        ``"low"``, 1 + n_voxels + n_layers (374 for DS1 photons) for ``"low_normed"``,
+        F = 2 + 4 n_layers + 4 n_two_dimensional (26 for CaloGAN, 30 for DS1 photons)
         for ``"high"``; column names from :func:`calochallenge_feature_names`.
 
     Raises:
@@ -160,6 +169,13 @@ def calochallenge_features(
         energy_mev = _incident_energy(showers, threshold_mev, geometry)
         columns = [np.log10(energy_mev)[:, None],
                    *(_cells(showers, layer, threshold_mev) / energy_mev[:, None] for layer in geometry.layers)]
+        return np.concatenate(columns, axis=1)
+    if kind == "low_normed":
+        energy_mev = _incident_energy(showers, threshold_mev, geometry)
+        cells = [_cells(showers, layer, threshold_mev) for layer in geometry.layers]
+        layer_energy = [c.sum(axis=1, keepdims=True) for c in cells]
+        columns = [np.log10(energy_mev)[:, None], *(c / (e + _DIVISION_EPSILON) for c, e in zip(cells, layer_energy)),
+                   *(np.log10(e + _LOG_EPSILON) for e in layer_energy)]
         return np.concatenate(columns, axis=1)
     values = calochallenge_observables(showers, threshold_mev=threshold_mev, geometry=geometry)
     columns = []

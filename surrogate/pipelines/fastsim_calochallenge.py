@@ -26,7 +26,9 @@ commit 9b41df7):
    energies on 50 log bins, and for dataset 1 E_tot / E_inc at each of the 15 incident energies
    (20 bins on [0.4, 1.4], photons above 2 GeV on [0.9, 1.1]). Values outside a range are not
    counted, as in the evaluation's ``plt.hist``.
-4. **Classifier AUCs** on the low-level (log10 E_inc and voxels / E_inc) and high-level features
+4. **Classifier AUCs** on the low-level (log10 E_inc and voxels / E_inc), the normalised
+   low-level (voxels / their layer's energy, with the layer energies: ``cls-low-normed``) and the
+   high-level features
    (:func:`~surrogate.metrics.calochallenge_features.calochallenge_features`): the fast test
    (:func:`~surrogate.metrics.classifier.classifier_auc`) or the challenge's protocol
    (:func:`~surrogate.metrics.calochallenge.calochallenge_classifier`).
@@ -153,7 +155,7 @@ def validate_calochallenge_files(
         "generated": {...}, "settings": {"dataset", "geometry", "readout_threshold_mev", "seed",
         "classifier_protocol", "classifier_max_events"}, "separation_power": {feature: S},
         "mean_separation_power", "mean_response": {"reference", "generated"},
-        "classifier": {"low_level" | "high_level": {...}}, "physics_distances": {"fpd_x1e3",
+        "classifier": {"low_level" | "low_level_normed" | "high_level": {...}}, "physics_distances": {"fpd_x1e3",
         "fpd_error_x1e3", "kpd_x1e3", "kpd_error_x1e3", "n_features"} or ``null``, "plots": [file
         names]}``. A separation power is ``null`` when a sample has no value in the feature's range.
 
@@ -215,7 +217,7 @@ def validate_calochallenge_files(
         n = sample["energy"].shape[0]
         rows = np.sort(np.random.default_rng([seed, len(subsets)]).permutation(n)[:classifier_max_events])
         subsets[kind] = {k: v[rows] for k, v in sample.items()}
-    for kind, name in (("low", "low_level"), ("high", "high_level")):
+    for kind, name in (("low", "low_level"), ("low_normed", "low_level_normed"), ("high", "high_level")):
         features = [calochallenge_features(subsets[s], kind=kind, geometry=geometry)
                     for s in ("reference", "generated")]
         classifier[name] = _classify(*features, protocol=classifier_protocol, seed=seed,

@@ -74,6 +74,25 @@ def test_low_level_features_are_log_energy_and_cells_over_incident_energy():
     assert np.count_nonzero(thresholded[1, 1:]) == 0 and thresholded[0, column] == features[0, column]
 
 
+def test_normalised_low_level_features_divide_by_the_layer_energy():
+    """cls-low-normed: cells / their layer's energy (a layer's fractions sum to 1, an empty layer's
+    are 0), then log10 of each layer energy + 1e-8 (evaluate.py, normed=True)."""
+    showers = empty_showers(2, energy_gev=10.0)
+    showers["layer_1"][0, 3, 7] = 300.0
+    showers["layer_1"][0, 0, 0] = 100.0
+    showers["layer_2"][1, 0, 0] = 0.5  # below a 1 MeV threshold
+    features = calochallenge_features(showers, kind="low_normed", threshold_mev=1.0)
+    names = calochallenge_feature_names("low_normed")
+    assert features.shape == (2, 1 + 504 + 3) and len(names) == 508
+    assert names[0] == "log10_E_inc" and names[-3:] == ["log10_E_0", "log10_E_1", "log10_E_2"]
+    column = 1 + N_CELLS["layer_0"] + 3 * 12 + 7
+    assert names[column] == "layer_1[3,7]/E_layer" and features[0, column] == pytest.approx(0.75)
+    layer_1 = slice(1 + N_CELLS["layer_0"], 1 + N_CELLS["layer_0"] + N_CELLS["layer_1"])
+    assert features[0, layer_1].sum() == pytest.approx(1.0) and not features[1, 1:505].any()
+    np.testing.assert_allclose(features[0, -3:], np.log10([1e-8, 400.0 + 1e-8, 1e-8]))
+    np.testing.assert_array_equal(features[:, 0], 4.0)
+
+
 def test_high_level_features_of_one_hit_cell_per_layer():
     showers = empty_showers(1, energy_gev=20.0)
     hits = {"layer_0": (1, 10, 100.0), "layer_1": (3, 7, 1000.0), "layer_2": (11, 0, 10.0)}

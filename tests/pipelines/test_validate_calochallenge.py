@@ -47,7 +47,7 @@ def test_report_of_two_samples_of_the_same_simulator(tmp_path, ds1_files):
     assert "EC_eta_0" not in powers and "EC_eta_12" not in powers  # layers without angular bins
     assert all(v is None or 0.0 <= v <= 1.0 for v in powers.values())
     assert report["mean_separation_power"] < 0.15  # 200 vs 200 showers of one simulator: noise only
-    for name, n_features in (("low_level", 369), ("high_level", 30)):
+    for name, n_features in (("low_level", 369), ("low_level_normed", 374), ("high_level", 30)):
         entry = report["classifier"][name]
         assert entry["status"] == "ok" and entry["n_features"] == n_features and 0.0 <= entry["auc"] <= 1.0
     assert report["plots"] == []
