@@ -44,13 +44,18 @@ seed = 1
 stamp_size = 32
 pixel_scale = 0.15
 psf_size = 25
-hst_psf_fraction = 0.25
+hst_psf_fraction = 1.0
 psf_kinds = ["moffat"]
 fwhm_range = [0.5, 0.9]
 moffat_beta_range = [2.5, 4.5]
 snr_range = [20.0, 100.0]
-size_jitter = 0.1
-magnitude_jitter = 0.25
+size_jitter = 0.2
+magnitude_jitter = [-0.25, 2.75]
+shear_max = 0.1
+knot_fraction = 0.5
+knot_number_range = [10, 60]
+knot_flux_range = [0.1, 0.5]
+knot_sigma = 0.05
 
 [unseen_psf]
 n = 32
