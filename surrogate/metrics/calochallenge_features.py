@@ -14,8 +14,8 @@ zeroes negative cells only).
 ``log10(E_inc / MeV)`` followed by every cell energy divided by ``E_inc`` (both in MeV), layers
 front to back, each row-major: ``1 + n_voxels`` columns (505 for CaloGAN).
 
-**Normalised low-level features** (the same function with ``normed=True``, the evaluation's
-``cls-low-normed``): ``log10(E_inc / MeV)``, every cell energy divided by its layer's energy
+**Normalised low-level features** (``prepare_low_data_for_classifier`` with ``normed=True``, the
+evaluation's ``cls-low-normed``): ``log10(E_inc / MeV)``, every cell energy divided by its layer's energy
 (``+ 1e-16``), then ``log10(E_i / MeV + 1e-8)`` per layer: ``1 + n_voxels + n_layers`` columns.
 
 **High-level features** (``prepare_high_data_for_classifier``, l. 188-225; definitions in

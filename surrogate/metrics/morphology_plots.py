@@ -25,7 +25,7 @@ def plot_morphology_histograms(path: str | os.PathLike, reference: Mapping[str, 
     Arguments:
         path: output PNG.
         reference, generated: statistics of the two samples.
-        ks: optional output of :func:`ks_distances`, shown in the panel titles.
+        ks: optional output of :func:`~surrogate.metrics.morphology.ks_distances`, shown in the panel titles.
         keys: statistics to plot (default those of :data:`MORPHOLOGY_UNITS` in both).
         n_bins: bins spanning the 0.5 % to 99.5 % quantiles of both samples.
     """

@@ -382,7 +382,7 @@ class GalaxyVAE(nn.Module):
         embedded = self.flow._embedding_net(context)
         z = torch.full((n, self.latent_dim), math.nan, dtype=context.dtype, device=context.device)
         todo, redrawn = torch.arange(n, device=context.device), 0
-        for attempt in range(10):
+        for _ in range(10):
             noise = torch.randn(len(todo), self.latent_dim).to(context) * temperature
             z[todo] = self.flow._transform.inverse(noise, context=embedded[todo])[0]
             todo = todo[~torch.isfinite(z[todo]).all(dim=1)]

@@ -35,7 +35,7 @@ commit 9b41df7):
 5. **Physics distances** (``physics_distances=True``): FPD and KPD
    (:mod:`surrogate.metrics.physics_distances`, Kansal et al., arXiv:2211.10295) of all events'
    high-level features, with the evaluation's settings (``min_samples=10000`` for the FPD, draws
-   of 10,000 events for the KPD), reported times 10^3 as the evaluation prints them; about 30 s.
+   of 10,000 events for the KPD), reported times 10^3 as the evaluation prints them; about 40 s on one core.
 6. **Plots**: the average shower of each layer in (r, alpha), reference beside generated, and
    the histograms of every feature group.
 
@@ -155,9 +155,10 @@ def validate_calochallenge_files(
         "generated": {...}, "settings": {"dataset", "geometry", "readout_threshold_mev", "seed",
         "classifier_protocol", "classifier_max_events"}, "separation_power": {feature: S},
         "mean_separation_power", "mean_response": {"reference", "generated"},
-        "classifier": {"low_level" | "low_level_normed" | "high_level": {...}}, "physics_distances": {"fpd_x1e3",
-        "fpd_error_x1e3", "kpd_x1e3", "kpd_error_x1e3", "n_features"} or ``null``, "plots": [file
-        names]}``. A separation power is ``null`` when a sample has no value in the feature's range.
+        "classifier": {"low_level" | "low_level_normed" | "high_level": {...}},
+        "physics_distances": {"fpd_x1e3", "fpd_error_x1e3", "kpd_x1e3", "kpd_error_x1e3",
+        "n_features", "settings"} or ``null``, "plots": [file names]}``. A separation power is
+        ``null`` when a sample has no value in the feature's range.
 
     Raises:
         FileNotFoundError: A file does not exist.

@@ -24,9 +24,10 @@ With ``fit_offset=True`` the galaxy's centre is fitted too, as every profile fit
 sub-pixel offset :math:`(\delta_x, \delta_y)` per stamp, bounded to :data:`MAX_OFFSET` pixels by
 :math:`\delta = \delta_{max} \tanh(u)`, moves the model image by the Fourier shift theorem
 (:func:`shift_images`, applied to the PSF, which commutes with the convolution), so the
-deconvolved profile stays centred on the model's grid and the offset is reported beside it. Real stamps at any
-pixel scale, with their own PSF and correlated noise, are prepared for this by
-:mod:`surrogate.pipelines.real_stamps` and fitted in one call by
+deconvolved profile stays centred on the model's grid and the offset is reported beside it.
+
+Real stamps at any pixel scale, with their own PSF and correlated noise, are prepared for this
+by :mod:`surrogate.pipelines.real_stamps` and fitted in one call by
 :func:`surrogate.pipelines.fit_stamps.fit_stamps`.
 
 References:

@@ -218,7 +218,8 @@ def _ensemble_result(members: Sequence[NPEResult]) -> NPEResult:
         first, posterior=EnsemblePosterior([r.posterior for r in members]), fit=members[-1].fit,
         epochs=sum(r.epochs for r in members), train_seconds=sum(r.train_seconds for r in members),
         train_cpu_seconds=sum(r.train_cpu_seconds for r in members),
-        best_validation_loss=float(np.mean([r.best_validation_loss for r in members])))
+        best_validation_loss=(float(np.mean([r.best_validation_loss for r in members]))
+                              if all(r.best_validation_loss is not None for r in members) else None))
 
 
 def _objective(train_cfg: NPETrainConfig, prior) -> dict[str, Any]:
