@@ -93,6 +93,17 @@ def tiny_calo_gan_config() -> Callable[..., Path]:
 
 
 @pytest.fixture
+def one_galsim_thread():
+    """GalSim's OpenMP threads set to 1 for the test (2-core machines), restored afterwards
+    (:func:`surrogate.simulators.galaxies.galsim_omp_threads`); skips without GalSim."""
+    pytest.importorskip("galsim")
+    from surrogate.simulators.galaxies import galsim_omp_threads
+
+    with galsim_omp_threads(1):
+        yield
+
+
+@pytest.fixture
 def small_vae_kwargs() -> dict:
     """Constructor arguments of a small :class:`~surrogate.models.galaxy_vae.GalaxyVAE` (16x16 stamps)."""
     return dict(stamp_size=16, latent_dim=4, channels=(4, 8), hidden_features=16, flow_hidden_features=8,

@@ -22,12 +22,7 @@ DATA = Path(__file__).resolve().parents[2] / "datasets" / "aegis_f606w"
 CATALOG = DATA / "AEGIS_F606w_catalog.fits"
 
 
-@pytest.fixture(autouse=True)
-def _one_galsim_thread():
-    before = galsim.get_omp_threads()
-    galsim.set_omp_threads(1)
-    yield
-    galsim.set_omp_threads(before)
+pytestmark = pytest.mark.usefixtures("one_galsim_thread")
 
 
 @pytest.fixture
