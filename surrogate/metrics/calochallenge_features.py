@@ -62,7 +62,8 @@ from surrogate.checks import check_choice, check_float
 from surrogate.geometry import CALOGAN, CaloGeometry
 from surrogate.metrics.showers import check_showers
 
-__all__ = ["KINDS", "calochallenge_feature_names", "calochallenge_features", "calochallenge_observables"]
+__all__ = ["KINDS", "calochallenge_feature_names", "calochallenge_features", "calochallenge_observables",
+           "high_level_features"]
 
 #: Regularizers of the challenge's script: ``log10(E + 1e-8)`` of layer and total energies
 #: (``evaluate.py`` l. 221-223) and ``sum(E) + 1e-16`` in centres and widths
@@ -71,6 +72,7 @@ _LOG_EPSILON = 1e-8
 _DIVISION_EPSILON = 1e-16
 #: Lengths enter the high-level features in units of 100 mm (``evaluate.py`` l. 222-223).
 _LENGTH_SCALE_MM = 100.0
+_HIGH_LEVEL_QUANTITIES = ("E", "EC_eta", "EC_phi", "width_eta", "width_phi", "sparsity", "EC_r", "width_r")
 KINDS = ("low", "low_normed", "high")
 """The feature sets: ``"low"`` (cells / E_inc), ``"low_normed"`` (cells / their layer's energy and
 the layer energies) and ``"high"`` (high-level features)."""
@@ -177,9 +179,25 @@ def calochallenge_features(
         columns = [np.log10(energy_mev)[:, None], *(c / (e + _DIVISION_EPSILON) for c, e in zip(cells, layer_energy)),
                    *(np.log10(e + _LOG_EPSILON) for e in layer_energy)]
         return np.concatenate(columns, axis=1)
-    values = calochallenge_observables(showers, threshold_mev=threshold_mev, geometry=geometry)
+    return high_level_features(calochallenge_observables(showers, threshold_mev=threshold_mev, geometry=geometry))
+
+
+def high_level_features(observables: Mapping[str, np.ndarray]) -> np.ndarray:
+    """The classifier's high-level inputs from the physical values of :func:`calochallenge_observables`
+    (module docstring: log10 of the energies, lengths in 100 mm, sparsity as it is), so that
+    callers holding those values do not compute them twice.
+
+    Arguments:
+        observables: :func:`calochallenge_observables`'s dictionary, its keys in its order, each
+            ``(N,)``; any other key is ignored.
+
+    Returns:
+        float64 ``(N, F)``, the columns of ``calochallenge_features(..., kind="high")``.
+    """
+    names = [n for n in observables if n in ("E_inc", "E_tot") or n.rsplit("_", 1)[0] in _HIGH_LEVEL_QUANTITIES]
     columns = []
-    for name, column in values.items():
+    for name in names:
+        column = observables[name]
         quantity = name.rsplit("_", 1)[0] if name not in ("E_inc", "E_tot") else name
         if quantity == "E_inc":
             column = np.log10(column)

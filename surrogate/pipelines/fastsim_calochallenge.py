@@ -58,7 +58,8 @@ import numpy as np
 from surrogate.checks import check_choice, check_float, check_int
 from surrogate.data.calo import read_calochallenge
 from surrogate.geometry import CaloGeometry
-from surrogate.metrics.calochallenge_features import calochallenge_features, calochallenge_observables
+from surrogate.metrics.calochallenge_features import (calochallenge_features, calochallenge_observables,
+                                                      high_level_features)
 from surrogate.metrics.report import write_report
 from surrogate.metrics.showers import histogram_edges, separation_power
 
@@ -213,18 +214,19 @@ def validate_calochallenge_files(
     finite = [v for v in powers.values() if np.isfinite(v)]
 
     classifier = {}
-    subsets = {}  # at most classifier_max_events per sample, drawn once: features of those only (memory)
+    subsets, rows = {}, {}  # at most classifier_max_events per sample, drawn once: cell features of those only
+    high = {kind: high_level_features(values) for kind, values in observables.items()}  # all events, as computed
     for kind, sample in samples.items():
         n = sample["energy"].shape[0]
-        rows = np.sort(np.random.default_rng([seed, len(subsets)]).permutation(n)[:classifier_max_events])
-        subsets[kind] = {k: v[rows] for k, v in sample.items()}
+        rows[kind] = np.sort(np.random.default_rng([seed, len(subsets)]).permutation(n)[:classifier_max_events])
+        subsets[kind] = {k: v[rows[kind]] for k, v in sample.items()}
     for kind, name in (("low", "low_level"), ("low_normed", "low_level_normed"), ("high", "high_level")):
-        features = [calochallenge_features(subsets[s], kind=kind, geometry=geometry)
-                    for s in ("reference", "generated")]
+        features = [high[s][rows[s]] if kind == "high" else
+                    calochallenge_features(subsets[s], kind=kind, geometry=geometry) for s in ("reference", "generated")]
         classifier[name] = _classify(*features, protocol=classifier_protocol, seed=seed,
                                      max_events=classifier_max_events, progress=progress)
 
-    distances = _physics_distances(samples, geometry, seed) if physics_distances else None
+    distances = _physics_distances(high["reference"], high["generated"], seed) if physics_distances else None
     written = _plots(out, geometry, samples, observables, powers, dataset, threshold_mev) if plots else []
     report = {
         "reference": {"path": str(reference_path), "n_events": int(ref["E_inc"].size)},
@@ -243,12 +245,10 @@ def validate_calochallenge_files(
     return report
 
 
-def _physics_distances(samples: Mapping[str, Mapping[str, np.ndarray]], geometry: CaloGeometry, seed: int) -> dict:
-    """FPD and KPD of all events' high-level features, with the challenge evaluation's settings."""
+def _physics_distances(reference: np.ndarray, generated: np.ndarray, seed: int) -> dict:
+    """FPD and KPD of all events' high-level features ``(N, F)``, with the challenge evaluation's settings."""
     from surrogate.metrics.physics_distances import frechet_physics_distance, kernel_physics_distance
 
-    reference, generated = (calochallenge_features(samples[k], kind="high", geometry=geometry)
-                            for k in ("reference", "generated"))
     fpd, fpd_error = frechet_physics_distance(reference, generated, min_samples=10_000, seed=seed)
     kpd, kpd_error = kernel_physics_distance(reference, generated, batch_size=10_000, seed=seed)
     return {"fpd_x1e3": 1e3 * fpd, "fpd_error_x1e3": 1e3 * fpd_error, "kpd_x1e3": 1e3 * kpd,
