@@ -1,11 +1,20 @@
-r"""CaloGAN-style conditional generator and critic for the three-layer calorimeter.
+r"""CaloGAN-style conditional generator and critic, for any calorimeter geometry.
 
 The design follows CaloGAN (Paganini, de Oliveira, Nachman, arXiv:1705.02355 and
-arXiv:1712.10321): one stream of locally connected layers per calorimeter layer
-(``layer_0`` (3, 96), ``layer_1`` (12, 12), ``layer_2`` (12, 6) cells, energies in MeV),
-conditioned on the incident energy (GeV), with layer-to-layer attention in the generator and a
-critic that sees physics features beside the cells. It is trained with WGAN-GP by default
+arXiv:1712.10321): one stream of locally connected layers per calorimeter layer, conditioned on
+the incident energy (GeV), with layer-to-layer attention in the generator and a critic that sees
+physics features beside the cells. It is trained with WGAN-GP by default
 (:class:`surrogate.train.steps.GANStep`, :mod:`surrogate.losses`).
+
+**Geometry.** The layer streams are built from a :class:`~surrogate.geometry.CaloGeometry`:
+one stream per layer, on the layer's cell grid ``(ny, nx)``, cell energies in MeV. By default
+it is CaloGAN's (:data:`~surrogate.geometry.CALOGAN`: ``layer_0`` (3, 96), ``layer_1``
+(12, 12), ``layer_2`` (12, 6)); a CaloChallenge 2022 binning
+(:func:`surrogate.data.binning.read_binning_xml`) gives polar layers of ``(n_alpha, n_r)``
+voxels (dataset 1 photons: 5 layers, 368 voxels; dataset 2: 45 layers of (16, 9), 6,480
+voxels). The angular axis of a polar layer with several angular bins is periodic: before every
+locally connected layer it is padded circularly (the last angular bin beside the first), the
+radial axis with zeros, as a rectangular grid's two axes are.
 
 **Cell representation.** Both networks work in the log space
 :math:`u = \log(1 + E / E_0)` with :math:`E_0` = ``cell_scale_mev`` (1 MeV by default): cell
@@ -24,7 +33,7 @@ layer :math:`l` a dense map makes a ``channels`` x (ny, nx) image, followed by t
 .. math:: u_l = \mathrm{clamp}\big(\mathrm{ReLU}(v_l + a_l + \log(1000\,E_{inc} / (E_0 N)) ),\ 0,\ u_{max}\big),
           \qquad E_l = E_0\,(e^{u_l} - 1)\ \mathrm{MeV},
 
-where :math:`N` = 504 cells: the offset makes an untrained generator deposit about
+where :math:`N` is the number of cells (504 for CaloGAN): the offset makes an untrained generator deposit about
 :math:`E_{inc}` spread over the cells and carries the trivial scaling with energy, so the
 network only learns the shape. The **ReLU** gives non-negative energies and *exact zeros*
 (CaloGAN also ends with a ReLU; a softplus would leave every cell non-empty and break the
@@ -38,7 +47,7 @@ so it starts as the identity). :math:`a_0 = 0`. **Energy normalisation** (on unl
 response head, an MLP of :math:`(z, c)`, gives the response :math:`R = e^{r(z, c)}` (1 at
 initialisation), and all cells are rescaled by one factor per shower so that
 :math:`E_{tot} = R\,E_{inc}` exactly. The total energy, the quantity physicists check first,
-is then a one-dimensional output instead of the sum of 504 correlated exponentials (measured:
+is then a one-dimensional output instead of the sum of hundreds of correlated exponentials (measured:
 without it a 5-minute training gives a response spread about 5 times too wide).
 
 **Critic** (:class:`CaloGANCritic`). :meth:`~CaloGANCritic.preprocess` maps MeV cells to
@@ -76,7 +85,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from surrogate.checks import check_float, check_int
-from surrogate.geometry import CALOGAN, CALOGAN_LAYER_SHAPES, CALOGAN_LAYERS
+from surrogate.geometry import CALOGAN, CaloGeometry, PolarLayer
 from surrogate.nn.locally_connected import LocallyConnected2d
 
 __all__ = [
@@ -87,7 +96,6 @@ __all__ = [
     "log_energy_feature",
 ]
 
-_N_CELLS = CALOGAN.n_voxels  # 504
 _SLOPE = 0.2  # LeakyReLU negative slope
 
 
@@ -129,13 +137,45 @@ def _check_energy(energy: Tensor, batch: int | None, where: str) -> None:
         raise ValueError(f"{where}: incident energies must be > 0 GeV, got min {float(energy.min())}")
 
 
-def _check_showers(showers, where: str) -> int:
+def _check_geometry(geometry: CaloGeometry, kernel_size: int, where: str) -> dict[str, int]:
+    """Rows of circular padding per layer (``kernel_size // 2`` for a polar layer with several
+    angular bins, else 0)."""
+    if not isinstance(geometry, CaloGeometry):
+        raise ValueError(f"{where}: geometry must be a CaloGeometry, got {geometry!r}")
+    wrap = {}
+    for layer in geometry.layers:
+        periodic = isinstance(layer, PolarLayer) and layer.n_alpha > 1
+        wrap[layer.name] = kernel_size // 2 if periodic else 0
+        if periodic and kernel_size // 2 > layer.n_alpha:
+            raise ValueError(f"{where}: kernel_size {kernel_size} wraps further than the {layer.n_alpha} angular "
+                             f"bins of layer {layer.name!r} of {geometry.describe()}; use kernel_size <= "
+                             f"{2 * layer.n_alpha + 1}")
+    return wrap
+
+
+def _local(c_in: int, c_out: int, shape: tuple[int, int], kernel_size: int, wrap: int,
+           stride: int = 1) -> LocallyConnected2d:
+    """A locally connected layer on a ``shape`` grid whose first axis arrives already padded by
+    ``wrap`` rows on each side (:func:`_wrap`); the rest of the padding is zeros."""
+    pad = kernel_size // 2
+    return LocallyConnected2d(c_in, c_out, (shape[0] + 2 * wrap, shape[1]), kernel_size, stride=stride,
+                              padding=(pad - wrap, pad))
+
+
+def _wrap(x: Tensor, rows: int) -> Tensor:
+    """Pads the first grid axis of ``x`` (B, C, ny, nx) circularly by ``rows`` on each side."""
+    if rows == 0:
+        return x
+    return torch.cat([x[..., -rows:, :], x, x[..., :rows, :]], dim=-2)
+
+
+def _check_showers(showers, geometry: CaloGeometry, where: str) -> int:
     batch = None
-    for key in CALOGAN_LAYERS:
+    for key, shape in geometry.layer_shapes.items():
         if key not in showers:
-            raise ValueError(f"{where}: missing key {key!r}; expected {CALOGAN_LAYERS}")
+            raise ValueError(f"{where}: missing key {key!r}; expected the layers {geometry.layer_names} of "
+                             f"{geometry.describe()}")
         x = showers[key]
-        shape = CALOGAN_LAYER_SHAPES[key]
         if x.dim() != 3 or tuple(x.shape[1:]) != tuple(shape) or (batch is not None and x.shape[0] != batch):
             b = "B" if batch is None else batch
             raise ValueError(f"{where}: {key!r} must have shape ({b}, {shape[0]}, {shape[1]}), got {tuple(x.shape)}")
@@ -161,12 +201,13 @@ class _Attention(nn.Module):
 
 
 class CaloGANGenerator(nn.Module):
-    r"""Conditional generator: latent noise and incident energy to three-layer showers in MeV.
+    r"""Conditional generator: latent noise and incident energy to showers in MeV, layer by layer.
 
-    See the module docstring for the architecture, conditioning, output transform and
-    attention.
+    See the module docstring for the architecture, conditioning, output transform, attention
+    and geometries.
 
     Arguments:
+        geometry: the calorimeter whose layers the generator fills (CaloGAN's by default).
         latent_dim: dimension of the latent :math:`z \sim N(0, I)`.
         channels: channels of each layer stream's locally connected layers.
         kernel_size: odd window of the locally connected layers (size-preserving padding).
@@ -177,11 +218,12 @@ class CaloGANGenerator(nn.Module):
 
     Attributes:
         latent_dim: the latent dimension.
-        geometry: :data:`~surrogate.geometry.CALOGAN`, the only geometry the generator is built
-            for (its layer streams are CaloGAN's three grids).
+        geometry: the :class:`~surrogate.geometry.CaloGeometry` of the generated showers.
 
     Raises:
-        ValueError: non-positive sizes or scales, or an even kernel.
+        ValueError: non-positive sizes or scales, an even kernel, a geometry that is not a
+            :class:`~surrogate.geometry.CaloGeometry`, or a kernel wider than twice a polar
+            layer's angular bins.
 
     References:
         Paganini, de Oliveira, Nachman, "CaloGAN", arXiv:1705.02355 and arXiv:1712.10321.
@@ -191,10 +233,15 @@ class CaloGANGenerator(nn.Module):
         >>> showers = g(torch.randn(4, g.latent_dim), torch.full((4, 1), 50.0))
         >>> showers["layer_0"].shape, showers["layer_1"].shape, showers["layer_2"].shape
         (torch.Size([4, 3, 96]), torch.Size([4, 12, 12]), torch.Size([4, 12, 6]))
+        >>> from surrogate.geometry import CaloGeometry, PolarLayer
+        >>> rings = CaloGeometry("rings", [PolarLayer("layer_0", (0.0, 5.0, 10.0, 30.0), n_alpha=10)])
+        >>> CaloGANGenerator(rings).sample(torch.full((2, 1), 50.0))["layer_0"].shape  # (n_alpha, n_r)
+        torch.Size([2, 10, 3])
     """
 
     def __init__(
         self,
+        geometry: CaloGeometry = CALOGAN,
         latent_dim: int = 32,
         channels: int = 8,
         kernel_size: int = 3,
@@ -205,7 +252,6 @@ class CaloGANGenerator(nn.Module):
     ):
         super().__init__()
         where = "CaloGANGenerator"
-        self.geometry = CALOGAN
         self.latent_dim = latent_dim = check_int("latent_dim", latent_dim, minimum=1, where=where)
         self.channels = channels = check_int("channels", channels, minimum=1, where=where)
         attention_hidden = check_int("attention_hidden", attention_hidden, minimum=0, where=where)
@@ -213,20 +259,20 @@ class CaloGANGenerator(nn.Module):
         kernel_size = check_int("kernel_size", kernel_size, minimum=1, where=where)
         if kernel_size % 2 == 0:
             raise ValueError(f"CaloGANGenerator: kernel_size must be odd and >= 1, got {kernel_size}")
+        self._wrap = _check_geometry(geometry, kernel_size, where)
+        self.geometry = geometry
         self.cell_scale_mev = check_float("cell_scale_mev", cell_scale_mev, minimum=0, exclusive_minimum=True,
                                           unit="MeV", where=where)
         self.max_log_cell = check_float("max_log_cell", max_log_cell, minimum=0, exclusive_minimum=True, where=where)
-        pad = kernel_size // 2
         self.dense = nn.ModuleDict()
         self.local1 = nn.ModuleDict()
         self.local2 = nn.ModuleDict()
         self.attention = nn.ModuleDict()
         n_previous = 0
-        for key in CALOGAN_LAYERS:
-            ny, nx = CALOGAN_LAYER_SHAPES[key]
+        for key, (ny, nx) in geometry.layer_shapes.items():
             self.dense[key] = nn.Linear(latent_dim + 1, channels * ny * nx)
-            self.local1[key] = LocallyConnected2d(channels, channels, (ny, nx), kernel_size, padding=pad)
-            self.local2[key] = LocallyConnected2d(channels, 1, (ny, nx), kernel_size, padding=pad)
+            self.local1[key] = _local(channels, channels, (ny, nx), kernel_size, self._wrap[key])
+            self.local2[key] = _local(channels, 1, (ny, nx), kernel_size, self._wrap[key])
             if n_previous and attention_hidden:
                 self.attention[key] = _Attention(n_previous, (ny, nx), attention_hidden)
             n_previous += ny * nx
@@ -247,7 +293,9 @@ class CaloGANGenerator(nn.Module):
             energy: incident energies, :math:`(B, 1)`, GeV, > 0.
 
         Returns:
-            ``{"layer_0": (B, 3, 96), "layer_1": (B, 12, 12), "layer_2": (B, 12, 6)}``, :math:`u \ge 0`.
+            ``{layer: (B, ny, nx)}`` for the geometry's layers front to back (CaloGAN:
+            ``"layer_0"`` (B, 3, 96), ``"layer_1"`` (B, 12, 12), ``"layer_2"`` (B, 12, 6)),
+            :math:`u \ge 0`.
 
         Raises:
             ValueError: wrong shapes or non-positive energies.
@@ -258,13 +306,13 @@ class CaloGANGenerator(nn.Module):
         cond = log_energy_feature(energy)
         h = torch.cat([z, cond], dim=1)
         # log of (incident energy in MeV / E_0 / number of cells): even spread of E_inc at init.
-        offset = torch.log(energy * (1000.0 / (self.cell_scale_mev * _N_CELLS))).view(-1, 1, 1)
+        offset = torch.log(energy * (1000.0 / (self.cell_scale_mev * self.geometry.n_voxels))).view(-1, 1, 1)
         out: dict[str, Tensor] = {}
-        for key in CALOGAN_LAYERS:
-            ny, nx = CALOGAN_LAYER_SHAPES[key]
+        for key, (ny, nx) in self.geometry.layer_shapes.items():
+            wrap = self._wrap[key]
             x = F.leaky_relu(self.dense[key](h), _SLOPE).view(-1, self.channels, ny, nx)
-            x = F.leaky_relu(self.local1[key](x), _SLOPE)
-            v = self.local2[key](x)[:, 0] + offset
+            x = F.leaky_relu(self.local1[key](_wrap(x, wrap)), _SLOPE)
+            v = self.local2[key](_wrap(x, wrap))[:, 0] + offset
             if key in self.attention:
                 v = v + self.attention[key](list(out.values()), cond)
             out[key] = torch.clamp(F.relu(v), max=self.max_log_cell)
@@ -288,8 +336,8 @@ class CaloGANGenerator(nn.Module):
             energy: incident energies, :math:`(B, 1)`, GeV, > 0.
 
         Returns:
-            Cell energies in MeV, all >= 0: ``{"layer_0": (B, 3, 96), "layer_1": (B, 12, 12),
-            "layer_2": (B, 12, 6)}``.
+            Cell energies in MeV, all >= 0: ``{layer: (B, ny, nx)}`` for the geometry's layers
+            (CaloGAN: ``"layer_0"`` (B, 3, 96), ``"layer_1"`` (B, 12, 12), ``"layer_2"`` (B, 12, 6)).
 
         Raises:
             ValueError: wrong shapes or non-positive energies.
@@ -310,14 +358,15 @@ class CaloGANGenerator(nn.Module):
 
 
 class CaloGANCritic(nn.Module):
-    r"""Conditional WGAN critic on three-layer showers and physics features.
+    r"""Conditional WGAN critic on showers (layer by layer) and physics features.
 
-    See the module docstring for the architecture and the features. The critic's input space
+    See the module docstring for the architecture, the features and the geometries. The critic's input space
     (where the gradient penalty is taken) is the dict returned by :meth:`preprocess`: the
     log cells :math:`u` of each layer and, with ``feature_scale > 0``, the physics features
     times ``feature_scale`` as a separate entry ``"physics"``.
 
     Arguments:
+        geometry: the calorimeter whose showers the critic scores (CaloGAN's by default).
         channels: output channels of each layer stream's locally connected layers, in order;
             the last one has stride 2, the others stride 1.
         kernel_size: odd window of the locally connected layers (padding ``kernel_size // 2``).
@@ -331,8 +380,14 @@ class CaloGANCritic(nn.Module):
             can hardly weigh it. If 0, the features are recomputed from :math:`u` inside
             :meth:`score` and the penalty sees the cells only.
 
+    Attributes:
+        geometry: the :class:`~surrogate.geometry.CaloGeometry` of the scored showers.
+        n_physics_features: :math:`3L + 2` for :math:`L` layers (11 for CaloGAN).
+
     Raises:
-        ValueError: non-positive sizes or scales, negative ``feature_scale``, or an even kernel.
+        ValueError: non-positive sizes or scales, negative ``feature_scale``, an even kernel, a
+            geometry that is not a :class:`~surrogate.geometry.CaloGeometry`, or a kernel wider
+            than twice a polar layer's angular bins.
 
     References:
         Paganini, de Oliveira, Nachman, arXiv:1705.02355 and arXiv:1712.10321 (architecture,
@@ -346,10 +401,9 @@ class CaloGANCritic(nn.Module):
         torch.Size([4])
     """
 
-    n_physics_features = 3 + 2 + 3 + 3
-
     def __init__(
         self,
+        geometry: CaloGeometry = CALOGAN,
         channels: tuple[int, ...] = (8,),
         kernel_size: int = 3,
         hidden: int = 64,
@@ -367,19 +421,23 @@ class CaloGANCritic(nn.Module):
         kernel_size = check_int("kernel_size", kernel_size, minimum=1, where=where)
         if kernel_size % 2 == 0:
             raise ValueError(f"CaloGANCritic: kernel_size must be odd and >= 1, got {kernel_size}")
+        self._wrap = _check_geometry(geometry, kernel_size, where)
+        self.geometry = geometry
+        self.n_physics_features = 3 * geometry.n_layers + 2
         self.cell_scale_mev = check_float("cell_scale_mev", cell_scale_mev, minimum=0, exclusive_minimum=True,
                                           unit="MeV", where=where)
         self.sparsity_scale_mev = check_float("sparsity_scale_mev", sparsity_scale_mev, minimum=0,
                                               exclusive_minimum=True, unit="MeV", where=where)
         self.feature_scale = check_float("feature_scale", feature_scale, minimum=0, where=where)
-        pad = kernel_size // 2
         self.streams = nn.ModuleDict()
         n_flat = 0
-        for key in CALOGAN_LAYERS:
-            layers, size, previous = [], tuple(CALOGAN_LAYER_SHAPES[key]), 1
+        for key, shape in geometry.layer_shapes.items():
+            layers, size, previous = [], tuple(shape), 1
             for i, c in enumerate(channels):
                 stride = 2 if i == len(channels) - 1 else 1
-                layers.append(LocallyConnected2d(previous, c, size, kernel_size, stride=stride, padding=pad))
+                # after a strided layer the grid no longer maps onto the angular bins: zero padding
+                wrap = self._wrap[key] if size == tuple(shape) else 0
+                layers.append(_local(previous, c, size, kernel_size, wrap, stride=stride))
                 layers.append(nn.LeakyReLU(_SLOPE))
                 size, previous = layers[-2].output_size, c
             self.streams[key] = nn.Sequential(*layers)
@@ -394,21 +452,22 @@ class CaloGANCritic(nn.Module):
         r"""MeV cells to the critic's input space.
 
         Arguments:
-            showers: dict with ``"layer_0"`` (B, 3, 96), ``"layer_1"`` (B, 12, 12),
-                ``"layer_2"`` (B, 12, 6), MeV (other keys are ignored).
+            showers: ``{layer: (B, ny, nx)}`` for every layer of the geometry (CaloGAN:
+                ``"layer_0"`` (B, 3, 96), ``"layer_1"`` (B, 12, 12), ``"layer_2"`` (B, 12, 6)),
+                MeV (other keys are ignored).
             energy: incident energies, :math:`(B, 1)`, GeV, > 0.
 
         Returns:
-            Dict with the three layers in :math:`u = \log(1 + E / E_0)` and, if
+            Dict with the layers in :math:`u = \log(1 + E / E_0)` and, if
             ``feature_scale > 0``, ``"physics"``: ``feature_scale`` x
-            :meth:`physics_features`, :math:`(B, 11)`.
+            :meth:`physics_features`, :math:`(B, 3L + 2)`.
 
         Raises:
             ValueError: a layer is missing or has the wrong shape, or bad energies.
         """
-        batch = _check_showers(showers, "CaloGANCritic")
+        batch = _check_showers(showers, self.geometry, "CaloGANCritic")
         _check_energy(energy, batch, "CaloGANCritic")
-        x = {k: cells_to_log(showers[k], self.cell_scale_mev) for k in CALOGAN_LAYERS}
+        x = {k: cells_to_log(showers[k], self.cell_scale_mev) for k in self.geometry.layer_names}
         if self.feature_scale > 0:
             x["physics"] = self.feature_scale * self.physics_features(x, energy)
         return x
@@ -417,21 +476,22 @@ class CaloGANCritic(nn.Module):
         r"""The differentiable physics features (see the module docstring).
 
         Arguments:
-            u: dict of the log cells :math:`u` of the three layers.
+            u: dict of the log cells :math:`u` of the geometry's :math:`L` layers.
             energy: incident energies, :math:`(B, 1)`, GeV.
 
         Returns:
-            :math:`(B, 11)`: :math:`E_l/E_{inc}` (3), :math:`E_{tot}/E_{inc}`,
-            :math:`|E_{tot} - E_{inc}|/E_{inc}`, :math:`E_l/(E_{tot} + E_0)` (3), sparsity (3).
+            :math:`(B, 3L + 2)`: :math:`E_l/E_{inc}` (L), :math:`E_{tot}/E_{inc}`,
+            :math:`|E_{tot} - E_{inc}|/E_{inc}`, :math:`E_l/(E_{tot} + E_0)` (L), sparsity (L).
         """
         e_inc = energy * 1000.0  # MeV
-        cells = {k: cells_from_log(u[k], self.cell_scale_mev) for k in CALOGAN_LAYERS}
-        layer_e = torch.stack([cells[k].flatten(1).sum(1) for k in CALOGAN_LAYERS], dim=1)  # (B, 3) MeV
+        names = self.geometry.layer_names
+        cells = {k: cells_from_log(u[k], self.cell_scale_mev) for k in names}
+        layer_e = torch.stack([cells[k].flatten(1).sum(1) for k in names], dim=1)  # (B, L) MeV
         total = layer_e.sum(1, keepdim=True)
         response = total / e_inc
         shares = layer_e / (total + self.cell_scale_mev)  # + E_0: finite for empty showers
         sparsity = torch.stack(
-            [torch.tanh(cells[k] / self.sparsity_scale_mev).flatten(1).mean(1) for k in CALOGAN_LAYERS], dim=1
+            [torch.tanh(cells[k] / self.sparsity_scale_mev).flatten(1).mean(1) for k in names], dim=1
         )
         return torch.cat([layer_e / e_inc, response, (response - 1).abs(), shares, sparsity], dim=1)
 
@@ -445,7 +505,7 @@ class CaloGANCritic(nn.Module):
         Returns:
             Scores, :math:`(B,)` (higher: more data-like).
         """
-        flat = [self.streams[key](x[key].unsqueeze(1)).flatten(1) for key in CALOGAN_LAYERS]
+        flat = [self._stream(key, x[key].unsqueeze(1)).flatten(1) for key in self.geometry.layer_names]
         if self.feature_scale > 0:
             physics = x["physics"]
         else:
@@ -453,12 +513,20 @@ class CaloGANCritic(nn.Module):
         features = torch.cat(flat + [physics, log_energy_feature(energy)], dim=1)
         return self.head(features).squeeze(1)
 
+    def _stream(self, key: str, x: Tensor) -> Tensor:
+        """Layer ``key``'s stream on ``x`` (B, 1, ny, nx), circular padding before each locally
+        connected layer built for it."""
+        for module in self.streams[key]:
+            if isinstance(module, LocallyConnected2d):
+                x = _wrap(x, (module.input_size[0] - x.shape[-2]) // 2)
+            x = module(x)
+        return x
+
     def forward(self, showers, energy: Tensor, *, preprocessed: bool = False) -> Tensor:
         r"""Critic scores of showers in MeV.
 
         Arguments:
-            showers: dict with ``"layer_0"`` (B, 3, 96), ``"layer_1"`` (B, 12, 12),
-                ``"layer_2"`` (B, 12, 6), MeV; or, with ``preprocessed=True``, the output of
+            showers: ``{layer: (B, ny, nx)}`` in MeV for every layer of the geometry; or, with ``preprocessed=True``, the output of
                 :meth:`preprocess` (so that a ``DistributedDataParallel`` wrapper can score the
                 gradient penalty's interpolates through its own ``forward``).
             energy: incident energies, :math:`(B, 1)`, GeV, > 0.

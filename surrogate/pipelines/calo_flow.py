@@ -51,7 +51,7 @@ from typing import Any, Literal, Mapping
 import torch
 
 from surrogate.config import PipelineConfig, RunConfig, TrainConfig, check_kwargs, setting
-from surrogate.geometry import CALOGAN, CaloGeometry, PolarLayer
+from surrogate.geometry import CALOGAN
 from surrogate.losses import calo_flow_loss
 from surrogate.models.calo_flow import CaloFlow
 from surrogate.pipelines import Family
@@ -62,6 +62,8 @@ from surrogate.pipelines.showers import (
     ValidateConfig,
     data_files,
     data_geometry,
+    geometry_from_config,
+    geometry_to_config,
     run_shower_pipeline,
     shower_loader,
 )
@@ -72,22 +74,15 @@ from surrogate.train.steps import LikelihoodStep, make_lr_scheduler
 
 __all__ = [
     "FAMILY",
-    "GEOMETRIES",
     "MODEL_DEFAULTS",
     "CaloFlowConfig",
     "FlowTrainConfig",
     "flow_sampler",
     "generate",
-    "geometry_from_config",
-    "geometry_to_config",
     "load_flow",
     "run",
     "train",
 ]
-
-GEOMETRIES: Mapping[str, CaloGeometry] = {CALOGAN.name: CALOGAN}
-"""Geometries a checkpoint may name (``config["geometry"]`` a string); others are stored in full
-(:func:`geometry_to_config`)."""
 
 MODEL_DEFAULTS: Mapping[str, Any] = {"mixing": "lu"}
 """``[model]`` arguments a file leaves out (the others take CaloFlow's defaults). With CaloFlow's
@@ -167,51 +162,6 @@ class CaloFlowConfig(PipelineConfig):
             source = "[model] threshold_mev" if "threshold_mev" in self.model else "[validate] threshold_mev"
             raise ValueError(f"the flow's noise_mev ({noise} MeV) must be > 0 and <= its threshold_mev "
                              f"({kwargs['threshold_mev']} MeV, from {source})")
-
-
-# --------------------------------------------------------------------------------------------
-# Geometry in the checkpoint
-
-
-def geometry_to_config(geometry: CaloGeometry) -> str | dict[str, Any]:
-    """What a checkpoint stores of a geometry: the name of one of :data:`GEOMETRIES` (CaloGAN's),
-    else ``{"name": str, "layers": [{"name": str, "r_edges_mm": [float, ...], "n_alpha": int}, ...]}``
-    (plain JSON-like data; the checkpoint then needs no binning file).
-
-    Raises:
-        ValueError: a geometry that is neither one of :data:`GEOMETRIES` nor made of
-            :class:`~surrogate.geometry.PolarLayer` s.
-    """
-    for name, known in GEOMETRIES.items():
-        if geometry.name == name and known.same_voxels(geometry):
-            return name
-    if not all(isinstance(layer, PolarLayer) for layer in geometry.layers):
-        raise ValueError(f"geometry {geometry.describe()}: only CaloGAN's or PolarLayer geometries can be stored")
-    return {"name": geometry.name,
-            "layers": [{"name": layer.name, "r_edges_mm": list(layer.r_edges_mm), "n_alpha": layer.n_alpha}
-                       for layer in geometry.layers]}
-
-
-def geometry_from_config(stored: str | Mapping[str, Any], *, where: str = "checkpoint") -> CaloGeometry:
-    """The geometry :func:`geometry_to_config` stored.
-
-    Arguments:
-        stored: a name of :data:`GEOMETRIES`, or the stored binning.
-        where: names the checkpoint in errors.
-
-    Raises:
-        ValueError: an unknown name or malformed binning (the message names ``where`` and the value).
-    """
-    if isinstance(stored, str):
-        if stored not in GEOMETRIES:
-            raise ValueError(f"{where}: unknown geometry {stored!r}; known: {sorted(GEOMETRIES)}")
-        return GEOMETRIES[stored]
-    try:
-        layers = [PolarLayer(layer["name"], tuple(layer["r_edges_mm"]), layer["n_alpha"]) for layer in stored["layers"]]
-        return CaloGeometry(stored["name"], layers)
-    except (KeyError, TypeError) as exc:
-        raise ValueError(f"{where}: config geometry must be a name or {{'name', 'layers': [{{'name', 'r_edges_mm', "
-                         f"'n_alpha'}}]}}, got {stored!r} ({exc!r})") from None
 
 
 # --------------------------------------------------------------------------------------------

@@ -8,13 +8,21 @@ parses arguments and dispatches through :data:`FAMILY`.
 Sections of the file (every key optional unless marked)::
 
     [run]       pipeline = "calo_gan", output_dir, seed, device, threads
-    [data]      train_file | train_recipe (one of them), reference_file | reference_recipe
-    [model.generator]   CaloGANGenerator(...) keyword arguments
-    [model.critic]      CaloGANCritic(...) keyword arguments
+    [data]      train_file | train_recipe (one of them), reference_file | reference_recipe,
+                geometry (a CaloChallenge binning XML relative to the file; absent: CaloGAN)
+    [model.generator]   CaloGANGenerator(...) keyword arguments (not geometry: [data]'s)
+    [model.critic]      CaloGANCritic(...) keyword arguments (not geometry)
     [train]     the shared knobs (surrogate.config.TrainConfig) and critic_learning_rate,
                 beta1, beta2, n_critic, gradient_penalty, block_size
     [generate]  n_events, energy_min_gev, energy_max_gev, batch_size
     [validate]  energy_bins_gev, threshold_mev
+
+In a CaloChallenge geometry the generator and critic take their layer streams from the binning
+(:mod:`surrogate.models.calo_gan`), the showers are generated at the reference file's incident
+energies into a CaloChallenge-layout file and validated with the challenge's features
+(:func:`~surrogate.pipelines.showers.run_shower_pipeline`). The checkpoint then stores the
+geometry (``config["geometry"]``, :func:`~surrogate.pipelines.showers.geometry_to_config`); a
+checkpoint without one is CaloGAN's.
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ from typing import Any, Mapping
 import torch
 
 from surrogate.config import PipelineConfig, TrainConfig, check_kwargs, setting
+from surrogate.geometry import CALOGAN, CaloGeometry
 from surrogate.models.calo_gan import CaloGANCritic, CaloGANGenerator
 from surrogate.pipelines import Family
 from surrogate.pipelines.shower_generation import ShowerSampler, generate_stage
@@ -35,6 +44,9 @@ from surrogate.pipelines.showers import (
     GenerateConfig,
     ValidateConfig,
     data_files,
+    data_geometry,
+    geometry_from_config,
+    geometry_to_config,
     run_shower_pipeline,
     shower_loader,
 )
@@ -67,8 +79,10 @@ class CaloGANModelConfig:
     :class:`~surrogate.models.calo_gan.CaloGANGenerator` and
     :class:`~surrogate.models.calo_gan.CaloGANCritic` (names and types checked)."""
 
-    generator: Mapping[str, Any] = setting(default_factory=dict, kwargs_of="surrogate.models.calo_gan:CaloGANGenerator")
-    critic: Mapping[str, Any] = setting(default_factory=dict, kwargs_of="surrogate.models.calo_gan:CaloGANCritic")
+    generator: Mapping[str, Any] = setting(default_factory=dict, kwargs_of="surrogate.models.calo_gan:CaloGANGenerator",
+                                           exclude=("geometry",))
+    critic: Mapping[str, Any] = setting(default_factory=dict, kwargs_of="surrogate.models.calo_gan:CaloGANCritic",
+                                        exclude=("geometry",))
 
 
 @dataclass(frozen=True)
@@ -106,19 +120,14 @@ class CaloGANConfig(PipelineConfig):
     validate: ValidateConfig = field(default_factory=ValidateConfig)
     RENAMED = {"train.generator_lr": "train.learning_rate", "train.critic_lr": "train.critic_learning_rate"}
 
-    def __post_init__(self):
-        if self.data.geometry is not None:
-            raise ValueError(f"[data] geometry = {str(self.data.geometry)!r}: the CaloGAN family trains on "
-                             "CaloGAN-layout files only (leave geometry out, or use pipeline = \"calo_flow\")")
-
 
 # --------------------------------------------------------------------------------------------
 # Stages
 
 
-def build_calo_gan(model: CaloGANModelConfig) -> tuple[CaloGANGenerator, CaloGANCritic]:
-    """The generator and critic built from their constructor keyword arguments."""
-    return CaloGANGenerator(**model.generator), CaloGANCritic(**model.critic)
+def build_calo_gan(model: CaloGANModelConfig, geometry: CaloGeometry = CALOGAN) -> tuple[CaloGANGenerator, CaloGANCritic]:
+    """The generator and critic of ``geometry`` built from their constructor keyword arguments."""
+    return CaloGANGenerator(geometry, **model.generator), CaloGANCritic(geometry, **model.critic)
 
 
 def train(cfg: CaloGANConfig, *, resume: bool | str = True, progress: bool = True) -> FitResult:
@@ -144,10 +153,11 @@ def train(cfg: CaloGANConfig, *, resume: bool | str = True, progress: bool = Tru
     ctx = distributed.context()
     device = distributed.resolve_device(cfg.run.device)
     t = cfg.train
-    loader = shower_loader(train_file, t, seed=cfg.run.seed, device=device)
+    geometry = data_geometry(cfg.data)
+    loader = shower_loader(train_file, t, seed=cfg.run.seed, device=device, geometry=geometry)
     total = t.total_steps(len(loader) if t.max_epochs is not None else None)
     torch.manual_seed(cfg.run.seed)  # identical initial weights for the same seed, on every rank
-    generator, critic = (m.to(device) for m in build_calo_gan(cfg.model))
+    generator, critic = (m.to(device) for m in build_calo_gan(cfg.model, geometry or CALOGAN))
     betas = (t.beta1, t.beta2)
     g_opt = torch.optim.Adam(generator.parameters(), lr=t.learning_rate, betas=betas)
     d_opt = torch.optim.Adam(critic.parameters(), lr=t.critic_learning_rate or t.learning_rate, betas=betas)
@@ -158,15 +168,20 @@ def train(cfg: CaloGANConfig, *, resume: bool | str = True, progress: bool = Tru
                                               warmup_steps=t.warmup_steps // t.n_critic, **schedule),
         critic_scheduler=make_lr_scheduler(d_opt, total_steps=total, warmup_steps=t.warmup_steps, **schedule),
     )
+    config = cfg.to_dict()
+    if geometry is not None:  # a checkpoint without a geometry is CaloGAN's (runs from before geometries)
+        config["geometry"] = geometry_to_config(geometry)
     if ctx.is_main:
-        print(f"[train] {total} steps on {train_file} -> {cfg.run.output_dir / 'train'} ({ctx.world_size} rank(s))")
+        where = "" if geometry is None else f" in {geometry.describe()}"
+        print(f"[train] {total} steps{where} on {train_file} -> {cfg.run.output_dir / 'train'} "
+              f"({ctx.world_size} rank(s))")
     return fit(step, loader, max_steps=total, out_dir=cfg.run.output_dir / "train",
-               checkpoint_every=t.checkpoint_every, config=cfg.to_dict(), resume=resume,
+               checkpoint_every=t.checkpoint_every, config=config, resume=resume,
                seed=cfg.run.seed, progress=progress, log_every=t.log_every)
 
 
 def load_generator(checkpoint: str | os.PathLike, *, device: str | torch.device = "cpu") -> CaloGANGenerator:
-    """Rebuilds the trained generator from a checkpoint (its stored configuration and weights).
+    """Rebuilds the trained generator from a checkpoint (its stored configuration, geometry and weights).
 
     Arguments:
         checkpoint: a checkpoint file, or a run folder whose latest checkpoint is used.
@@ -174,14 +189,17 @@ def load_generator(checkpoint: str | os.PathLike, *, device: str | torch.device 
 
     Raises:
         FileNotFoundError: no checkpoint there.
-        ValueError: the checkpoint is not a CaloGAN one.
+        ValueError: the checkpoint is not a CaloGAN one, or its geometry is unknown or malformed.
     """
     path = find_checkpoint(checkpoint)
     ckpt = load_checkpoint(path)
     if "generator" not in ckpt["modules"]:
         raise ValueError(f"checkpoint {path} holds modules {sorted(ckpt['modules'])}, not a CaloGAN generator")
-    kwargs = ckpt["config"].get("model", {}).get("generator", {})
-    generator = CaloGANGenerator(**check_kwargs(CaloGANGenerator, kwargs, f"{path} config [model.generator]"))
+    config = ckpt["config"]
+    geometry = geometry_from_config(config.get("geometry", CALOGAN.name), where=f"checkpoint {path}")
+    kwargs = check_kwargs(CaloGANGenerator, config.get("model", {}).get("generator", {}),
+                          f"{path} config [model.generator]", exclude=("geometry",))
+    generator = CaloGANGenerator(geometry, **kwargs)
     generator.load_state_dict(ckpt["modules"]["generator"])
     return generator.to(device).eval()
 

@@ -316,7 +316,8 @@ def generate_stage(load: Callable[..., torch.nn.Module],
 
         Raises:
             ValueError: an unknown layout, ``layout="calochallenge"`` without a geometry or with
-                one that is not the model's, ``n_events=None`` without ``energies_from``, or a bad
+                one that is not the model's, ``layout="calogan"`` for a model of another
+                geometry, ``n_events=None`` without ``energies_from``, or a bad
                 energies file (each message names the file or value).
         """
         check_choice("layout", layout, ("calogan", "calochallenge"))
@@ -344,6 +345,10 @@ def generate_stage(load: Callable[..., torch.nn.Module],
             raise ValueError(f"checkpoint {checkpoint}: the model generates showers in geometry "
                              f"{trained_on.describe()}, not in {geometry.describe()}; the CaloChallenge layout needs "
                              "a model trained in that geometry")
+        if layout == "calogan" and not CALOGAN.same_voxels(trained_on):
+            raise ValueError(f"checkpoint {checkpoint}: the model generates showers in geometry "
+                             f"{trained_on.describe()}, not CaloGAN's; write them in the CaloChallenge layout "
+                             "(--format calochallenge --geometry <its binning file>)")
         return generate_showers_distributed(sampler(model), output, n_events, energy_range_gev=energy_range_gev,
                                             batch_size=batch_size, seed=seed, progress=progress, layout=layout,
                                             geometry=geometry, energies_mev=energies_mev)

@@ -4,8 +4,9 @@ and the whole ``run`` (train -> generate -> validate). Generation itself (a fami
 CaloGAN- or CaloChallenge-layout files, across ranks, and the ``generate`` stage) is in
 :mod:`surrogate.pipelines.shower_generation`. The families (:mod:`surrogate.pipelines.calo_gan`,
 :mod:`surrogate.pipelines.calo_flow`) add their model, its ``[model]`` and ``[train]`` sections
-and ``train`` / ``generate`` stages. The calo_flow family trains in a CaloChallenge geometry
-(``[data] geometry``), the others on CaloGAN-layout files only.
+and ``train`` / ``generate`` stages. Both train on CaloGAN-layout files or, with ``[data]
+geometry``, on CaloChallenge-layout files in that geometry; a checkpoint stores the geometry
+(:func:`geometry_to_config`), so a trained model generates without the binning file.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Mapping
 
 import torch
 
@@ -21,17 +22,20 @@ from surrogate.config import PipelineConfig, SimulateConfig, TrainConfig, load_s
 from surrogate.data.calo import validate_calogan
 from surrogate.data.hdf5 import open_hdf5
 from surrogate.data.shower_dataset import CaloShowerDataset
-from surrogate.geometry import CaloGeometry
+from surrogate.geometry import CALOGAN, CaloGeometry, PolarLayer
 from surrogate.simulators.gflash import READOUT_THRESHOLD_MEV
 from surrogate.train import distributed
 from surrogate.train.loop import FitResult
 
 __all__ = [
+    "GEOMETRIES",
     "CaloDataConfig",
     "GenerateConfig",
     "ValidateConfig",
     "data_files",
     "data_geometry",
+    "geometry_from_config",
+    "geometry_to_config",
     "run_shower_pipeline",
     "shower_loader",
     "simulate",
@@ -245,6 +249,55 @@ def shower_loader(train_file: str | os.PathLike, train: TrainConfig, *, seed: in
 
 # --------------------------------------------------------------------------------------------
 # Generation
+
+
+# --------------------------------------------------------------------------------------------
+# Geometry in a checkpoint
+
+GEOMETRIES: Mapping[str, CaloGeometry] = {CALOGAN.name: CALOGAN}
+"""Geometries a checkpoint may name (``config["geometry"]`` a string); others are stored in full
+(:func:`geometry_to_config`)."""
+
+
+def geometry_to_config(geometry: CaloGeometry) -> str | dict[str, Any]:
+    """What a checkpoint stores of a geometry: the name of one of :data:`GEOMETRIES` (CaloGAN's),
+    else ``{"name": str, "layers": [{"name": str, "r_edges_mm": [float, ...], "n_alpha": int}, ...]}``
+    (plain JSON-like data; the checkpoint then needs no binning file).
+
+    Raises:
+        ValueError: a geometry that is neither one of :data:`GEOMETRIES` nor made of
+            :class:`~surrogate.geometry.PolarLayer` s.
+    """
+    for name, known in GEOMETRIES.items():
+        if geometry.name == name and known.same_voxels(geometry):
+            return name
+    if not all(isinstance(layer, PolarLayer) for layer in geometry.layers):
+        raise ValueError(f"geometry {geometry.describe()}: only CaloGAN's or PolarLayer geometries can be stored")
+    return {"name": geometry.name,
+            "layers": [{"name": layer.name, "r_edges_mm": list(layer.r_edges_mm), "n_alpha": layer.n_alpha}
+                       for layer in geometry.layers]}
+
+
+def geometry_from_config(stored: str | Mapping[str, Any], *, where: str = "checkpoint") -> CaloGeometry:
+    """The geometry :func:`geometry_to_config` stored.
+
+    Arguments:
+        stored: a name of :data:`GEOMETRIES`, or the stored binning.
+        where: names the checkpoint in errors.
+
+    Raises:
+        ValueError: an unknown name or malformed binning (the message names ``where`` and the value).
+    """
+    if isinstance(stored, str):
+        if stored not in GEOMETRIES:
+            raise ValueError(f"{where}: unknown geometry {stored!r}; known: {sorted(GEOMETRIES)}")
+        return GEOMETRIES[stored]
+    try:
+        layers = [PolarLayer(layer["name"], tuple(layer["r_edges_mm"]), layer["n_alpha"]) for layer in stored["layers"]]
+        return CaloGeometry(stored["name"], layers)
+    except (KeyError, TypeError) as exc:
+        raise ValueError(f"{where}: config geometry must be a name or {{'name', 'layers': [{{'name', 'r_edges_mm', "
+                         f"'n_alpha'}}]}}, got {stored!r} ({exc!r})") from None
 
 
 # --------------------------------------------------------------------------------------------

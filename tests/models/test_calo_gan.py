@@ -209,3 +209,91 @@ def test_bad_input():
         d({"layer_0": torch.zeros(2, 3, 96)}, energies(2))
     with pytest.raises(ValueError, match="kernel_size must be odd"):
         CaloGANGenerator(kernel_size=2)
+
+
+# ---------------------------------------------------------------------------------------------
+# Other geometries: the CaloChallenge binnings' polar layers
+
+BINNINGS = __import__("pathlib").Path(__file__).resolve().parents[2] / "datasets" / "calochallenge"
+
+
+@pytest.fixture(scope="module")
+def ds1():
+    from surrogate.data.binning import read_binning_xml
+
+    return read_binning_xml(BINNINGS / "binning_dataset_1_photons.xml")  # 5 layers, 368 voxels
+
+
+def challenge_showers(geometry, batch: int) -> dict[str, torch.Tensor]:
+    out = {}
+    for key, shape in geometry.layer_shapes.items():
+        x = torch.rand(batch, *shape) * 100.0
+        out[key] = x * (torch.rand_like(x) < 0.3)
+    return out
+
+
+def test_networks_take_their_layers_from_the_geometry(seed, ds1):
+    """DS1 photons: one stream per layer of (n_alpha, n_r) voxels; E_tot = E_inc at initialisation
+    with the offset log(E_inc / (E_0 N)) of N = 368 voxels; 3 L + 2 = 17 physics features."""
+    g, d = CaloGANGenerator(ds1), CaloGANCritic(ds1)
+    e = torch.tensor([[1.024], [65.536], [4194.304]])  # GeV, on DS1's ladder (1 GeV: E_inc / N > E_0 = 1 MeV)
+    with torch.no_grad():
+        showers = g(torch.randn(3, g.latent_dim), e)
+    assert list(showers) == ["layer_0", "layer_1", "layer_2", "layer_3", "layer_12"]
+    for key, shape in ds1.layer_shapes.items():
+        assert showers[key].shape == (3, *shape) and torch.all(showers[key] >= 0)
+    torch.testing.assert_close(ds1.flatten(showers).sum(1), 1000 * e[:, 0], rtol=1e-4, atol=0)
+    assert d.n_physics_features == 17 and d.preprocess(showers, e)["physics"].shape == (3, 17)
+    assert d(showers, e).shape == (3,)
+    assert CaloGANCritic().n_physics_features == 11  # CaloGAN's three layers
+
+
+def test_angular_axis_of_polar_layers_wraps_around(seed, ds1):
+    """In a polar layer the first and last angular bins are neighbours: the critic's output in
+    angular bin 0 depends on the input in the last bin; in CaloGAN's rectangular grids the first
+    row does not see the last."""
+    for geometry, key in ((ds1, "layer_1"), (None, "layer_1")):
+        d = CaloGANCritic() if geometry is None else CaloGANCritic(geometry, channels=(4, 4))
+        shape = d.geometry.layer_shapes[key]
+        x = torch.rand(1, 1, *shape, requires_grad=True)
+        out = d._stream(key, x)
+        (grad,) = torch.autograd.grad(out[0, :, 0].sum(), x)  # output row 0 (angular bin 0)
+        touches_last_row = bool(torch.any(grad[0, 0, -1] != 0))
+        assert touches_last_row == (geometry is not None), (key, shape)
+        assert out.shape[-2:] == d.streams[key][-2].output_size
+
+
+def test_wgan_gp_step_in_a_challenge_geometry(seed, ds1):
+    """One critic and one generator update (gradient penalty's double backward through the
+    circular padding): finite losses, and every parameter of both networks gets a gradient."""
+    from surrogate.train.steps import GANStep
+
+    g, d = CaloGANGenerator(ds1, latent_dim=8, channels=2), CaloGANCritic(ds1, channels=(2, 2), hidden=8)
+    with torch.no_grad():
+        for p in list(g.attention.parameters()) + list(g.response.parameters()):
+            p.normal_(0.0, 0.1)
+    step = GANStep(g, d, torch.optim.Adam(g.parameters()), torch.optim.Adam(d.parameters()), n_critic=1)
+    batch = {**challenge_showers(ds1, 6), "energy": torch.tensor([[0.256], [1.024], [8.192], [65.536], [524.288],
+                                                                  [4194.304]])}
+    metrics = step(batch)
+    assert all(math.isfinite(metrics[k]) for k in ("loss_critic", "loss_generator", "gradient_penalty"))
+    output_bias = d.head[-1].bias  # cancels in L_D: a WGAN critic is defined up to a constant
+    for net in (g, d):
+        for name, p in net.named_parameters():
+            if p is not output_bias:
+                assert p.grad is not None and torch.any(p.grad != 0), f"{type(net).__name__} parameter {name}"
+
+
+def test_geometry_errors(ds1):
+    from surrogate.geometry import CaloGeometry, PolarLayer
+
+    narrow = CaloGeometry("narrow", [PolarLayer("layer_0", (0.0, 1.0, 2.0), 2)])
+    with pytest.raises(ValueError, match=r"kernel_size 7 wraps further than the 2 angular bins of layer 'layer_0'"):
+        CaloGANCritic(narrow, kernel_size=7)
+    CaloGANGenerator(narrow, kernel_size=5)  # two rows of padding on two angular bins: fine
+    with pytest.raises(ValueError, match=r"geometry must be a CaloGeometry"):
+        CaloGANGenerator("CaloGAN")
+    with pytest.raises(ValueError, match=r"missing key 'layer_12'; expected the layers .* of 'binning_dataset_1_photons'"):
+        showers = challenge_showers(ds1, 2)
+        del showers["layer_12"]
+        CaloGANCritic(ds1)(showers, torch.ones(2, 1))

@@ -1,8 +1,9 @@
-"""The calo_flow family in a CaloChallenge geometry (``[data] geometry``): a tiny DS1-photon run
-through ``surrogate run`` (train on a streamed challenge-layout file, generate at the reference
-file's incident energies, validate with the challenge's features), a checkpoint that rebuilds its
-geometry without the binning file, ``surrogate generate --format calochallenge`` on it, and the
-CaloGAN-layout pipelines' stored configuration unchanged."""
+"""The shower families in a CaloChallenge geometry (``[data] geometry``): a tiny DS1-photon run
+of the calo_flow family through ``surrogate run`` (train on a streamed challenge-layout file,
+generate at the reference file's incident energies, validate with the challenge's features), a
+checkpoint that rebuilds its geometry without the binning file, ``surrogate generate --format
+calochallenge`` on it, the same for the calo_gan family, and the CaloGAN-layout pipelines'
+stored configuration unchanged."""
 
 from __future__ import annotations
 
@@ -19,7 +20,9 @@ import pytest
 from surrogate.config import ConfigError, load_pipeline
 from surrogate.data.binning import read_binning_xml
 from surrogate.data.calo import read_calochallenge
-from surrogate.pipelines.calo_flow import geometry_from_config, geometry_to_config, load_flow
+from surrogate.pipelines.calo_flow import load_flow
+from surrogate.pipelines.calo_gan import load_generator
+from surrogate.pipelines.showers import geometry_from_config, geometry_to_config
 from surrogate.simulators.gflash_calochallenge import simulate_calochallenge_to_file
 from surrogate.train.checkpoint import latest_checkpoint, load_checkpoint
 
@@ -195,11 +198,75 @@ def test_calogan_pipelines_store_what_they_did(tmp_path):
         stored = cfg.to_dict()
         assert sorted(stored["data"]) == ["reference_file", "reference_recipe", "train_file", "train_recipe"], name
         assert cfg.data.geometry is None
-    bad = tmp_path / "gan.toml"
-    bad.write_text((ROOT / "pipelines" / "calo_gan.toml").read_text().replace(
-        "[data]", f'[data]\ngeometry = "{BINNING}"'))
-    with pytest.raises(ConfigError, match=r"\[data\] geometry = .*: the CaloGAN family trains on CaloGAN-layout"):
-        load_pipeline(bad)
+
+
+def _gan_config(folder: Path, train: Path, reference: Path, binning: Path) -> Path:
+    """The tiny DS1 file of the flow, for the calo_gan family (small networks, 4 critic updates)."""
+    path = _config(folder, train, reference, binning)
+    text = path.read_text().replace('pipeline = "calo_flow"', 'pipeline = "calo_gan"')
+    text = text.replace("energy_calibration_showers = 0\n", "")
+    model = text[text.index("[model]"):text.index("[train]")]
+    path.write_text(text.replace(model, "[model.generator]\nlatent_dim = 8\nchannels = 2\nattention_hidden = 8\n"
+                                        "[model.critic]\nchannels = [2]\nhidden = 8\n")
+                    .replace("[train]", "[train]\nn_critic = 2"))
+    return path
+
+
+def test_gan_trains_in_the_challenge_geometry_and_generates_its_files(tmp_path):
+    """The calo_gan family on challenge-layout DS1 files: the networks are built from the binning,
+    the checkpoint stores the geometry (rebuilt without the binning file), and ``surrogate
+    generate --format calochallenge`` writes a file the challenge's check accepts, at the
+    reference's incident energies; a CaloGAN-layout file is refused."""
+    from surrogate.pipelines.calo_gan import train
+
+    binning = tmp_path / BINNING.name
+    shutil.copy(BINNING, binning)
+    geometry = read_binning_xml(binning)
+    train_file = _simulate(tmp_path / "train.h5", 200, 21, geometry)
+    reference = _simulate(tmp_path / "reference.h5", 60, 22, geometry)
+    path = _gan_config(tmp_path, train_file, reference, binning)
+    cfg = load_pipeline(path)
+    assert cfg.data.geometry == binning
+    result = train(cfg, progress=False)
+    ckpt = load_checkpoint(result.checkpoint)
+    assert ckpt["step"] == 4 and ckpt["config"]["geometry"] == geometry_to_config(geometry)
+    binning.rename(binning.with_suffix(".gone"))
+    try:
+        generator = load_generator(tmp_path / "run" / "train")
+    finally:
+        binning.with_suffix(".gone").rename(binning)
+    assert generator.geometry.same_voxels(geometry) and generator.latent_dim == 8
+    out = tmp_path / "challenge.h5"
+    proc = _cli("generate", str(tmp_path / "run" / "train"), "--format", "calochallenge", "--geometry",
+                str(binning), "--energies-from", str(reference), "--out", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    sys.path.insert(0, str(Path(__file__).parent))
+    try:
+        from test_generate_calochallenge import challenge_file_check
+    finally:
+        sys.path.pop(0)
+    assert challenge_file_check(out, "1-photons") == 60
+    generated, expected = read_calochallenge(out), read_calochallenge(reference)
+    np.testing.assert_array_equal(generated["incident_energies"], expected["incident_energies"])
+    proc = _cli("generate", str(tmp_path / "run" / "train"), "--n", "10", "--out", str(tmp_path / "calogan.h5"))
+    assert proc.returncode == 2 and "generates showers in geometry 'binning_dataset_1_photons'" in proc.stderr
+    assert not (tmp_path / "calogan.h5").exists()  # a DS1 model writes no CaloGAN-layout file
+
+
+@pytest.mark.slow  # a tiny run through `surrogate run`: about 20 s at one thread
+def test_gan_run_validates_with_the_challenge_features(tmp_path):
+    binning = tmp_path / BINNING.name
+    shutil.copy(BINNING, binning)
+    geometry = read_binning_xml(binning)
+    path = _gan_config(tmp_path, _simulate(tmp_path / "train.h5", 300, 31, geometry),
+                       _simulate(tmp_path / "reference.h5", 200, 32, geometry), binning)
+    proc = _cli("run", str(path))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((tmp_path / "run" / "report" / "report.json").read_text())
+    assert report["settings"]["dataset"] == "1-photons"
+    for level in ("low_level", "high_level"):
+        assert 0.5 <= report["classifier"][level]["auc"] <= 1.0, report["classifier"]  # 4 steps: far from the data
+    assert read_calochallenge(tmp_path / "run" / "generated.h5")["showers"].shape == (200, 368)
 
 
 @pytest.mark.slow  # the tiny run: about 25 s at one thread
