@@ -24,8 +24,8 @@ the file (every key optional unless marked; the model and training defaults are
     [validate]         num_samples, min_acceptance, c2st, pair_plots, coverage_observations,
                        coverage_samples
     [inference]        method ("npe" | "snpe_c" | "tsnpe"), rounds, simulations_per_round,
-                       num_atoms (SNPE-C), epsilon (TSNPE), observation (a simulator's x_o CSV);
-                       surrogate.pipelines.npe_sequential
+                       num_atoms (SNPE-C), epsilon (TSNPE), retrain_from_scratch, observation
+                       (a simulator's x_o CSV); surrogate.pipelines.npe_sequential
 
 Files written to ``[run] output_dir``: ``train/`` (checkpoints, ``log.csv``), ``posterior.pt``
 (:func:`load_posterior`: the trained flow with its standardisation statistics, the whole
@@ -329,7 +329,8 @@ def train_sequential(cfg: NPEConfig, references: Sequence[ReferencePosterior] | 
             x_shape = tuple(torch.as_tensor(simulate(prior.sample((1,)).float())).shape[1:])
     result = run_sequential(
         simulate, prior, x_o, method=inf.method, rounds=inf.rounds, simulations_per_round=per_round,
-        num_atoms=inf.num_atoms, epsilon=inf.epsilon, seed=cfg.run.seed, callback=after_round,
+        num_atoms=inf.num_atoms, epsilon=inf.epsilon, retrain_from_scratch=inf.retrain_from_scratch,
+        seed=cfg.run.seed, callback=after_round,
         **flow_arguments(m, x_shape, cfg.run.seed), batch_size=t.batch_size, learning_rate=t.learning_rate,
         weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm, validation_fraction=t.validation_fraction,
         patience=t.patience, max_epochs=t.max_epochs, max_steps=t.max_steps, lr_schedule=t.lr_schedule,

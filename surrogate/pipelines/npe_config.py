@@ -239,6 +239,8 @@ class NPEInferenceConfig:
             (default 10000) split evenly over the rounds.
         num_atoms: SNPE-C's atoms per simulation (``>= 2``).
         epsilon: TSNPE's posterior mass left outside the truncation region, in (0, 1).
+        retrain_from_scratch: train a new flow every round instead of continuing the previous
+            round's (``sbi``'s option of the same name; both default to continuing).
         observation: for a simulator: a CSV of ``x_o`` (sbibm's ``observation.csv`` layout;
             relative to the pipeline file).
     """
@@ -248,6 +250,7 @@ class NPEInferenceConfig:
     simulations_per_round: int | None = setting(None, ge=1)
     num_atoms: int = setting(10, ge=2)
     epsilon: float = setting(1e-4, gt=0, le=0.5)
+    retrain_from_scratch: bool = False
     observation: Path | None = None
 
 

@@ -6,10 +6,12 @@ sequential NPE (TSNPE), round by round, from any simulator ``theta (n, D) -> x (
   from the prior (TSNPE's proposal).
 - :func:`run_sequential`: ``rounds`` rounds of ``simulations_per_round`` simulations. Round 1
   is plain NPE on prior simulations. Later rounds draw from the proposal (SNPE-C: the current
-  posterior at ``x_o``; TSNPE: :class:`TruncatedPrior`), simulate, and train a fresh flow on all
+  posterior at ``x_o``; TSNPE: :class:`TruncatedPrior`), simulate, and go on training the same
+  flow (with round 1's z-scoring; as ``sbi`` does unless ``retrain_from_scratch``) on all
   rounds' simulations with :func:`~surrogate.pipelines.npe_training.train_npe`: the atomic loss
   (:func:`surrogate.losses.atomic_npe_loss`) for SNPE-C, the plain NPE loss for TSNPE (the
   truncated prior leaves the posterior at ``x_o`` unchanged inside the region).
+  ``retrain_from_scratch=True`` trains a new flow every round instead.
 
 The result is a posterior for ``x_o`` (and observations near it), not an amortised one: its
 coverage over prior simulations says little away from ``x_o``.
@@ -132,7 +134,7 @@ class SequentialResult:
 
 def run_sequential(simulate: Callable[[Tensor], Tensor], prior: Distribution, x_o: Tensor, *, method: str,
                    rounds: int, simulations_per_round: int, num_atoms: int = 10, epsilon: float = 1e-4,
-                   seed: int = 0, callback: Callable[[int, NeuralPosterior], dict] | None = None,
+                   retrain_from_scratch: bool = False, seed: int = 0, callback: Callable[[int, NeuralPosterior], dict] | None = None,
                    **train_kwargs: Any) -> SequentialResult:
     """Sequential NPE at one observation (see the module documentation).
 
@@ -147,6 +149,8 @@ def run_sequential(simulate: Callable[[Tensor], Tensor], prior: Distribution, x_
         simulations_per_round: simulations per round.
         num_atoms: SNPE-C's atoms per simulation (:func:`~surrogate.losses.atomic_npe_loss`).
         epsilon: TSNPE's posterior mass outside the truncation region.
+        retrain_from_scratch: train a new flow every round; ``False`` continues the previous
+            round's (its weights, z-scoring and embedding net; a new optimizer and schedule).
         seed: round ``r`` (from 0) draws and trains with ``seed + 10 r``.
         callback: ``callback(round, posterior) -> dict`` after each round (C2ST, coverage ...),
             merged into that round's entry.
@@ -195,8 +199,12 @@ def run_sequential(simulate: Callable[[Tensor], Tensor], prior: Distribution, x_
         xs.append(x)
         loss = npe_loss if (r == 0 or method == "tsnpe") else functools.partial(
             atomic_npe_loss, prior=prior, num_atoms=num_atoms)
+        if r == 0 or retrain_from_scratch:
+            build = train_kwargs
+        else:  # the previous round's flow holds the embedding net
+            build = {k: v for k, v in train_kwargs.items() if k != "embedding_net"} | {"flow": posterior.flow}
         fitted = train_npe(torch.cat(thetas), torch.cat(xs), prior=prior, seed=s, loss=loss,
-                           out_dir=None if out_dir is None else f"{out_dir}/round_{r + 1}", **train_kwargs)
+                           out_dir=None if out_dir is None else f"{out_dir}/round_{r + 1}", **build)
         posterior = fitted.posterior
         entry = {"round": r + 1, "num_simulations": sum(len(t) for t in thetas), "proposal": proposal,
                  "acceptance_rate": acceptance, "simulate_seconds": simulate_seconds,

@@ -40,6 +40,7 @@ References:
 
 from __future__ import annotations
 
+import copy
 import os
 import time
 from dataclasses import dataclass, field
@@ -267,6 +268,7 @@ def train_npe(
     progress: bool = True,
     device: str | torch.device = "cpu",
     loss: Callable[..., Tensor] = npe_loss,
+    flow: nn.Module | None = None,
 ) -> NPEResult:
     """Trains NPE on simulations ``(theta_i, x_i)`` drawn from the prior and the simulator.
 
@@ -322,6 +324,10 @@ def train_npe(
             :func:`surrogate.losses.npe_loss`, or (with ``functools.partial``)
             :func:`~surrogate.losses.atomic_npe_loss` (SNPE-C rounds) or
             :func:`~surrogate.losses.balanced_npe_loss`.
+        flow: a flow to continue training (a copy of it: the caller's is left alone), e.g. the
+            previous round's ``posterior.flow`` in sequential NPE, with its z-scoring and
+            embedding net; ``None`` builds a new one from ``kind``, ``flow_kwargs``,
+            ``embedding_net`` and the z-scoring settings, which are then unused.
 
     Returns:
         An :class:`NPEResult`.
@@ -329,8 +335,11 @@ def train_npe(
     Raises:
         ValueError: bad shapes, lengths, NaN with ``drop_invalid=False``, a prior whose event
             shape does not match ``theta``, a validation split leaving an empty set, bad
-            training settings.
+            training settings, or both ``flow`` and ``embedding_net``.
     """
+    if flow is not None and embedding_net is not None:
+        raise ValueError("train_npe: give either a flow to continue (it holds its embedding net) or an "
+                         "embedding_net for a new flow, not both")
     theta, x, dropped = check_simulations(theta, x, drop_invalid=drop_invalid)
     n = theta.shape[0]
     n_val = _check_arguments(n, prior, theta.shape[1], validation_fraction=validation_fraction, batch_size=batch_size,
@@ -343,8 +352,12 @@ def train_npe(
         perm = torch.randperm(n)
         val_idx, train_idx = perm[:n_val], perm[n_val:]
         theta_tr, x_tr = theta[train_idx], x[train_idx]
-        flow = build_npe_flow(theta_tr, x_tr, kind=kind, embedding_net=embedding_net, z_score_theta=z_score_theta,
-                              z_score_x=z_score_x, seed=seed, **flow_kwargs).to(device)
+        if flow is None:
+            flow = build_npe_flow(theta_tr, x_tr, kind=kind, embedding_net=embedding_net, z_score_theta=z_score_theta,
+                                  z_score_x=z_score_x, seed=seed, **flow_kwargs)
+        else:
+            flow = copy.deepcopy(flow).train()
+        flow = flow.to(device)
         sampler = epoch_batches(theta_tr.shape[0], batch_size, seed=seed, rank=ctx.rank, world_size=ctx.world_size)
         loader = torch.utils.data.DataLoader(_PairDataset(theta_tr, x_tr), sampler=sampler, batch_size=None,
                                              num_workers=num_workers)

@@ -20,6 +20,7 @@ from surrogate.losses import atomic_npe_loss, balanced_npe_loss, npe_loss
 from surrogate.metrics.coverage import expected_coverage
 from surrogate.pipelines.npe import FAMILY, load_posterior
 from surrogate.pipelines.npe_sequential import TruncatedPrior, run_sequential
+from surrogate.pipelines.npe_training import train_npe
 from surrogate.simulators.sbi_simulators import gaussian_linear_posterior
 from surrogate.simulators.sbi_tasks import get_task
 
@@ -114,6 +115,35 @@ def test_two_rounds_on_gaussian_linear_find_the_posterior_mean(method):
     # posterior sd 0.22 per dimension; the mean within 0.1 (0.45 sd) in every dimension
     assert float((samples.mean(0) - exact.mean).abs().max()) < 0.1
     assert [r["round"] for r in result.rounds] == [1, 2] and result.rounds[1]["num_simulations"] == 2000
+
+
+def test_later_rounds_continue_the_previous_flow(seed):
+    """Round 2 goes on training a copy of round 1's flow: it keeps round 1's z-scoring of x (from
+    the prior simulations), and round 1's posterior keeps its weights; with
+    ``retrain_from_scratch`` round 2's flow is new, z-scored on both rounds' simulations."""
+    task = get_task("gaussian_linear")
+    x_o = task.simulate(task.prior.sample((1,)))[0]
+    kwargs = dict(method="tsnpe", rounds=2, simulations_per_round=300, seed=0, max_epochs=2, progress=False,
+                  kind="maf", flow_kwargs={"hidden_features": 8, "num_transforms": 1})
+    continued = run_sequential(task.simulate, task.prior, x_o, **kwargs)
+    scratch = run_sequential(task.simulate, task.prior, x_o, retrain_from_scratch=True, **kwargs)
+
+    def x_mean(result):
+        state = result.posterior.flow.state_dict()
+        (key,) = [k for k in state if k.endswith("mean") and "embedding" in k]
+        return state[key]
+
+    first, second = continued.results
+    for a, b in zip(first.posterior.flow.state_dict().values(), scratch.results[0].posterior.flow.state_dict().values()):
+        assert torch.equal(a, b)  # round 1 alike in both, and not changed by round 2's training
+    assert torch.equal(x_mean(first), x_mean(second))
+    assert not torch.equal(x_mean(scratch.results[0]), x_mean(scratch.results[1]))
+    changed = [k for k, v in second.posterior.flow.state_dict().items()
+               if not torch.equal(v, first.posterior.flow.state_dict()[k])]
+    assert changed  # round 2 trained the copy
+    with pytest.raises(ValueError, match="either a flow to continue .* or an embedding_net"):
+        train_npe(continued.theta, continued.x, prior=task.prior, flow=second.posterior.flow,
+                  embedding_net=torch.nn.Identity(), max_epochs=1, progress=False)
 
 
 def test_coverage_curve_is_monotone_and_reports_the_three_levels(seed):
