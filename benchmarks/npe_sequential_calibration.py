@@ -7,7 +7,8 @@ For each task of ``--tasks`` (default two_moons):
    ``--ensemble`` NPEs (seeds 0..K-1, ``EnsemblePosterior``) at ``--n`` simulations.
 2. C2ST at sbibm observation ``--observation`` of NPE (one round, ``rounds x per_round``
    simulations), SNPE-C and TSNPE (``rounds`` x ``per_round``; each round continues the
-   previous round's flow unless ``--retrain-from-scratch``).
+   previous round's flow unless ``--retrain-from-scratch``), and with ``--sbi`` the ``sbi``
+   package's SNPE-C with the same rounds and seeds (``pip install sbi torch==<installed>``).
 
 Usage::
 
@@ -27,6 +28,7 @@ import argparse
 import functools
 import json
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -81,7 +83,12 @@ def c2st_rows(task_name: str, args) -> dict:
     task, rows = get_task(task_name), {}
     ref = load_reference(task_name, args.observation)
     total = args.rounds * args.per_round
-    for method in ("npe", "snpe_c", "tsnpe") if "c2st" in args.parts.split(",") else ():
+    methods = ("npe", "snpe_c", "tsnpe") + (("sbi_snpe_c",) if args.sbi else ())
+    for method in methods if "c2st" in args.parts.split(",") else ():
+        if method == "sbi_snpe_c":
+            rows[f"c2st/{method}"] = _sbi_snpe_c(task, ref, args)
+            print(task_name, method, rows[f"c2st/{method}"], flush=True)
+            continue
         t0 = time.perf_counter()
         per_round = total if method == "npe" else args.per_round
         result = run_sequential(task.simulate, task.prior, ref.observation, method=method, rounds=args.rounds,
@@ -97,6 +104,37 @@ def c2st_rows(task_name: str, args) -> dict:
                                                                    "train_seconds")} for r in result.rounds]}
         print(task_name, method, rows[f"c2st/{method}"], flush=True)
     return rows
+
+
+def _sbi_snpe_c(task, ref, args) -> dict:
+    """``sbi``'s SNPE-C (``NPE_C``, its defaults: nsf, batch 200, lr 5e-4, 10 atoms, the same
+    network trained on across rounds) with this script's rounds, simulations per round and seeds
+    (round ``r`` draws with ``seed + 10 r``, as :func:`run_sequential`)."""
+    try:
+        from sbi.inference import NPE_C
+    except ImportError as exc:  # optional, benchmark-only dependency
+        raise SystemExit("--sbi needs the sbi package: pip install sbi torch==" + torch.__version__) from exc
+    t0 = time.perf_counter()
+    inference = NPE_C(prior=task.prior, density_estimator="nsf", show_progress_bars=False)
+    proposal, x_o, per_round = task.prior, ref.observation, []
+    for r in range(args.rounds):
+        torch.manual_seed(args.seed + 10 * r)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # nflows' deprecated triangular_solve and sbi's notices
+            theta = proposal.sample((args.per_round,)).float()
+            x = task.simulate(theta)
+            t1 = time.perf_counter()
+            estimator = inference.append_simulations(theta, x, proposal=proposal).train(num_atoms=10)
+            proposal = inference.build_posterior(estimator).set_default_x(x_o)
+        per_round.append({"round": r + 1, "proposal": "prior" if r == 0 else "posterior",
+                          "train_seconds": time.perf_counter() - t1})
+    seconds = time.perf_counter() - t0  # simulating and training, as for this project's methods
+    torch.manual_seed(args.seed + 2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        samples = proposal.sample((10_000,), x=x_o, show_progress_bars=False)
+    return {"num_simulations": args.rounds * args.per_round, "rounds": args.rounds, "observation": args.observation,
+            "c2st": c2st(ref.samples[:10_000], samples), "wall_seconds": seconds, "per_round": per_round}
 
 
 def table(rows: dict) -> str:
@@ -122,6 +160,7 @@ def main() -> None:
     parser.add_argument("--observation", type=int, default=1)
     parser.add_argument("--retrain-from-scratch", action="store_true",
                         help="a new flow every round (default: continue the previous round's)")
+    parser.add_argument("--sbi", action="store_true", help="also sbi's SNPE-C in the C2ST part (needs sbi)")
     parser.add_argument("--coverage-observations", type=int, default=300)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--ensemble", type=int, default=5)
