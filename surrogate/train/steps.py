@@ -288,8 +288,9 @@ class LikelihoodStep:
 class GANStep:
     r"""One WGAN-GP critic update per call and a generator update every ``n_critic`` calls.
 
-    Each call takes one data batch ``{"layer_0": (B, 3, 96), "layer_1": (B, 12, 12),
-    "layer_2": (B, 12, 6)`` (MeV) ``, "energy": (B, 1)`` (GeV) ``}`` and
+    Each call takes one data batch ``{layer: (B, ny, nx)`` (MeV) ``, "energy": (B, 1)`` (GeV)
+    ``}`` with the layers of the networks' geometry (CaloGAN: ``"layer_0"`` (B, 3, 96),
+    ``"layer_1"`` (B, 12, 12), ``"layer_2"`` (B, 12, 6)) and
 
     1. draws :math:`z \sim N(0, I)` (fresh noise), generates :math:`\tilde x = G(z, E)` at the
        batch's real energies, and updates the critic on
@@ -397,8 +398,9 @@ class GANStep:
         """One critic update (and a generator update every ``n_critic`` calls).
 
         Arguments:
-            batch: ``"layer_0"`` (B, 3, 96), ``"layer_1"`` (B, 12, 12), ``"layer_2"``
-                (B, 12, 6) in MeV and ``"energy"`` (B, 1) in GeV, float32 tensors.
+            batch: the shower layers ``(B, ny, nx)`` in MeV (CaloGAN: ``"layer_0"`` (B, 3, 96),
+                ``"layer_1"`` (B, 12, 12), ``"layer_2"`` (B, 12, 6)) and ``"energy"`` (B, 1)
+                in GeV, float32 tensors.
 
         Returns:
             ``{"loss_critic": L_D with the penalty, "loss_generator": the last L_G (NaN before
