@@ -3,8 +3,9 @@
 For each task of ``--tasks`` (default two_moons):
 
 1. Expected coverage (50/80/95 %) on ``--coverage-observations`` held-out prior simulations of
-   plain NPE, balanced NPE (``balanced_npe_loss``, lambda = 100) and an ensemble of
-   ``--ensemble`` NPEs (seeds 0..K-1, ``EnsemblePosterior``) at ``--n`` simulations.
+   plain NPE and balanced NPE (``balanced_npe_loss``, lambda = 100) (part ``coverage``), an
+   ensemble of ``--ensemble`` NPEs (seeds 0..K-1, ``EnsemblePosterior``; part ``ensemble``)
+   and an ensemble of balanced NPEs (part ``ensemble_bnpe``) at ``--n`` simulations.
 2. C2ST at sbibm observation ``--observation`` of NPE (one round, ``rounds x per_round``
    simulations), SNPE-C and TSNPE (``rounds`` x ``per_round``; each round continues the
    previous round's flow unless ``--retrain-from-scratch``), and with ``--sbi`` the ``sbi``
@@ -37,7 +38,7 @@ from surrogate.data.hdf5 import atomic_output
 from surrogate.losses import balanced_npe_loss
 from surrogate.metrics.c2st import c2st
 from surrogate.metrics.coverage import expected_coverage
-from surrogate.models.npe import EnsemblePosterior
+from surrogate.models.npe import EnsemblePosterior, LowAcceptanceError
 from surrogate.pipelines.npe_sequential import run_sequential
 from surrogate.pipelines.npe_training import train_npe
 from surrogate.simulators.sbi_tasks import TASK_NAMES, get_task, load_reference, simulate_dataset
@@ -46,8 +47,13 @@ LEVELS = (0.5, 0.8, 0.95)
 
 
 def _coverage_row(posterior, theta_test, x_test, seed, **info):
+    """Coverage at :data:`LEVELS`, or ``"error"`` when rejection against the prior's support
+    fails for a held-out simulation (a posterior with almost no mass inside it)."""
     torch.manual_seed(seed)
-    cov = expected_coverage(posterior, theta_test, x_test, num_samples=500)
+    try:
+        cov = expected_coverage(posterior, theta_test, x_test, num_samples=500)
+    except LowAcceptanceError as exc:
+        return {**info, "error": str(exc)}
     return {**info, "coverage_at": {str(k): cov.coverage_at(k) for k in LEVELS}}
 
 
@@ -66,14 +72,17 @@ def coverage_rows(task_name: str, args) -> dict:
                                                  num_simulations=args.n, train_seconds=time.perf_counter() - t0,
                                                  epochs=result.epochs)
         print(task_name, name, rows[f"coverage/{name}"], flush=True)
-    if "ensemble" in parts:
+    for part, name, loss in (("ensemble", f"ensemble_{args.ensemble}", None),
+                             ("ensemble_bnpe", f"ensemble_{args.ensemble}_bnpe_100", losses[1][1])):
+        if part not in parts:
+            continue
         t0 = time.perf_counter()
         members = [train_npe(theta, x, prior=task.prior, seed=args.seed + k, progress=False,
-                             min_acceptance=args.min_acceptance).posterior for k in range(args.ensemble)]
-        name = f"coverage/ensemble_{args.ensemble}"
-        rows[name] = _coverage_row(EnsemblePosterior(members), theta_test, x_test, args.seed + 2,
-                                   num_simulations=args.n, train_seconds=time.perf_counter() - t0)
-        print(task_name, name, rows[name], flush=True)
+                             min_acceptance=args.min_acceptance, **({} if loss is None else {"loss": loss})).posterior
+                   for k in range(args.ensemble)]
+        rows[f"coverage/{name}"] = _coverage_row(EnsemblePosterior(members), theta_test, x_test, args.seed + 2,
+                                                 num_simulations=args.n, train_seconds=time.perf_counter() - t0)
+        print(task_name, name, rows[f"coverage/{name}"], flush=True)
     return rows
 
 
@@ -143,11 +152,11 @@ def table(rows: dict) -> str:
              "|---|---|---|---:|---:|---:|---:|---:|---:|"]
     for key, row in rows.items():
         task, part, method = key.split("/")
-        cov = row.get("coverage_at", {})
         fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+        cov = [fmt(row.get("coverage_at", {}).get(str(k))) for k in LEVELS] if "error" not in row else ["failed"] * 3
         seconds = row.get("train_seconds", row.get("wall_seconds"))
         lines.append(f"| {task} | {part} | {method} | {row['num_simulations']} | {fmt(row.get('c2st'))} | "
-                     + " | ".join(fmt(cov.get(str(k))) for k in LEVELS) + f" | {seconds:.0f} |")
+                     + " | ".join(cov) + f" | {seconds:.0f} |")
     return "\n".join(lines)
 
 

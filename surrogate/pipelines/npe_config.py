@@ -143,10 +143,11 @@ class NPEModelConfig:
         ensemble: ``K`` >= 1 posteriors trained on the same simulations with seeds ``seed``,
             ``seed + 1``, ... (initialisation, validation split, batch order); with ``K > 1`` the
             posterior is their equal-weight mixture
-            (:class:`~surrogate.models.npe.EnsemblePosterior`), the conservative option: chosen
-            over balanced NPE by measured coverage (``benchmarks/npe_sequential_calibration.py``:
-            95 % region 0.987 for five members against 0.947 balanced and 0.960 plain, two_moons,
-            10^3 simulations). Plain NPE (``[inference] method = "npe"``) only.
+            (:class:`~surrogate.models.npe.EnsemblePosterior`). With ``[train] balance`` the
+            members are balanced NPEs: by measured coverage the most conservative option
+            (``benchmarks/npe_sequential_calibration.py``, six sbibm tasks at 10^3 simulations:
+            95 % region 0.913-0.993 against 0.853-0.960 plain; the README's table). Plain NPE
+            (``[inference] method = "npe"``) only.
     """
 
     kind: Literal["nsf", "maf", "maf_rqs"] = _D["kind"]
