@@ -81,15 +81,21 @@ energy_calibration_showers = 0
     return path
 
 
+def _ds1_files(folder: Path, n_train: int, n_reference: int, seed: int):
+    """A private copy of the DS1-photon binning file, its geometry, and training and reference
+    files simulated in it (seeds ``seed`` and ``seed + 1``)."""
+    binning = folder / BINNING.name
+    shutil.copy(BINNING, binning)
+    geometry = read_binning_xml(binning)
+    return (binning, geometry, _simulate(folder / "train.h5", n_train, seed, geometry),
+            _simulate(folder / "reference.h5", n_reference, seed + 1, geometry))
+
+
 @pytest.fixture(scope="module")
 def ds1_run(tmp_path_factory):
     """The tiny run through ``surrogate run``, with a private copy of the binning file."""
     folder = tmp_path_factory.mktemp("ds1_flow")
-    binning = folder / BINNING.name
-    shutil.copy(BINNING, binning)
-    geometry = read_binning_xml(binning)
-    train = _simulate(folder / "train.h5", 300, 11, geometry)
-    reference = _simulate(folder / "reference.h5", 200, 12, geometry)
+    binning, geometry, train, reference = _ds1_files(folder, 300, 200, 11)
     path = _config(folder, train, reference, binning)
     proc = _cli("run", str(path))
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -147,21 +153,28 @@ def test_stored_geometry_round_trips_as_plain_data():
 
 
 @pytest.mark.slow  # the tiny run: about 25 s at one thread
-def test_generate_cli_accepts_the_checkpoint_in_its_geometry(ds1_run, tmp_path):
-    path, _, binning, reference = ds1_run
-    out = tmp_path / "challenge.h5"
-    proc = _cli("generate", str(path.parent / "run" / "train"), "--format", "calochallenge", "--geometry",
-                str(binning), "--energies-from", str(reference), "--batch-size", "64", "--out", str(out))
+def _generate_both_layouts(train_dir: Path, binning: Path, reference: Path, folder: Path) -> Path:
+    """``surrogate generate --format calochallenge`` from a DS1 run: a file the challenge's check
+    accepts (returned); a CaloGAN-layout file is refused, naming the geometry, none written."""
+    out = folder / "challenge.h5"
+    proc = _cli("generate", str(train_dir), "--format", "calochallenge", "--geometry", str(binning),
+                "--energies-from", str(reference), "--batch-size", "64", "--out", str(out))
     assert proc.returncode == 0, proc.stderr[-3000:]
     sys.path.insert(0, str(Path(__file__).parent))
     try:
         from test_generate_calochallenge import challenge_file_check
     finally:
         sys.path.pop(0)
-    assert challenge_file_check(out, "1-photons") == 200
-    calogan = tmp_path / "calogan.h5"
-    proc = _cli("generate", str(path.parent / "run" / "train"), "--n", "10", "--out", str(calogan))
-    assert proc.returncode != 0  # a DS1 model writes no CaloGAN-layout file
+    assert challenge_file_check(out, "1-photons") == read_calochallenge(reference)["showers"].shape[0]
+    proc = _cli("generate", str(train_dir), "--n", "10", "--out", str(folder / "calogan.h5"))
+    assert proc.returncode == 2 and "generates showers in geometry 'binning_dataset_1_photons'" in proc.stderr
+    assert not (folder / "calogan.h5").exists()  # a DS1 model writes no CaloGAN-layout file
+    return out
+
+
+def test_generate_cli_accepts_the_checkpoint_in_its_geometry(ds1_run, tmp_path):
+    path, _, binning, reference = ds1_run
+    _generate_both_layouts(path.parent / "run" / "train", binning, reference, tmp_path)
 
 
 def test_challenge_geometry_needs_the_calibration_off_and_a_matching_file(tmp_path):
@@ -219,11 +232,7 @@ def test_gan_trains_in_the_challenge_geometry_and_generates_its_files(tmp_path):
     reference's incident energies; a CaloGAN-layout file is refused."""
     from surrogate.pipelines.calo_gan import train
 
-    binning = tmp_path / BINNING.name
-    shutil.copy(BINNING, binning)
-    geometry = read_binning_xml(binning)
-    train_file = _simulate(tmp_path / "train.h5", 200, 21, geometry)
-    reference = _simulate(tmp_path / "reference.h5", 60, 22, geometry)
+    binning, geometry, train_file, reference = _ds1_files(tmp_path, 200, 60, 21)
     path = _gan_config(tmp_path, train_file, reference, binning)
     cfg = load_pipeline(path)
     assert cfg.data.geometry == binning
@@ -236,30 +245,16 @@ def test_gan_trains_in_the_challenge_geometry_and_generates_its_files(tmp_path):
     finally:
         binning.with_suffix(".gone").rename(binning)
     assert generator.geometry.same_voxels(geometry) and generator.latent_dim == 8
-    out = tmp_path / "challenge.h5"
-    proc = _cli("generate", str(tmp_path / "run" / "train"), "--format", "calochallenge", "--geometry",
-                str(binning), "--energies-from", str(reference), "--out", str(out))
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    sys.path.insert(0, str(Path(__file__).parent))
-    try:
-        from test_generate_calochallenge import challenge_file_check
-    finally:
-        sys.path.pop(0)
-    assert challenge_file_check(out, "1-photons") == 60
+    out = _generate_both_layouts(tmp_path / "run" / "train", binning, reference, tmp_path)
     generated, expected = read_calochallenge(out), read_calochallenge(reference)
+    assert generated["showers"].shape == (60, 368)
     np.testing.assert_array_equal(generated["incident_energies"], expected["incident_energies"])
-    proc = _cli("generate", str(tmp_path / "run" / "train"), "--n", "10", "--out", str(tmp_path / "calogan.h5"))
-    assert proc.returncode == 2 and "generates showers in geometry 'binning_dataset_1_photons'" in proc.stderr
-    assert not (tmp_path / "calogan.h5").exists()  # a DS1 model writes no CaloGAN-layout file
 
 
 @pytest.mark.slow  # a tiny run through `surrogate run`: about 20 s at one thread
 def test_gan_run_validates_with_the_challenge_features(tmp_path):
-    binning = tmp_path / BINNING.name
-    shutil.copy(BINNING, binning)
-    geometry = read_binning_xml(binning)
-    path = _gan_config(tmp_path, _simulate(tmp_path / "train.h5", 300, 31, geometry),
-                       _simulate(tmp_path / "reference.h5", 200, 32, geometry), binning)
+    binning, _, train_file, reference = _ds1_files(tmp_path, 300, 200, 31)
+    path = _gan_config(tmp_path, train_file, reference, binning)
     proc = _cli("run", str(path))
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((tmp_path / "run" / "report" / "report.json").read_text())
