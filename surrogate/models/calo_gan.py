@@ -526,9 +526,10 @@ class CaloGANCritic(nn.Module):
         r"""Critic scores of showers in MeV.
 
         Arguments:
-            showers: ``{layer: (B, ny, nx)}`` in MeV for every layer of the geometry; or, with ``preprocessed=True``, the output of
-                :meth:`preprocess` (so that a ``DistributedDataParallel`` wrapper can score the
-                gradient penalty's interpolates through its own ``forward``).
+            showers: ``{layer: (B, ny, nx)}`` in MeV for every layer of the geometry; or, with
+                ``preprocessed=True``, the output of :meth:`preprocess` (so that a
+                ``DistributedDataParallel`` wrapper can score the gradient penalty's
+                interpolates through its own ``forward``).
             energy: incident energies, :math:`(B, 1)`, GeV, > 0.
             preprocessed: ``showers`` is already in the critic's input space.
 

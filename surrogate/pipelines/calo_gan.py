@@ -125,7 +125,8 @@ class CaloGANConfig(PipelineConfig):
 # Stages
 
 
-def build_calo_gan(model: CaloGANModelConfig, geometry: CaloGeometry = CALOGAN) -> tuple[CaloGANGenerator, CaloGANCritic]:
+def build_calo_gan(model: CaloGANModelConfig,
+                   geometry: CaloGeometry = CALOGAN) -> tuple[CaloGANGenerator, CaloGANCritic]:
     """The generator and critic of ``geometry`` built from their constructor keyword arguments."""
     return CaloGANGenerator(geometry, **model.generator), CaloGANCritic(geometry, **model.critic)
 

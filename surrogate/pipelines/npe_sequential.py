@@ -134,7 +134,8 @@ class SequentialResult:
 
 def run_sequential(simulate: Callable[[Tensor], Tensor], prior: Distribution, x_o: Tensor, *, method: str,
                    rounds: int, simulations_per_round: int, num_atoms: int = 10, epsilon: float = 1e-4,
-                   retrain_from_scratch: bool = False, seed: int = 0, callback: Callable[[int, NeuralPosterior], dict] | None = None,
+                   retrain_from_scratch: bool = False, seed: int = 0,
+                   callback: Callable[[int, NeuralPosterior], dict] | None = None,
                    **train_kwargs: Any) -> SequentialResult:
     """Sequential NPE at one observation (see the module documentation).
 

@@ -293,7 +293,7 @@ def test_geometry_errors(ds1):
     CaloGANGenerator(narrow, kernel_size=5)  # two rows of padding on two angular bins: fine
     with pytest.raises(ValueError, match=r"geometry must be a CaloGeometry"):
         CaloGANGenerator("CaloGAN")
-    with pytest.raises(ValueError, match=r"missing key 'layer_12'; expected the layers .* of 'binning_dataset_1_photons'"):
+    with pytest.raises(ValueError, match=r"missing key 'layer_12'; expected the layers .* of 'binning_dataset_1_ph"):
         showers = challenge_showers(ds1, 2)
         del showers["layer_12"]
         CaloGANCritic(ds1)(showers, torch.ones(2, 1))

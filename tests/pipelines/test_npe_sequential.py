@@ -134,8 +134,9 @@ def test_later_rounds_continue_the_previous_flow(seed):
         return state[key]
 
     first, second = continued.results
-    for a, b in zip(first.posterior.flow.state_dict().values(), scratch.results[0].posterior.flow.state_dict().values()):
-        assert torch.equal(a, b)  # round 1 alike in both, and not changed by round 2's training
+    scratch_first = scratch.results[0].posterior.flow.state_dict()
+    for key, value in first.posterior.flow.state_dict().items():
+        assert torch.equal(value, scratch_first[key])  # round 1 alike in both, and not changed by round 2
     assert torch.equal(x_mean(first), x_mean(second))
     assert not torch.equal(x_mean(scratch.results[0]), x_mean(scratch.results[1]))
     changed = [k for k, v in second.posterior.flow.state_dict().items()
