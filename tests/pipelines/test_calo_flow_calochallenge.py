@@ -152,7 +152,6 @@ def test_stored_geometry_round_trips_as_plain_data():
         geometry_from_config("nope", where="checkpoint x")
 
 
-@pytest.mark.slow  # the tiny run: about 25 s at one thread
 def _generate_both_layouts(train_dir: Path, binning: Path, reference: Path, folder: Path) -> Path:
     """``surrogate generate --format calochallenge`` from a DS1 run: a file the challenge's check
     accepts (returned); a CaloGAN-layout file is refused, naming the geometry, none written."""
@@ -172,6 +171,7 @@ def _generate_both_layouts(train_dir: Path, binning: Path, reference: Path, fold
     return out
 
 
+@pytest.mark.slow  # the tiny run: about 25 s at one thread
 def test_generate_cli_accepts_the_checkpoint_in_its_geometry(ds1_run, tmp_path):
     path, _, binning, reference = ds1_run
     _generate_both_layouts(path.parent / "run" / "train", binning, reference, tmp_path)
