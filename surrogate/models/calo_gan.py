@@ -86,7 +86,7 @@ from torch import Tensor, nn
 
 from surrogate.checks import check_float, check_int
 from surrogate.geometry import CALOGAN, CaloGeometry, PolarLayer
-from surrogate.nn.locally_connected import LocallyConnected2d
+from surrogate.nn.locally_connected import LocallyConnected2d, pad_rows_circular, wrapped_locally_connected
 
 __all__ = [
     "CaloGANCritic",
@@ -151,22 +151,6 @@ def _check_geometry(geometry: CaloGeometry, kernel_size: int, where: str) -> dic
                              f"bins of layer {layer.name!r} of {geometry.describe()}; use kernel_size <= "
                              f"{2 * layer.n_alpha + 1}")
     return wrap
-
-
-def _local(c_in: int, c_out: int, shape: tuple[int, int], kernel_size: int, wrap: int,
-           stride: int = 1) -> LocallyConnected2d:
-    """A locally connected layer on a ``shape`` grid whose first axis arrives already padded by
-    ``wrap`` rows on each side (:func:`_wrap`); the rest of the padding is zeros."""
-    pad = kernel_size // 2
-    return LocallyConnected2d(c_in, c_out, (shape[0] + 2 * wrap, shape[1]), kernel_size, stride=stride,
-                              padding=(pad - wrap, pad))
-
-
-def _wrap(x: Tensor, rows: int) -> Tensor:
-    """Pads the first grid axis of ``x`` (B, C, ny, nx) circularly by ``rows`` on each side."""
-    if rows == 0:
-        return x
-    return torch.cat([x[..., -rows:, :], x, x[..., :rows, :]], dim=-2)
 
 
 def _check_showers(showers, geometry: CaloGeometry, where: str) -> int:
@@ -271,8 +255,8 @@ class CaloGANGenerator(nn.Module):
         n_previous = 0
         for key, (ny, nx) in geometry.layer_shapes.items():
             self.dense[key] = nn.Linear(latent_dim + 1, channels * ny * nx)
-            self.local1[key] = _local(channels, channels, (ny, nx), kernel_size, self._wrap[key])
-            self.local2[key] = _local(channels, 1, (ny, nx), kernel_size, self._wrap[key])
+            self.local1[key] = wrapped_locally_connected(channels, channels, (ny, nx), kernel_size, self._wrap[key])
+            self.local2[key] = wrapped_locally_connected(channels, 1, (ny, nx), kernel_size, self._wrap[key])
             if n_previous and attention_hidden:
                 self.attention[key] = _Attention(n_previous, (ny, nx), attention_hidden)
             n_previous += ny * nx
@@ -311,8 +295,8 @@ class CaloGANGenerator(nn.Module):
         for key, (ny, nx) in self.geometry.layer_shapes.items():
             wrap = self._wrap[key]
             x = F.leaky_relu(self.dense[key](h), _SLOPE).view(-1, self.channels, ny, nx)
-            x = F.leaky_relu(self.local1[key](_wrap(x, wrap)), _SLOPE)
-            v = self.local2[key](_wrap(x, wrap))[:, 0] + offset
+            x = F.leaky_relu(self.local1[key](pad_rows_circular(x, wrap)), _SLOPE)
+            v = self.local2[key](pad_rows_circular(x, wrap))[:, 0] + offset
             if key in self.attention:
                 v = v + self.attention[key](list(out.values()), cond)
             out[key] = torch.clamp(F.relu(v), max=self.max_log_cell)
@@ -437,7 +421,7 @@ class CaloGANCritic(nn.Module):
                 stride = 2 if i == len(channels) - 1 else 1
                 # after a strided layer the grid no longer maps onto the angular bins: zero padding
                 wrap = self._wrap[key] if size == tuple(shape) else 0
-                layers.append(_local(previous, c, size, kernel_size, wrap, stride=stride))
+                layers.append(wrapped_locally_connected(previous, c, size, kernel_size, wrap, stride=stride))
                 layers.append(nn.LeakyReLU(_SLOPE))
                 size, previous = layers[-2].output_size, c
             self.streams[key] = nn.Sequential(*layers)
@@ -518,7 +502,7 @@ class CaloGANCritic(nn.Module):
         connected layer built for it."""
         for module in self.streams[key]:
             if isinstance(module, LocallyConnected2d):
-                x = _wrap(x, (module.input_size[0] - x.shape[-2]) // 2)
+                x = pad_rows_circular(x, (module.input_size[0] - x.shape[-2]) // 2)
             x = module(x)
         return x
 

@@ -53,7 +53,7 @@ from torch import Tensor, nn
 
 from surrogate.checks import check_int
 
-__all__ = ["LocallyConnected2d"]
+__all__ = ["LocallyConnected2d", "pad_rows_circular", "wrapped_locally_connected"]
 
 # Above this size of the explicit patches, inference with stride 1 on the CPU takes the implicit
 # path (see the module docstring). On a 2-core EPYC (1 MiB L2 per core, one thread) the
@@ -255,3 +255,30 @@ class LocallyConnected2d(nn.Module):
             f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, "
             f"bias={self.bias is not None}"
         )
+
+
+def wrapped_locally_connected(in_channels: int, out_channels: int, grid: tuple[int, int], kernel_size: int,
+                              wrap: int, *, stride: int = 1) -> LocallyConnected2d:
+    """A :class:`LocallyConnected2d` for a ``grid = (ny, nx)`` whose first axis is periodic (the
+    angular bins of a polar calorimeter layer): its input arrives padded circularly by ``wrap``
+    rows on each side (:func:`pad_rows_circular`), and the layer adds the rest of the
+    ``kernel_size // 2`` padding as zeros. ``wrap = 0`` is an ordinary size-preserving layer
+    (with ``stride=1``) with zero padding on both axes.
+
+    Raises:
+        ValueError: ``wrap`` outside ``[0, kernel_size // 2]``, or the layer's own errors.
+    """
+    pad = kernel_size // 2
+    if not 0 <= wrap <= pad:
+        raise ValueError(f"wrap must be in [0, kernel_size // 2 = {pad}], got {wrap}")
+    return LocallyConnected2d(in_channels, out_channels, (grid[0] + 2 * wrap, grid[1]), kernel_size, stride=stride,
+                              padding=(pad - wrap, pad))
+
+
+def pad_rows_circular(x: Tensor, rows: int) -> Tensor:
+    """Pads the first grid axis of ``x`` (B, C, ny, nx) circularly by ``rows`` (<= ny) on each
+    side: the result is (B, C, ny + 2 rows, nx), row ``ny - 1`` before row 0 and row 0 after
+    row ``ny - 1``; twice differentiable (a concatenation)."""
+    if rows == 0:
+        return x
+    return torch.cat([x[..., -rows:, :], x, x[..., :rows, :]], dim=-2)

@@ -262,3 +262,23 @@ def test_bad_input_shape():
     layer = LocallyConnected2d(2, 1, (3, 6), 3, padding=1)
     with pytest.raises(ValueError, match=r"expected input of shape \(B, 2, 3, 6\), got \(4, 2, 6, 3\)"):
         layer(torch.zeros(4, 2, 6, 3))
+
+
+def test_circular_row_padding_keeps_the_grid_and_wraps_the_first_axis():
+    """A periodic first axis: row ny - 1 sits before row 0; the wrapped layer keeps (ny, nx) at
+    stride 1, and its output in row 0 depends on the input's last row."""
+    from surrogate.nn.locally_connected import pad_rows_circular, wrapped_locally_connected
+
+    x = torch.arange(2 * 1 * 4 * 3, dtype=torch.float32).view(2, 1, 4, 3)
+    padded = pad_rows_circular(x, 1)
+    assert padded.shape == (2, 1, 6, 3)
+    assert torch.equal(padded[..., 0, :], x[..., 3, :]) and torch.equal(padded[..., 5, :], x[..., 0, :])
+    assert pad_rows_circular(x, 0) is x
+    layer = wrapped_locally_connected(1, 2, (4, 3), 3, 1)
+    x = x.clone().requires_grad_(True)
+    out = layer(pad_rows_circular(x, 1))
+    assert out.shape == (2, 2, 4, 3)
+    (grad,) = torch.autograd.grad(out[:, :, 0].sum(), x)
+    assert bool(torch.any(grad[:, :, 3] != 0))
+    with pytest.raises(ValueError, match=r"wrap must be in \[0, kernel_size // 2 = 1\], got 2"):
+        wrapped_locally_connected(1, 2, (4, 3), 3, 2)
