@@ -6,8 +6,8 @@ For each task of ``--tasks`` (default two_moons):
    plain NPE and balanced NPE (``balanced_npe_loss``, lambda = 100) (part ``coverage``), an
    ensemble of ``--ensemble`` NPEs (seeds 0..K-1, ``EnsemblePosterior``; part ``ensemble``)
    and an ensemble of balanced NPEs (part ``ensemble_bnpe``) at ``--n`` simulations.
-2. C2ST at sbibm observation ``--observation`` of NPE (one round, ``rounds x per_round``
-   simulations), SNPE-C and TSNPE (``rounds`` x ``per_round``; each round continues the
+2. C2ST at sbibm observation ``--observation`` of ``--methods``: NPE (one round, ``rounds x
+   per_round`` simulations), SNPE-C and TSNPE (``rounds`` x ``per_round``; each round continues the
    previous round's flow unless ``--retrain-from-scratch``), and with ``--sbi`` the ``sbi``
    package's SNPE-C with the same rounds and seeds (``pip install sbi torch==<installed>``).
 
@@ -39,7 +39,7 @@ from surrogate.losses import balanced_npe_loss
 from surrogate.metrics.c2st import c2st
 from surrogate.metrics.coverage import expected_coverage
 from surrogate.models.npe import EnsemblePosterior, LowAcceptanceError
-from surrogate.pipelines.npe_sequential import run_sequential
+from surrogate.pipelines.npe_sequential import METHODS, run_sequential
 from surrogate.pipelines.npe_training import train_npe
 from surrogate.simulators.sbi_tasks import TASK_NAMES, get_task, load_reference, simulate_dataset
 
@@ -92,7 +92,7 @@ def c2st_rows(task_name: str, args) -> dict:
     task, rows = get_task(task_name), {}
     ref = load_reference(task_name, args.observation)
     total = args.rounds * args.per_round
-    methods = ("npe", "snpe_c", "tsnpe") + (("sbi_snpe_c",) if args.sbi else ())
+    methods = [m for m in args.methods.split(",") if m] + (["sbi_snpe_c"] if args.sbi else [])
     for method in methods if "c2st" in args.parts.split(",") else ():
         if method == "sbi_snpe_c":
             rows[f"c2st/{method}"] = _sbi_snpe_c(task, ref, args)
@@ -169,6 +169,9 @@ def main() -> None:
     parser.add_argument("--observation", type=int, default=1)
     parser.add_argument("--retrain-from-scratch", action="store_true",
                         help="a new flow every round (default: continue the previous round's)")
+    parser.add_argument("--methods", default="npe,snpe_c,tsnpe",
+                        help="this project's methods in the C2ST part, comma-separated (npe, snpe_c, tsnpe; "
+                             "none: an empty string)")
     parser.add_argument("--sbi", action="store_true", help="also sbi's SNPE-C in the C2ST part (needs sbi)")
     parser.add_argument("--coverage-observations", type=int, default=300)
     parser.add_argument("--seed", type=int, default=0)
@@ -179,6 +182,9 @@ def main() -> None:
     parser.add_argument("--parts", default="coverage,ensemble,c2st")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
+    unknown = set(filter(None, args.methods.split(","))) - set(METHODS)
+    if unknown:
+        parser.error(f"--methods: unknown {sorted(unknown)}; choose from {', '.join(METHODS)}")
     torch.set_num_threads(1)
     rows = {}
     for task_name in args.tasks:

@@ -129,7 +129,94 @@ def build_npe_flow(
     )
 
 
-class NeuralPosterior(nn.Module):
+class _RejectionSampler(nn.Module):
+    """Rejection sampling of a proposal ``q(theta | x)`` against the prior's support, shared by
+    :class:`NeuralPosterior` (its flow) and :class:`EnsemblePosterior` (the mixture of its
+    members' flows). A subclass provides ``_check_x``, ``in_support``, ``_propose(m, x)`` (``m``
+    proposals for each observation of ``x``: ``(A, m, D)``), ``min_acceptance`` and
+    ``max_proposals``."""
+
+    last_acceptance_rate: Tensor | None = None
+
+    # -- sampling --------------------------------------------------------------------------
+    def sample(self, sample_shape: Sequence[int] = (), *, x: Tensor, max_chunk: int = 200_000) -> Tensor:
+        """Samples of ``q(theta | x)`` inside the prior's support (rejection sampling: the
+        estimate truncated to the support and renormalised).
+
+        Arguments:
+            sample_shape: e.g. ``(n,)``.
+            x: one observation ``x_shape`` or a batch ``(B, *x_shape)``.
+            max_chunk: most flow samples drawn at once (memory bound).
+
+        Returns:
+            ``(*sample_shape, D)`` for one observation, ``(*sample_shape, B, D)`` for a batch.
+            The acceptance rates are in ``last_acceptance_rate``.
+
+        Raises:
+            ValueError: wrong ``x`` shape or non-finite ``x``.
+            LowAcceptanceError: the acceptance rate of an observation is below
+                ``min_acceptance`` (after at least 1000 proposals), or ``max_proposals``
+                proposals gave fewer than ``n`` accepted samples.
+        """
+        samples, _ = self.sample_with_acceptance(sample_shape, x=x, max_chunk=max_chunk)
+        return samples
+
+    @torch.no_grad()
+    def sample_with_acceptance(
+        self, sample_shape: Sequence[int] = (), *, x: Tensor, max_chunk: int = 200_000
+    ) -> tuple[Tensor, Tensor]:
+        """Like :meth:`sample`, also returning the acceptance rate per observation (``()`` or ``(B,)``)."""
+        x, single = self._check_x(x)
+        sample_shape = torch.Size(sample_shape)
+        n = int(sample_shape.numel())
+        if n < 1:
+            raise ValueError(f"sample_shape must contain at least one sample, got {tuple(sample_shape)}")
+        batch = x.shape[0]
+        limit = self.max_proposals if self.max_proposals is not None else math.ceil(n / self.min_acceptance)
+        accepted: list[list[Tensor]] = [[] for _ in range(batch)]
+        counts = torch.zeros(batch, dtype=torch.long)
+        proposed = torch.zeros(batch, dtype=torch.long)
+        inside = torch.zeros(batch, dtype=torch.long)  # all proposals in the support, kept or not
+        while bool((counts < n).any()):
+            active = torch.nonzero(counts < n).flatten()
+            rate = torch.where(proposed > 0, inside / proposed.clamp(min=1), torch.ones(batch, dtype=torch.double))
+            rate = rate.clamp(min=self.min_acceptance)
+            need = ((n - counts[active]) / rate[active] * 1.1).ceil().max().item() + 16
+            per_obs = int(max(1, min(need, max_chunk // len(active))))
+            draws = self._propose(per_obs, x[active]).cpu()  # (A, m, D)
+            ok = self.in_support(draws)  # (A, m)
+            for row, b in enumerate(active.tolist()):
+                good = draws[row][ok[row]][: n - int(counts[b])]
+                accepted[b].append(good)
+                counts[b] += good.shape[0]
+                inside[b] += int(ok[row].sum())
+                proposed[b] += per_obs
+            self._check_acceptance(counts, inside, proposed, n, limit)
+        acceptance = (inside.double() / proposed.double()).float()
+        stacked = torch.stack([torch.cat(a)[:n] for a in accepted], dim=1).to(x.device)  # (n, B, D)
+        if single:
+            stacked, acceptance = stacked[:, 0], acceptance[0]
+        self.last_acceptance_rate = acceptance
+        return stacked.reshape(*sample_shape, *stacked.shape[1:]), acceptance
+
+    def _check_acceptance(self, counts: Tensor, inside: Tensor, proposed: Tensor, n: int, limit: int) -> None:
+        rate = inside.double() / proposed.clamp(min=1).double()
+        low = (proposed >= 1000) & (rate < self.min_acceptance) & (counts < n)
+        over = (proposed >= limit) & (counts < n)
+        bad = torch.nonzero(low | over).flatten()
+        if len(bad):
+            b = int(bad[0])
+            raise LowAcceptanceError(
+                f"rejection sampling against the prior: for observation {b} only {int(inside[b])} of "
+                f"{int(proposed[b])} proposals fell inside the prior's support (acceptance rate "
+                f"{float(rate[b]):.2e}, minimum {self.min_acceptance:.1e}; at most {limit} proposals for "
+                f"{n} samples). The posterior estimate puts most of its mass outside the prior's support: "
+                "x may lie outside the range of the training simulations, or "
+                "the estimator needs more simulations or training"
+            )
+
+
+class NeuralPosterior(_RejectionSampler):
     """Amortised posterior ``q(theta | x)`` restricted to the prior's support.
 
     Arguments:
@@ -226,6 +313,9 @@ class NeuralPosterior(nn.Module):
             inside = inside.all(-1)
         return inside & torch.isfinite(theta).all(-1)
 
+    def _propose(self, m: int, x: Tensor) -> Tensor:
+        return self.flow.sample(m, context=x)
+
     # -- density ---------------------------------------------------------------------------
     def log_prob(self, theta: Tensor, *, x: Tensor) -> Tensor:
         """``log q(theta | x)``, ``-inf`` outside the prior's support.
@@ -268,94 +358,22 @@ class NeuralPosterior(nn.Module):
             logp[inside] = self.flow.log_prob(flat[inside], context=context[inside])
         return logp.reshape(batch_shape)
 
-    # -- sampling --------------------------------------------------------------------------
-    def sample(self, sample_shape: Sequence[int] = (), *, x: Tensor, max_chunk: int = 200_000) -> Tensor:
-        """Samples of ``q(theta | x)`` inside the prior's support (rejection sampling).
-
-        Arguments:
-            sample_shape: e.g. ``(n,)``.
-            x: one observation ``x_shape`` or a batch ``(B, *x_shape)``.
-            max_chunk: most flow samples drawn at once (memory bound).
-
-        Returns:
-            ``(*sample_shape, D)`` for one observation, ``(*sample_shape, B, D)`` for a batch.
-            The acceptance rates are in ``last_acceptance_rate``.
-
-        Raises:
-            ValueError: wrong ``x`` shape or non-finite ``x``.
-            LowAcceptanceError: the acceptance rate of an observation is below
-                ``min_acceptance`` (after at least 1000 proposals), or ``max_proposals``
-                proposals gave fewer than ``n`` accepted samples.
-        """
-        samples, _ = self.sample_with_acceptance(sample_shape, x=x, max_chunk=max_chunk)
-        return samples
-
-    @torch.no_grad()
-    def sample_with_acceptance(
-        self, sample_shape: Sequence[int] = (), *, x: Tensor, max_chunk: int = 200_000
-    ) -> tuple[Tensor, Tensor]:
-        """Like :meth:`sample`, also returning the acceptance rate per observation (``()`` or ``(B,)``)."""
-        x, single = self._check_x(x)
-        sample_shape = torch.Size(sample_shape)
-        n = int(sample_shape.numel())
-        if n < 1:
-            raise ValueError(f"sample_shape must contain at least one sample, got {tuple(sample_shape)}")
-        batch = x.shape[0]
-        limit = self.max_proposals if self.max_proposals is not None else math.ceil(n / self.min_acceptance)
-        accepted: list[list[Tensor]] = [[] for _ in range(batch)]
-        counts = torch.zeros(batch, dtype=torch.long)
-        proposed = torch.zeros(batch, dtype=torch.long)
-        inside = torch.zeros(batch, dtype=torch.long)  # all proposals in the support, kept or not
-        while bool((counts < n).any()):
-            active = torch.nonzero(counts < n).flatten()
-            rate = torch.where(proposed > 0, inside / proposed.clamp(min=1), torch.ones(batch, dtype=torch.double))
-            rate = rate.clamp(min=self.min_acceptance)
-            need = ((n - counts[active]) / rate[active] * 1.1).ceil().max().item() + 16
-            per_obs = int(max(1, min(need, max_chunk // len(active))))
-            draws = self.flow.sample(per_obs, context=x[active]).cpu()  # (A, m, D)
-            ok = self.in_support(draws)  # (A, m)
-            for row, b in enumerate(active.tolist()):
-                good = draws[row][ok[row]][: n - int(counts[b])]
-                accepted[b].append(good)
-                counts[b] += good.shape[0]
-                inside[b] += int(ok[row].sum())
-                proposed[b] += per_obs
-            self._check_acceptance(counts, inside, proposed, n, limit)
-        acceptance = (inside.double() / proposed.double()).float()
-        stacked = torch.stack([torch.cat(a)[:n] for a in accepted], dim=1).to(x.device)  # (n, B, D)
-        if single:
-            stacked, acceptance = stacked[:, 0], acceptance[0]
-        self.last_acceptance_rate = acceptance
-        return stacked.reshape(*sample_shape, *stacked.shape[1:]), acceptance
-
-    def _check_acceptance(self, counts: Tensor, inside: Tensor, proposed: Tensor, n: int, limit: int) -> None:
-        rate = inside.double() / proposed.clamp(min=1).double()
-        low = (proposed >= 1000) & (rate < self.min_acceptance) & (counts < n)
-        over = (proposed >= limit) & (counts < n)
-        bad = torch.nonzero(low | over).flatten()
-        if len(bad):
-            b = int(bad[0])
-            raise LowAcceptanceError(
-                f"rejection sampling against the prior: for observation {b} only {int(inside[b])} of "
-                f"{int(proposed[b])} proposals fell inside the prior's support (acceptance rate "
-                f"{float(rate[b]):.2e}, minimum {self.min_acceptance:.1e}; at most {limit} proposals for "
-                f"{n} samples). The posterior estimate puts most of its mass outside the prior's support: "
-                "x may lie outside the range of the training simulations, or "
-                "the estimator needs more simulations or training"
-            )
-
-
-class EnsemblePosterior(nn.Module):
+class EnsemblePosterior(_RejectionSampler):
     """The equal-weight mixture ``(1/K) sum_k q_k(theta | x)`` of ``K`` posteriors trained on the
     same simulations with different seeds: wider than its members where they disagree, a way to
     make an over-confident NPE more conservative (chosen by measured coverage).
 
-    Each member's density is its flow's inside the prior's support (not renormalised for the
-    mass outside it, as :meth:`NeuralPosterior.log_prob`); samples are drawn from each member
-    by rejection and mixed by a uniform choice of member per sample.
+    The mixture of the members' flows is truncated to the prior's support as a whole, as a single
+    :class:`NeuralPosterior` is: :meth:`log_prob` is the mixture's density inside the support
+    (not renormalised), and :meth:`sample` draws from the mixture (a member chosen uniformly for
+    each proposal) and rejects proposals outside the support. A member that puts little of its
+    mass inside the support thus gets a small share of the samples instead of failing the
+    sampling; the acceptance rate is the mixture's, the mean of the members'.
 
     Arguments:
-        posteriors: ``K >= 1`` :class:`NeuralPosterior` with the same prior and ``x_shape``.
+        posteriors: ``K >= 1`` :class:`NeuralPosterior` with the same prior and ``x_shape``; the
+            mixture uses the first member's prior support, observation checks and
+            ``max_proposals``, and the smallest ``min_acceptance`` of the members.
 
     Raises:
         ValueError: no member, or members with different ``theta_dim`` or ``x_shape``.
@@ -376,22 +394,24 @@ class EnsemblePosterior(nn.Module):
                              f"x_shape {posteriors[bad[0]].x_shape}, member 0 {first.theta_dim} and {first.x_shape}")
         self.members = nn.ModuleList(posteriors)
         self.prior, self.theta_dim, self.x_shape = first.prior, first.theta_dim, first.x_shape
+        self.min_acceptance = min(p.min_acceptance for p in posteriors)
+        self.max_proposals = first.max_proposals
+
+    def _check_x(self, x: Tensor) -> tuple[Tensor, bool]:
+        return self.members[0]._check_x(x)
+
+    def in_support(self, theta: Tensor) -> Tensor:
+        """Boolean mask ``(*)`` of ``theta`` ``(*, D)`` inside the prior's support."""
+        return self.members[0].in_support(theta)
+
+    def _propose(self, m: int, x: Tensor) -> Tensor:
+        """``m`` draws of the untruncated mixture per observation: multinomial member counts,
+        each member's flow sampled, the draws shuffled (so that any prefix is a mixture sample)."""
+        counts = torch.bincount(torch.randint(len(self.members), (m,)), minlength=len(self.members)).tolist()
+        draws = torch.cat([member.flow.sample(c, context=x) for member, c in zip(self.members, counts) if c], dim=1)
+        return draws[:, torch.randperm(m, device=draws.device)]
 
     def log_prob(self, theta: Tensor, *, x: Tensor) -> Tensor:
         """``log (1/K) sum_k q_k(theta | x)``; shapes as :meth:`NeuralPosterior.log_prob`."""
         logs = torch.stack([m.log_prob(theta, x=x) for m in self.members])
         return torch.logsumexp(logs, 0) - math.log(len(self.members))
-
-    def sample(self, sample_shape: Sequence[int] = (), *, x: Tensor) -> Tensor:
-        """Samples of the mixture; shapes as :meth:`NeuralPosterior.sample`."""
-        samples, _ = self.sample_with_acceptance(sample_shape, x=x)
-        return samples
-
-    @torch.no_grad()
-    def sample_with_acceptance(self, sample_shape: Sequence[int] = (), *, x: Tensor) -> tuple[Tensor, Tensor]:
-        """Like :meth:`sample`, also returning the members' mean acceptance rate against the prior."""
-        draws, rates = zip(*(m.sample_with_acceptance(sample_shape, x=x) for m in self.members))
-        draws = torch.stack(draws)  # (K, *sample_shape, [B,] D)
-        choice = torch.randint(len(self.members), draws.shape[1:-1], device=draws.device)
-        picked = torch.gather(draws, 0, choice[None, ..., None].expand(1, *draws.shape[1:]))[0]
-        return picked, torch.stack(rates).mean(0)

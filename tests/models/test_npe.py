@@ -207,3 +207,22 @@ def test_ensemble_posterior_is_the_equal_weight_mixture(seed):
     assert ensemble.sample((5,), x=torch.zeros(3, 2)).shape == (5, 3, 2)
     with pytest.raises(ValueError, match="member 1"):
         EnsemblePosterior([narrow, NeuralPosterior(WideGaussianFlow(3, sigma=1.0), box_prior(3), (2,))])
+
+
+def test_ensemble_posterior_truncates_the_mixture_not_each_member(seed):
+    """Rejection of the mixture against the prior box [-1, 1]^2: a member with a quarter of its
+    mass inside (N(1, 0.1^2) per axis) gets 0.25 / (1 + 0.25) = 0.2 of the samples, not half; a
+    member with none inside gets none, and the mixture still samples (each member alone fails)."""
+    from surrogate.models.npe import EnsemblePosterior, LowAcceptanceError
+
+    inside = NeuralPosterior(WideGaussianFlow(2, sigma=0.1), box_prior(2), (2,))
+    edge = NeuralPosterior(WideGaussianFlow(2, sigma=0.1, shift=1.0), box_prior(2), (2,))
+    outside = NeuralPosterior(WideGaussianFlow(2, sigma=0.1, shift=3.0), box_prior(2), (2,))
+    x = torch.zeros(2)
+    samples, acceptance = EnsemblePosterior([inside, edge]).sample_with_acceptance((4000,), x=x)
+    assert float((samples[:, 0] > 0.5).float().mean()) == pytest.approx(0.2, abs=0.03)  # binomial sd 0.006
+    assert float(acceptance) == pytest.approx((1 + 0.25) / 2, abs=0.03)
+    with pytest.raises(LowAcceptanceError):
+        outside.sample((10,), x=x)
+    samples, acceptance = EnsemblePosterior([inside, outside]).sample_with_acceptance((2000,), x=x)
+    assert float(samples.abs().max()) < 1 and float(acceptance) == pytest.approx(0.5, abs=0.03)
