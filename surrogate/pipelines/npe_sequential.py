@@ -8,8 +8,10 @@ sequential NPE (TSNPE), round by round, from any simulator ``theta (n, D) -> x (
   is plain NPE on prior simulations. Later rounds draw from the proposal (SNPE-C: the current
   posterior at ``x_o``; TSNPE: :class:`TruncatedPrior`), simulate, and go on training the same
   flow (with round 1's z-scoring; as ``sbi`` does unless ``retrain_from_scratch``) on all
-  rounds' simulations with :func:`~surrogate.pipelines.npe_training.train_npe`: the atomic loss
-  (:func:`surrogate.losses.atomic_npe_loss`) for SNPE-C, the plain NPE loss for TSNPE (the
+  rounds' simulations with :func:`~surrogate.pipelines.npe_training.train_npe` (each round's
+  simulations are split once into training and validation: a simulation keeps its side in
+  every later round, so a continued flow is never validated on what it was trained on): the
+  atomic loss (:func:`surrogate.losses.atomic_npe_loss`) for SNPE-C, the plain NPE loss for TSNPE (the
   truncated prior leaves the posterior at ``x_o`` unchanged inside the region).
   ``retrain_from_scratch=True`` trains a new flow every round instead.
 
@@ -44,7 +46,7 @@ from torch.distributions import Distribution
 
 from surrogate.losses import atomic_npe_loss, npe_loss
 from surrogate.models.npe import LowAcceptanceError, NeuralPosterior
-from surrogate.pipelines.npe_training import NPEResult, train_npe
+from surrogate.pipelines.npe_training import NPE_DEFAULTS, NPEResult, train_npe
 
 __all__ = ["METHODS", "SequentialResult", "TruncatedPrior", "run_sequential"]
 
@@ -132,6 +134,16 @@ class SequentialResult:
     results: list[NPEResult] = field(default_factory=list)
 
 
+def _validation_split(n: int, fraction: float, *, seed: int) -> Tensor:
+    """Boolean mask ``(n,)`` holding out ``round(fraction n)`` (at least one) of a round's ``n``
+    simulations, drawn with ``seed``."""
+    if not 0 < fraction < 1:
+        raise ValueError(f"validation_fraction must be in (0, 1), got {fraction}")
+    mask = torch.zeros(n, dtype=torch.bool)
+    mask[torch.randperm(n, generator=torch.Generator().manual_seed(seed))[: max(1, round(fraction * n))]] = True
+    return mask
+
+
 def run_sequential(simulate: Callable[[Tensor], Tensor], prior: Distribution, x_o: Tensor, *, method: str,
                    rounds: int, simulations_per_round: int, num_atoms: int = 10, epsilon: float = 1e-4,
                    retrain_from_scratch: bool = False, seed: int = 0,
@@ -156,7 +168,8 @@ def run_sequential(simulate: Callable[[Tensor], Tensor], prior: Distribution, x_
         callback: ``callback(round, posterior) -> dict`` after each round (C2ST, coverage ...),
             merged into that round's entry.
         train_kwargs: more :func:`~surrogate.pipelines.npe_training.train_npe` arguments
-            (``flow_kwargs``, ``max_epochs``, ``out_dir`` ...; ``out_dir`` gets ``round_<r>/``).
+            (``flow_kwargs``, ``max_epochs``, ``out_dir`` ...; ``out_dir`` gets ``round_<r>/``;
+            ``validation_fraction`` is held out of each round's new simulations, with its seed).
 
     Returns:
         A :class:`SequentialResult`.
@@ -174,7 +187,8 @@ def run_sequential(simulate: Callable[[Tensor], Tensor], prior: Distribution, x_
     x_o = torch.as_tensor(x_o, dtype=torch.float32)
     out_dir = train_kwargs.pop("out_dir", None)
     result = SequentialResult(posterior=None)  # type: ignore[arg-type]
-    thetas, xs, posterior = [], [], None
+    thetas, xs, held_out, posterior = [], [], [], None
+    fraction = train_kwargs.pop("validation_fraction", NPE_DEFAULTS["validation_fraction"])
     for r in range(rounds):
         s = seed + 10 * r
         acceptance, proposal = 1.0, "prior"
@@ -198,6 +212,7 @@ def run_sequential(simulate: Callable[[Tensor], Tensor], prior: Distribution, x_
         simulate_seconds = time.perf_counter() - t0
         thetas.append(theta)
         xs.append(x)
+        held_out.append(_validation_split(len(theta), fraction, seed=s))
         loss = npe_loss if (r == 0 or method == "tsnpe") else functools.partial(
             atomic_npe_loss, prior=prior, num_atoms=num_atoms)
         if r == 0 or retrain_from_scratch:
@@ -205,6 +220,7 @@ def run_sequential(simulate: Callable[[Tensor], Tensor], prior: Distribution, x_
         else:  # the previous round's flow holds the embedding net
             build = {k: v for k, v in train_kwargs.items() if k != "embedding_net"} | {"flow": posterior.flow}
         fitted = train_npe(torch.cat(thetas), torch.cat(xs), prior=prior, seed=s, loss=loss,
+                           validation_mask=torch.cat(held_out),
                            out_dir=None if out_dir is None else f"{out_dir}/round_{r + 1}", **build)
         posterior = fitted.posterior
         entry = {"round": r + 1, "num_simulations": sum(len(t) for t in thetas), "proposal": proposal,

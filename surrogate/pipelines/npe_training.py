@@ -83,6 +83,11 @@ FLOW_DEFAULT_KEYS = ("hidden_features", "num_transforms", "num_blocks", "num_bin
 """Entries of :data:`NPE_DEFAULTS` that :func:`train_npe` passes in ``flow_kwargs`` unless given."""
 
 
+def _finite_rows(theta: Tensor, x: Tensor) -> Tensor:
+    """Boolean mask ``(N,)`` of the simulations whose ``theta (N, D)`` and ``x (N, ...)`` are all finite."""
+    return torch.isfinite(theta).all(1) & torch.isfinite(x.reshape(x.shape[0], -1)).all(1)
+
+
 def check_simulations(theta: Tensor, x: Tensor, *, drop_invalid: bool = True) -> tuple[Tensor, Tensor, int]:
     """Validates paired simulations and removes the non-finite ones.
 
@@ -109,7 +114,7 @@ def check_simulations(theta: Tensor, x: Tensor, *, drop_invalid: bool = True) ->
         raise ValueError(
             f"theta and x must have the same number of simulations, got {theta.shape[0]} and {x.shape[0]}"
         )
-    finite = torch.isfinite(theta).all(1) & torch.isfinite(x.reshape(x.shape[0], -1)).all(1)
+    finite = _finite_rows(theta, x)
     dropped = int((~finite).sum())
     if dropped and not drop_invalid:
         raise ValueError(f"{dropped} of {theta.shape[0]} simulations contain NaN or inf (pass drop_invalid=True to drop them)")
@@ -200,13 +205,16 @@ class NPEResult:
 
 
 def _check_arguments(n: int, prior: Distribution, theta_dim: int, *, validation_fraction: float, batch_size: int,
-                     patience: int | None, max_epochs: int | None, max_steps: int | None, lr_schedule: str) -> int:
+                     patience: int | None, max_epochs: int | None, max_steps: int | None, lr_schedule: str,
+                     validation_mask: Tensor | None = None) -> int:
     """Checks the training arguments; returns the size of the validation set."""
     if tuple(prior.event_shape) != (theta_dim,):
         raise ValueError(f"prior event shape {tuple(prior.event_shape)} does not match theta dimension {theta_dim}")
     if not 0 < validation_fraction < 1:
         raise ValueError(f"validation_fraction must be in (0, 1), got {validation_fraction}")
-    n_val = max(1, int(round(validation_fraction * n)))
+    n_val = max(1, int(round(validation_fraction * n))) if validation_mask is None else int(validation_mask.sum())
+    if n_val < 1:
+        raise ValueError(f"validation_mask holds none of the {n} valid simulations: nothing to validate on")
     if n - n_val < 1:
         raise ValueError(f"{n} valid simulations are too few to split off a validation set")
     if batch_size < 1 or (patience is not None and patience < 1):
@@ -250,6 +258,7 @@ def train_npe(
     weight_decay: float = NPE_DEFAULTS["weight_decay"],
     max_grad_norm: float | None = NPE_DEFAULTS["max_grad_norm"],
     validation_fraction: float = NPE_DEFAULTS["validation_fraction"],
+    validation_mask: Tensor | None = None,
     patience: int | None = NPE_DEFAULTS["patience"],
     max_epochs: int | None = NPE_DEFAULTS["max_epochs"],
     max_steps: int | None = None,
@@ -299,6 +308,10 @@ def train_npe(
         weight_decay: AdamW weight decay.
         max_grad_norm: gradient clipping (total 2-norm), ``None`` for none.
         validation_fraction: held-out fraction in (0, 1).
+        validation_mask: boolean ``(N,)``: the simulations to hold out, in place of a random
+            ``validation_fraction`` of them (sequential rounds keep a simulation on the same
+            side of the split in every round, so that a continued flow is never validated on
+            simulations it was trained on).
         patience: epochs without validation improvement before stopping (``None``: never).
         max_epochs, max_steps: upper bounds on epochs and optimizer steps (``None``: no bound;
             at least one must be set).
@@ -334,23 +347,35 @@ def train_npe(
 
     Raises:
         ValueError: bad shapes, lengths, NaN with ``drop_invalid=False``, a prior whose event
-            shape does not match ``theta``, a validation split leaving an empty set, bad
+            shape does not match ``theta``, a validation split (or ``validation_mask``) leaving an
+            empty set, a ``validation_mask`` of another length than ``theta``, bad
             training settings, or both ``flow`` and ``embedding_net``.
     """
     if flow is not None and embedding_net is not None:
         raise ValueError("train_npe: give either a flow to continue (it holds its embedding net) or an "
                          "embedding_net for a new flow, not both")
+    if validation_mask is not None:
+        validation_mask = torch.as_tensor(validation_mask, dtype=torch.bool)
+        if validation_mask.shape != (len(theta),):
+            raise ValueError(f"validation_mask must have shape ({len(theta)},) like theta's rows, got "
+                             f"{tuple(validation_mask.shape)}")
+        validation_mask = validation_mask[_finite_rows(torch.as_tensor(theta, dtype=torch.float32),
+                                                      torch.as_tensor(x, dtype=torch.float32))]
     theta, x, dropped = check_simulations(theta, x, drop_invalid=drop_invalid)
     n = theta.shape[0]
     n_val = _check_arguments(n, prior, theta.shape[1], validation_fraction=validation_fraction, batch_size=batch_size,
-                             patience=patience, max_epochs=max_epochs, max_steps=max_steps, lr_schedule=lr_schedule)
+                             patience=patience, max_epochs=max_epochs, max_steps=max_steps, lr_schedule=lr_schedule,
+                             validation_mask=validation_mask)
     flow_kwargs = {**{k: NPE_DEFAULTS[k] for k in FLOW_DEFAULT_KEYS}, **(flow_kwargs or {})}
     ctx = distributed.context()
     device = distributed.resolve_device(str(device))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         perm = torch.randperm(n)
-        val_idx, train_idx = perm[:n_val], perm[n_val:]
+        if validation_mask is None:
+            val_idx, train_idx = perm[:n_val], perm[n_val:]
+        else:
+            val_idx, train_idx = torch.nonzero(validation_mask).flatten(), torch.nonzero(~validation_mask).flatten()
         theta_tr, x_tr = theta[train_idx], x[train_idx]
         if flow is None:
             flow = build_npe_flow(theta_tr, x_tr, kind=kind, embedding_net=embedding_net, z_score_theta=z_score_theta,

@@ -22,7 +22,7 @@ from surrogate.pipelines.npe import FAMILY, load_posterior
 from surrogate.pipelines.npe_sequential import TruncatedPrior, run_sequential
 from surrogate.pipelines.npe_training import train_npe
 from surrogate.simulators.sbi_simulators import gaussian_linear_posterior
-from surrogate.simulators.sbi_tasks import get_task
+from surrogate.simulators.sbi_tasks import get_task, simulate_dataset
 
 
 class GaussianFlow(nn.Module):
@@ -145,6 +145,29 @@ def test_later_rounds_continue_the_previous_flow(seed):
     with pytest.raises(ValueError, match="either a flow to continue .* or an embedding_net"):
         train_npe(continued.theta, continued.x, prior=task.prior, flow=second.posterior.flow,
                   embedding_net=torch.nn.Identity(), max_epochs=1, progress=False)
+    # a simulation held out in round 1 stays held out in round 2, and 10 % of each round is
+    held = [set(r.validation_index.tolist()) for r in continued.results]
+    assert held[0] <= held[1] and len(held[0]) == 30 and len(held[1]) == 60
+    assert held[1] - held[0] <= set(range(300, 600))
+
+
+def test_validation_mask_chooses_the_held_out_simulations(seed):
+    """``train_npe(validation_mask=...)`` validates on exactly the masked simulations (indices
+    among the kept ones when a NaN simulation is dropped) and refuses a mask of the wrong length
+    or an empty one."""
+    task = get_task("gaussian_linear")
+    theta, x = simulate_dataset(task, 200, seed=0)
+    x[5] = float("nan")
+    mask = torch.zeros(200, dtype=torch.bool)
+    mask[[3, 10, 199]] = True
+    kwargs = dict(prior=task.prior, max_epochs=1, progress=False, kind="maf",
+                  flow_kwargs={"hidden_features": 8, "num_transforms": 1})
+    result = train_npe(theta, x, validation_mask=mask, **kwargs)
+    assert result.validation_index.tolist() == [3, 9, 198] and result.num_train == 196 and result.num_dropped == 1
+    with pytest.raises(ValueError, match=r"validation_mask must have shape \(200,\)"):
+        train_npe(theta, x, validation_mask=mask[:-1], **kwargs)
+    with pytest.raises(ValueError, match="validation_mask holds none"):
+        train_npe(theta, x, validation_mask=torch.zeros(200, dtype=torch.bool), **kwargs)
 
 
 def test_coverage_curve_is_monotone_and_reports_the_three_levels(seed):
