@@ -146,7 +146,7 @@ class NPEModelConfig:
             (:class:`~surrogate.models.npe.EnsemblePosterior`). With ``[train] balance`` the
             members are balanced NPEs: by measured coverage the most conservative option
             (``benchmarks/npe_sequential_calibration.py``, six sbibm tasks at 10^3 simulations:
-            95 % region 0.913-0.993 against 0.853-0.960 plain; the README's table). Plain NPE
+            95 % region 0.910-0.997 against 0.853-0.960 plain; the README's table). Plain NPE
             (``[inference] method = "npe"``) only.
     """
 

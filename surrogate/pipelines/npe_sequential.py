@@ -11,8 +11,8 @@ sequential NPE (TSNPE), round by round, from any simulator ``theta (n, D) -> x (
   rounds' simulations with :func:`~surrogate.pipelines.npe_training.train_npe` (each round's
   simulations are split once into training and validation: a simulation keeps its side in
   every later round, so a continued flow is never validated on what it was trained on): the
-  atomic loss (:func:`surrogate.losses.atomic_npe_loss`) for SNPE-C, the plain NPE loss for TSNPE (the
-  truncated prior leaves the posterior at ``x_o`` unchanged inside the region).
+  atomic loss (:func:`surrogate.losses.atomic_npe_loss`) for SNPE-C, the plain NPE loss for
+  TSNPE (the truncated prior leaves the posterior at ``x_o`` unchanged inside the region).
   ``retrain_from_scratch=True`` trains a new flow every round instead.
 
 The result is a posterior for ``x_o`` (and observations near it), not an amortised one: its
