@@ -17,6 +17,9 @@ Usage::
         --out benchmarks/results/npe_sequential_calibration.json
     python3 benchmarks/npe_sequential_calibration.py --tasks two_moons slcp gaussian_linear gaussian_mixture \\
         bernoulli_glm sir --parts coverage,ensemble --out benchmarks/results/npe_calibration_six_tasks.json
+    python3 benchmarks/npe_sequential_calibration.py --tasks two_moons slcp gaussian_linear gaussian_mixture \\
+        bernoulli_glm sir --parts c2st --methods tsnpe --rounds 10 --per-round 1000 \\
+        --out benchmarks/results/npe_sequential_1e4/tsnpe_six_tasks.json   # add --sbi --methods "" for sbi's
 
 References:
     Greenberg et al. (2019), arXiv:1905.07488; Deistler et al. (2022), arXiv:2210.04815;
