@@ -136,9 +136,7 @@ class SequentialResult:
 
 def _validation_split(n: int, fraction: float, *, seed: int) -> Tensor:
     """Boolean mask ``(n,)`` holding out ``round(fraction n)`` (at least one) of a round's ``n``
-    simulations, drawn with ``seed``."""
-    if not 0 < fraction < 1:
-        raise ValueError(f"validation_fraction must be in (0, 1), got {fraction}")
+    simulations, drawn with ``seed`` (``fraction`` is checked by ``train_npe``)."""
     mask = torch.zeros(n, dtype=torch.bool)
     mask[torch.randperm(n, generator=torch.Generator().manual_seed(seed))[: max(1, round(fraction * n))]] = True
     return mask
@@ -220,7 +218,7 @@ def run_sequential(simulate: Callable[[Tensor], Tensor], prior: Distribution, x_
         else:  # the previous round's flow holds the embedding net
             build = {k: v for k, v in train_kwargs.items() if k != "embedding_net"} | {"flow": posterior.flow}
         fitted = train_npe(torch.cat(thetas), torch.cat(xs), prior=prior, seed=s, loss=loss,
-                           validation_mask=torch.cat(held_out),
+                           validation_fraction=fraction, validation_mask=torch.cat(held_out),
                            out_dir=None if out_dir is None else f"{out_dir}/round_{r + 1}", **build)
         posterior = fitted.posterior
         entry = {"round": r + 1, "num_simulations": sum(len(t) for t in thetas), "proposal": proposal,
